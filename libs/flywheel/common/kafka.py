@@ -1,0 +1,305 @@
+"""Kafka plumbing: topic admin, producers, a bounded fire-and-forget publisher, and a
+consumer runner that makes handlers idempotent and dead-letters what it cannot handle.
+
+Correctness never depends on idempotent producers or transactions (the embedded
+broker lacks them): delivery is at-least-once, and every consumer records the ids of
+the events it processed in the same database transaction as their effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
+from psycopg import AsyncConnection
+
+from flywheel.common.db import Database
+from flywheel.common.errors import PoisonEvent
+from flywheel.common.events import Event, decode, header_map
+from flywheel.common.telemetry import context_from, current_traceparent
+from flywheel.common.topics import Topic
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+EVENTS_CONSUMED = Counter("flywheel_events_consumed_total", "Events handled by a consumer.",
+                          ["consumer", "topic", "outcome"])
+HANDLER_SECONDS = Histogram("flywheel_event_handler_seconds", "Time to handle one event.", ["consumer", "topic"])
+EVENTS_PUBLISHED = Counter("flywheel_events_published_total", "Events acknowledged by the broker.", ["topic"])
+EVENTS_DROPPED = Counter("flywheel_events_dropped_total", "Events a bounded publisher dropped.", ["topic", "reason"])
+PUBLISH_QUEUE = Gauge("flywheel_publish_queue_depth", "Events waiting in a bounded publisher.", ["publisher"])
+
+# A handler applies one event inside the runner's transaction (`conn`); raising rolls it back.
+Handler = Callable[[Event, AsyncConnection], Awaitable[None]]
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, dead_letters: bool = True,
+                        replication: int = 1) -> None:
+    """Create the topics (and their `.dlq` twins) that do not exist yet; safe to repeat."""
+    wanted = {}
+    for t in topics:
+        wanted[t.name] = t.partitions
+        if dead_letters:
+            wanted[t.dlq] = 1
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        missing = set(wanted) - set(await admin.list_topics())
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(n, wanted[n], replication) for n in sorted(missing)])
+    finally:
+        await admin.close()
+
+
+def new_producer(bootstrap: str, *, client_id: str, idempotent: bool = False,
+                 request_timeout_ms: int = 10_000, linger_ms: int = 5) -> AIOKafkaProducer:
+    """A producer with acks=all; idempotence only where the broker supports it (real Kafka)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=idempotent,
+        linger_ms=linger_ms, request_timeout_ms=request_timeout_ms, max_batch_size=256 * 1024,
+    )
+
+
+async def send_events(producer: AIOKafkaProducer, events: Sequence[Event]) -> None:
+    """Send events and wait until the broker acknowledged all of them (in order per partition)."""
+    futures = []
+    for event in events:
+        key, value, headers = event.encode()
+        futures.append(await producer.send(event.topic.name, value=value, key=key, headers=headers))
+    await asyncio.gather(*futures)
+    for event in events:
+        EVENTS_PUBLISHED.labels(event.topic.name).inc()
+
+
+class BoundedPublisher:
+    """Fire-and-forget publishing for hot paths: `publish` never waits on the broker.
+
+    Events go to a bounded in-memory queue drained in batches by a background task.
+    When the queue is full (slow or absent broker) the event is dropped, counted in
+    `flywheel_events_dropped_total` and logged (at most once per second), so the
+    caller's latency never depends on Kafka. Use the outbox instead when an event
+    must not be lost.
+    """
+
+    def __init__(self, bootstrap: str, *, name: str, max_queue: int = 10_000, max_batch: int = 500,
+                 idempotent: bool = False) -> None:
+        self.bootstrap = bootstrap
+        self.name = name
+        self.max_batch = max_batch
+        self.idempotent = idempotent
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(max_queue)
+        self.dropped = 0
+        self._task: asyncio.Task | None = None
+        self._last_drop_log = 0.0
+
+    def publish(self, event: Event) -> bool:
+        """Queue an event; False (and counted) when it had to be dropped."""
+        if not event.traceparent:
+            event.traceparent = current_traceparent()
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._drop(event, "queue_full")
+            return False
+        PUBLISH_QUEUE.labels(self.name).set(self.queue.qsize())
+        return True
+
+    def _drop(self, event: Event, reason: str) -> None:
+        self.dropped += 1
+        EVENTS_DROPPED.labels(event.topic.name, reason).inc()
+        now = asyncio.get_running_loop().time()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            log.warning("event dropped", extra={"publisher": self.name, "topic": event.topic.name,
+                                                "reason": reason, "dropped_total": self.dropped})
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"publisher-{self.name}")
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Give queued events `drain_timeout` seconds to go out, then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.queue.join(), drain_timeout)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        producer: AIOKafkaProducer | None = None
+        backoff = 0.2
+        try:
+            while True:
+                batch = [await self.queue.get()]
+                while len(batch) < self.max_batch and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                PUBLISH_QUEUE.labels(self.name).set(self.queue.qsize())
+                try:
+                    if producer is None:
+                        producer = new_producer(self.bootstrap, client_id=self.name, idempotent=self.idempotent,
+                                                request_timeout_ms=5_000)
+                        await producer.start()
+                    await send_events(producer, batch)
+                    backoff = 0.2
+                except (KafkaError, OSError) as exc:
+                    # At-most-once by design here: a batch the broker did not take is dropped.
+                    for event in batch:
+                        self._drop(event, "broker_error")
+                    log.warning("publish failed", extra={"publisher": self.name, "error": repr(exc)})
+                    if producer is not None:
+                        with contextlib.suppress(Exception):
+                            await producer.stop()
+                        producer = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                finally:
+                    for _ in batch:
+                        self.queue.task_done()
+        finally:
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+
+class ConsumerRunner:
+    """Consumes topics in a consumer group and applies each event exactly once in effect.
+
+    For every record: decode it, then in one database transaction record its id in
+    `processed_events` (a duplicate is skipped) and run the handler. Offsets are
+    committed only after the handlers of a batch succeeded, so a crash redelivers
+    and the id check drops what was already applied. A record that cannot be decoded,
+    or whose handler keeps failing, goes to `<topic>.dlq` with the error in headers;
+    the runner keeps going.
+    """
+
+    def __init__(self, *, bootstrap: str, group: str, db: Database, handlers: dict[Topic, Handler],
+                 source: str, max_attempts: int = 3, retry_backoff: float = 0.2,
+                 consumer_options: dict[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.db = db
+        self.handlers = {t.name: (t, h) for t, h in handlers.items()}
+        self.source = source
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.consumer_options = consumer_options or {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.dlq_producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task | None = None
+        self.assigned = asyncio.Event()
+
+    async def start(self) -> None:
+        await ensure_topics(self.bootstrap, [t for t, _ in self.handlers.values()])
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap, "group_id": self.group, "client_id": self.source,
+            "enable_auto_commit": False, "auto_offset_reset": "earliest",
+            # Short timeouts make a worker join its group in seconds on the embedded broker.
+            "session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, "rebalance_timeout_ms": 3_000,
+            "max_poll_records": 500,
+        }
+        options.update(self.consumer_options)
+        self.consumer = AIOKafkaConsumer(*self.handlers, **options)
+        self.dlq_producer = new_producer(self.bootstrap, client_id=f"{self.source}-dlq")
+        await self.dlq_producer.start()
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.dlq_producer is not None:
+            await self.dlq_producer.stop()
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500)
+            if self.consumer.assignment():
+                self.assigned.set()
+            for tp, records in batches.items():
+                for record in records:
+                    await self._process(record)
+                await self.consumer.commit({tp: records[-1].offset + 1})
+
+    async def _process(self, record: ConsumerRecord) -> None:
+        topic, handler = self.handlers[record.topic]
+        try:
+            event = decode(topic, record.key, record.value, record.headers)
+        except PoisonEvent as exc:
+            await self._dead_letter(record, topic, exc, attempts=0)
+            return
+        parent = context_from(event.traceparent)
+        with tracer.start_as_current_span(f"consume {topic.name}", context=parent,
+                                          attributes={"messaging.system": "kafka",
+                                                      "messaging.destination.name": topic.name,
+                                                      "messaging.message.id": event.id}):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    with HANDLER_SECONDS.labels(self.group, topic.name).time():
+                        applied = await self._apply(event, handler)
+                    EVENTS_CONSUMED.labels(self.group, topic.name, "handled" if applied else "duplicate").inc()
+                    return
+                except PoisonEvent as exc:
+                    await self._dead_letter(record, topic, exc, attempts=attempt)
+                    return
+                except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                    if attempt == self.max_attempts:
+                        await self._dead_letter(record, topic, exc, attempts=attempt)
+                        return
+                    log.warning("handler failed, retrying", extra={
+                        "consumer": self.group, "topic": topic.name, "event_id": event.id,
+                        "attempt": attempt, "error": repr(exc)})
+                    await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+
+    async def _apply(self, event: Event, handler: Handler) -> bool:
+        async with self.db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO processed_events (consumer, event_id, topic) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING", (self.group, event.id, event.topic.name))
+            if cur.rowcount == 0:
+                return False
+            await handler(event, conn)
+            return True
+
+    async def _dead_letter(self, record: ConsumerRecord, topic: Topic, error: BaseException, attempts: int) -> None:
+        assert self.dlq_producer is not None
+        headers = [(k, v) for k, v in record.headers if not k.startswith("dlq_")] + [
+            ("dlq_error", f"{type(error).__name__}: {error}"[:4000].encode()),
+            ("dlq_consumer", self.group.encode()),
+            ("dlq_source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("dlq_attempts", str(attempts).encode()),
+        ]
+        backoff = 0.5
+        while True:  # the offset is committed only once the record is safe in the DLQ
+            try:
+                await self.dlq_producer.send_and_wait(topic.dlq, value=record.value, key=record.key, headers=headers)
+                break
+            except KafkaError as exc:
+                log.error("dead-letter publish failed, retrying", extra={"topic": topic.dlq, "error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        EVENTS_CONSUMED.labels(self.group, topic.name, "dead_lettered").inc()
+        log.error("event dead-lettered", extra={
+            "consumer": self.group, "topic": topic.name, "dlq": topic.dlq, "error": str(error),
+            "event_id": header_map(record.headers).get("ce_id", ""), "source": f"{record.partition}/{record.offset}"})
+
+
+async def wait_assigned(runner: ConsumerRunner, timeout: float = 30.0) -> None:
+    """Wait until the runner's consumer has partitions (its group finished joining)."""
+    await asyncio.wait_for(runner.assigned.wait(), timeout)

@@ -1,0 +1,165 @@
+"""gRPC bootstrap: an aio server with health checking and reflection, domain-error
+mapping, tracing, and client channels whose calls always carry a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+
+from flywheel.common import errors
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+STATUS_OF: dict[type[errors.FlywheelError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PoisonEvent: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_of(exc: errors.FlywheelError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+def map_errors(method: F) -> F:
+    """Turn domain errors raised by a servicer method into gRPC statuses with their message.
+
+    Anything unexpected becomes INTERNAL with a generic message (details go to the log,
+    not to the caller).
+    """
+
+    async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        if isinstance(exc, errors.FlywheelError):
+            await context.abort(status_of(exc), str(exc))
+        log.exception("unhandled error in %s", method.__qualname__)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
+
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (errors.FlywheelError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await abort(context, exc)
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            await abort(context, exc)
+    return unary_wrapper  # type: ignore[return-value]
+
+
+class RpcServer:
+    """A grpc.aio server with `grpc.health.v1`, reflection and tracing built in.
+
+    Health reports SERVING for every added service once started, and NOT_SERVING as
+    soon as shutdown begins, so load balancers drain it before it stops.
+    """
+
+    def __init__(self, host: str, port: int, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+        self.address = f"{host}:{port}"
+        self.server = grpc.aio.server(interceptors=[aio_server_interceptor(), *interceptors],
+                                      options=CHANNEL_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+        self.port = 0
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str) -> None:
+        register(servicer, self.server)
+        self.service_names.append(service_name)
+
+    async def start(self) -> int:
+        """Bind and start; returns the bound port (useful with port 0)."""
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC server to {self.address}")
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                      grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Gives every call without an explicit timeout a default one: no call waits forever."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if details.timeout is None:
+            return details._replace(timeout=self.seconds)  # type: ignore[attr-defined]
+        return details
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+
+def channel(address: str, *, default_timeout: float = 10.0) -> grpc.aio.Channel:
+    """An insecure aio channel to a Flywheel service; calls default to `default_timeout` seconds."""
+    return grpc.aio.insecure_channel(
+        address, options=CHANNEL_OPTIONS,
+        interceptors=[DefaultDeadline(default_timeout), *aio_client_interceptors()],
+    )
