@@ -1,0 +1,3 @@
+from flywheel.registry.main import main
+
+main()

@@ -1,0 +1,25 @@
+"""Settings of the registry process (env prefix FLYWHEEL_REGISTRY_, plus the shared FLYWHEEL_ ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from flywheel.common.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_REGISTRY_", extra="ignore", populate_by_name=True)
+
+    grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds (0.0.0.0 in containers).")
+    grpc_port: int = Field(50051, description="gRPC port (RegistryService, health, reflection).")
+    metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 turns it off.")
+    db_schema: str = Field("registry", description="PostgreSQL schema the registry owns.")
+    artifact_store: str = Field(
+        "", description="Artifact store URI: file:///path or s3://bucket/prefix; empty = <FLYWHEEL_HOME>/artifacts.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto); empty = AWS.")
+    max_artifact_bytes: int = Field(4 * 1024**3, description="Largest artifact accepted, in bytes.")
+    consumer_group: str = Field("registry", description="Kafka consumer group for evaluations.completed.")
+
+    def artifact_store_uri(self) -> str:
+        return self.artifact_store or (self.home / "artifacts").resolve().as_uri()

@@ -1,0 +1,61 @@
+"""Session fixtures: one broker and one database for the whole test run.
+
+By default they are the embedded ones (Tansu + PostgreSQL from PyPI), started in a
+temporary directory. Set FLYWHEEL_KAFKA_BOOTSTRAP and FLYWHEEL_DATABASE_URL to run
+the same suite against a real Kafka and PostgreSQL instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from flywheel.common.embedded import EmbeddedStack
+
+
+@dataclass
+class Infrastructure:
+    kafka_bootstrap: str
+    database_url: str
+    home: Path
+    embedded: EmbeddedStack | None
+
+    def restart_broker(self) -> None:
+        if self.embedded is None:
+            pytest.skip("restarting the broker needs the embedded stack")
+        self.embedded.kafka.stop()
+        self.embedded.kafka.start()
+
+    def stop_broker(self) -> None:
+        if self.embedded is None:
+            pytest.skip("stopping the broker needs the embedded stack")
+        self.embedded.kafka.stop()
+
+    def start_broker(self) -> None:
+        assert self.embedded is not None
+        self.embedded.kafka.start()
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
+    home = tmp_path_factory.mktemp("flywheel")
+    kafka, database = os.environ.get("FLYWHEEL_KAFKA_BOOTSTRAP"), os.environ.get("FLYWHEEL_DATABASE_URL")
+    if kafka and database:
+        yield Infrastructure(kafka, database, home, None)
+        return
+    stack = EmbeddedStack(home, durable=False).start()
+    try:
+        yield Infrastructure(stack.kafka.bootstrap, stack.postgres.url, home, stack)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix, so tests sharing the session's broker and database never collide."""
+    return uuid.uuid4().hex[:10]
