@@ -40,7 +40,7 @@ class Database:
         await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
         await conn.commit()
 
-    async def open(self, migrations: Path | None = None) -> "Database":
+    async def open(self, migrations: Path | None = None) -> Database:
         """Open the pool and apply the shared tables (outbox, processed events), then the service's."""
         await self.pool.open(wait=True, timeout=30)
         await migrate(self, COMMON_MIGRATIONS, track="common")
@@ -51,7 +51,7 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
-    def connection(self):  # noqa: ANN201 - psycopg's async context manager
+    def connection(self):
         """`async with db.connection() as conn:` commits on success, rolls back on error."""
         return self.pool.connection()
 
@@ -62,7 +62,7 @@ async def migrate(db: Database, folder: Path, track: str = "service") -> list[st
     A schema has two tracks of numbered migrations: `common` (tables every service
     has, shipped with this library) and `service` (the service's own).
     """
-    files = sorted(p for p in folder.iterdir() if MIGRATION_FILE.match(p.name))
+    files = sorted(p for p in folder.iterdir() if MIGRATION_FILE.match(p.name))  # noqa: ASYNC240 - a few names
     numbers = [p.name[:4] for p in files]
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"two migrations in {folder} share a number: {numbers}")
@@ -85,7 +85,7 @@ async def migrate(db: Database, folder: Path, track: str = "service") -> list[st
                     continue
                 async with conn.transaction():
                     await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(schema))
-                    await conn.execute(path.read_text())  # type: ignore[arg-type]
+                    await conn.execute(path.read_text())  # type: ignore[arg-type]  # noqa: ASYNC240
                     await conn.execute(
                         sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(schema),
                         (version, path.name),

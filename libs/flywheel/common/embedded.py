@@ -133,10 +133,19 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.bin / args[0]), *args[1:]], user=self.os_user, check=True,
+        result = subprocess.run(
+            [str(self.bin / args[0]), *args[1:]], cwd="/", **self._identity(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
         )
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout)
+        return result
+
+    def _identity(self) -> dict[str, object]:
+        """subprocess arguments that drop root: user, its own group, no supplementary groups."""
+        if self.os_user is None:
+            return {}
+        return {"user": self.os_user, "group": self.os_user, "extra_groups": []}
 
     def _prepare_os_user(self) -> None:
         if self.os_user is None:
@@ -164,8 +173,13 @@ class EmbeddedPostgres:
         options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"), "-o", options,
-                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"), "-o", options,
+                      "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            server_log = (self.data / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"PostgreSQL did not start: {exc}\n{getattr(exc, 'output', '')}\n"
+                               f"--- server.log ---\n{server_log}") from exc
         exists = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
                            "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").stdout.strip()
         if not exists:
@@ -196,7 +210,7 @@ class EmbeddedStack:
         self.kafka = EmbeddedKafka(self.home, previous.get("kafka_port"))  # type: ignore[arg-type]
         self.postgres = EmbeddedPostgres(self.home, previous.get("postgres_port"), durable)  # type: ignore[arg-type]
 
-    def start(self) -> "EmbeddedStack":
+    def start(self) -> EmbeddedStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.postgres.start()
         try:
@@ -214,7 +228,7 @@ class EmbeddedStack:
         self.kafka.stop()
         self.postgres.stop()
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

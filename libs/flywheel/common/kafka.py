@@ -258,7 +258,7 @@ class ConsumerRunner:
                 except PoisonEvent as exc:
                     await self._dead_letter(record, topic, exc, attempts=attempt)
                     return
-                except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                except Exception as exc:
                     if attempt == self.max_attempts:
                         await self._dead_letter(record, topic, exc, attempts=attempt)
                         return

@@ -94,7 +94,7 @@ class OutboxRelay:
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - polling still works; retry the listener
+            except Exception as exc:
                 log.warning("outbox listener reconnecting", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
 

@@ -77,7 +77,7 @@ def map_errors(method: F) -> F:
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status
+        except Exception as exc:
             await abort(context, exc)
     return unary_wrapper  # type: ignore[return-value]
 

@@ -45,7 +45,7 @@ class ServiceSettings(BaseSettings):
     log_json: bool = shared("log_json", True, "Log as JSON lines (false = plain text for a terminal).")  # type: ignore[assignment]
 
     @model_validator(mode="after")
-    def _fill_from_embedded_stack(self) -> "ServiceSettings":
+    def _fill_from_embedded_stack(self) -> ServiceSettings:
         if self.kafka_bootstrap and self.database_url:
             return self
         stack = read_stack_file(self.home)

@@ -192,8 +192,9 @@ class Registry:
             raise InvalidArgument("metrics is empty")
         async with self.db.connection() as conn, conn.transaction():
             version = await self._resolve(conn, ref)
-            await conn.execute("UPDATE model_versions SET metrics = metrics || %s WHERE model_name = %s AND version = %s",
-                               (Jsonb(metrics), ref.model_name, version))
+            await conn.execute(
+                "UPDATE model_versions SET metrics = metrics || %s WHERE model_name = %s AND version = %s",
+                (Jsonb(metrics), ref.model_name, version))
             return await self._load(conn, ref.model_name, version)
 
     async def record_lineage(self, ref: pb.ModelVersionRef, lineage: common_pb2.Lineage) -> pb.ModelVersion:
