@@ -25,12 +25,6 @@ class Infrastructure:
     home: Path
     embedded: EmbeddedStack | None
 
-    def restart_broker(self) -> None:
-        if self.embedded is None:
-            pytest.skip("restarting the broker needs the embedded stack")
-        self.embedded.kafka.stop()
-        self.embedded.kafka.start()
-
     def stop_broker(self) -> None:
         if self.embedded is None:
             pytest.skip("stopping the broker needs the embedded stack")
@@ -39,6 +33,7 @@ class Infrastructure:
     def start_broker(self) -> None:
         assert self.embedded is not None
         self.embedded.kafka.start()
+        assert self.embedded.kafka.bootstrap == self.kafka_bootstrap, "the broker came back on another port"
 
 
 @pytest.fixture(scope="session")

@@ -36,3 +36,25 @@ async def registry_app(infra) -> AsyncIterator[RegistryApp]:  # type: ignore[no-
 async def registry(registry_app: RegistryApp) -> AsyncIterator[pb_grpc.RegistryServiceStub]:
     async with rpc.channel(registry_app.address) as channel:
         yield pb_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> None:
+    """A real tracer provider, so trace context is created and propagated like in production."""
+    from opentelemetry import trace
+
+    from flywheel.common.telemetry import setup_tracing
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return
+    setup_tracing("tests")
+
+
+@pytest.fixture(scope="session")
+async def producer(infra) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    from flywheel.common.kafka import new_producer
+
+    p = new_producer(infra.kafka_bootstrap, client_id="tests")
+    await p.start()
+    yield p
+    await p.stop()

@@ -85,7 +85,7 @@ async def migrate(db: Database, folder: Path, track: str = "service") -> list[st
                     continue
                 async with conn.transaction():
                     await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(schema))
-                    await conn.execute(path.read_text())  # type: ignore[arg-type]  # noqa: ASYNC240
+                    await conn.execute(path.read_text())  # type: ignore[arg-type]
                     await conn.execute(
                         sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(schema),
                         (version, path.name),
