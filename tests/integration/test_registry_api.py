@@ -71,8 +71,9 @@ async def test_aliases_set_resolve_delete_and_rollback(registry, unique: str) ->
         await register(registry, name, f"w{i}".encode())
     moved = await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=1))
     assert moved.previous_version == 0
-    await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="previous", version=1))
     await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=2))
+    previous = await registry.GetModelVersion(pb.GetModelVersionRequest(ref=ref(name, alias="previous")))
+    assert previous.model_version.version == 1  # kept for rollback
     champion = await registry.GetModelVersion(pb.GetModelVersionRequest(ref=ref(name, alias="champion")))
     assert champion.model_version.version == 2
     assert "champion" in champion.model_version.aliases
@@ -100,7 +101,8 @@ async def test_concurrent_alias_moves_leave_exactly_one_champion(registry, regis
         rows = await (await conn.execute("SELECT version FROM aliases WHERE model_name = %s AND alias = 'champion'",
                                          (name,))).fetchall()
         history = await (await conn.execute(
-            "SELECT previous_version, version FROM alias_history WHERE model_name = %s ORDER BY id",
+            "SELECT previous_version, version FROM alias_history WHERE model_name = %s AND alias = 'champion'"
+            " ORDER BY id",
             (name,))).fetchall()
     assert len(rows) == 1
     # Each move starts where the previous one ended: the history is one unbroken chain.

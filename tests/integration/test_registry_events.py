@@ -61,11 +61,13 @@ async def test_alias_move_emits_models_promoted(infra, registry, unique: str) ->
     await registry.DeleteAlias(pb.DeleteAliasRequest(model_name=name, alias="champion", actor="bob"))
 
     def moves(rs):  # type: ignore[no-untyped-def]
-        return [(e.previous_version, e.version, e.actor) for _, e in payloads(rs, models_pb2.ModelPromoted,
-                                                                                model_name=name)]
-    records = await read_records(infra.kafka_bootstrap, MODELS_PROMOTED.name, until=lambda rs: len(moves(rs)) >= 3)
-    assert moves(records) == [(0, 1, "alice"), (1, 2, "alice"), (2, 0, "bob")]
-    [(_, second)] = [(r, e) for r, e in payloads(records, models_pb2.ModelPromoted, model_name=name) if e.version == 2]
+        return [(e.alias, e.previous_version, e.version, e.actor)
+                for _, e in payloads(rs, models_pb2.ModelPromoted, model_name=name)]
+    records = await read_records(infra.kafka_bootstrap, MODELS_PROMOTED.name, until=lambda rs: len(moves(rs)) >= 4)
+    # Moving the champion keeps the old one as `previous`, in the same transaction.
+    assert moves(records) == [("champion", 0, 1, "alice"), ("previous", 0, 1, "alice"), ("champion", 1, 2, "alice"),
+                              ("champion", 2, 0, "bob")]
+    [(_, second)] = [(r, e) for r, e in payloads(records, models_pb2.ModelPromoted, model_name=name, version=2)]
     assert second.alias == "champion" and second.reason == models_pb2.PROMOTION_REASON_MANUAL
 
 

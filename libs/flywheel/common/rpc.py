@@ -82,6 +82,24 @@ def map_errors(method: F) -> F:
     return unary_wrapper  # type: ignore[return-value]
 
 
+class SkipHealth(grpc.aio.ServerInterceptor):
+    """Runs `inner` for every method except `grpc.health.v1`.
+
+    The OpenTelemetry aio server interceptor only handles streaming methods written as
+    async generators; the health servicer's Watch writes with `context.write`, so behind
+    it every Watch fails with UNKNOWN (open-telemetry/opentelemetry-python-contrib#3066).
+    Health probes need no spans anyway.
+    """
+
+    def __init__(self, inner: grpc.aio.ServerInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if details.method.startswith(f"/{health.SERVICE_NAME}/"):
+            return await continuation(details)
+        return await self.inner.intercept_service(continuation, details)
+
+
 class RpcServer:
     """A grpc.aio server with `grpc.health.v1`, reflection and tracing built in.
 
@@ -91,7 +109,7 @@ class RpcServer:
 
     def __init__(self, host: str, port: int, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
         self.address = f"{host}:{port}"
-        self.server = grpc.aio.server(interceptors=[aio_server_interceptor(), *interceptors],
+        self.server = grpc.aio.server(interceptors=[SkipHealth(aio_server_interceptor()), *interceptors],
                                       options=CHANNEL_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -132,9 +150,13 @@ async def wait_for_shutdown_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                      grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Gives every call without an explicit timeout a default one: no call waits forever."""
+class DefaultDeadline:
+    """Gives every call without an explicit timeout a default one: no call waits forever.
+
+    grpc.aio files an interceptor under the first call kind it implements only (an
+    if/elif chain), so one object cannot cover all four kinds: `for_all_calls` returns
+    one interceptor per kind.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -144,15 +166,28 @@ class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStream
             return details._replace(timeout=self.seconds)  # type: ignore[attr-defined]
         return details
 
+    @staticmethod
+    def for_all_calls(seconds: float) -> list[grpc.aio.ClientInterceptor]:
+        return [kind(seconds) for kind in (_UnaryUnaryDeadline, _UnaryStreamDeadline,
+                                           _StreamUnaryDeadline, _StreamStreamDeadline)]
+
+
+class _UnaryUnaryDeadline(DefaultDeadline, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamDeadline(DefaultDeadline, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request)
 
+
+class _StreamUnaryDeadline(DefaultDeadline, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request_iterator)
 
+
+class _StreamStreamDeadline(DefaultDeadline, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request_iterator)
 
@@ -161,5 +196,5 @@ def channel(address: str, *, default_timeout: float = 10.0) -> grpc.aio.Channel:
     """An insecure aio channel to a Flywheel service; calls default to `default_timeout` seconds."""
     return grpc.aio.insecure_channel(
         address, options=CHANNEL_OPTIONS,
-        interceptors=[DefaultDeadline(default_timeout), *aio_client_interceptors()],
+        interceptors=[*DefaultDeadline.for_all_calls(default_timeout), *aio_client_interceptors()],
     )

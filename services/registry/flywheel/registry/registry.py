@@ -230,8 +230,21 @@ class Registry:
         domain.version_number(version)
         async with self.db.connection() as conn, conn.transaction():
             await self._lock_model(conn, name)
+            if alias == domain.CHAMPION:
+                return await self._promote(conn, name, version, Reason.PROMOTION_REASON_MANUAL, actor), \
+                    await self._load(conn, name, version)
             previous = await self._move_alias(conn, name, alias, version, Reason.PROMOTION_REASON_MANUAL, actor)
             return previous, await self._load(conn, name, version)
+
+    async def _promote(self, conn: AsyncConnection, name: str, version: int, reason: int, actor: str,
+                       evaluation_id: str = "") -> int:
+        """Move champion to `version`, keeping the old champion as `previous` for rollback."""
+        champion = await self._alias_version(conn, name, domain.CHAMPION)
+        if not await self._version_exists(conn, name, version):
+            raise NotFound(f"model {name!r} has no version {version}")
+        if champion and champion != version:
+            await self._move_alias(conn, name, domain.PREVIOUS, champion, reason, actor, evaluation_id)
+        return await self._move_alias(conn, name, domain.CHAMPION, version, reason, actor, evaluation_id)
 
     async def delete_alias(self, name: str, alias: str, actor: str = "") -> int:
         domain.model_name(name)
@@ -300,11 +313,8 @@ class Registry:
             decision = "stale_baseline"
         else:
             decision = "promoted"
-            if champion:
-                await self._move_alias(conn, name, domain.PREVIOUS, champion, Reason.PROMOTION_REASON_EVALUATION,
-                                       SOURCE, evaluation.evaluation_id)
-            await self._move_alias(conn, name, domain.CHAMPION, candidate, Reason.PROMOTION_REASON_EVALUATION,
-                                   SOURCE, evaluation.evaluation_id)
+            await self._promote(conn, name, candidate, Reason.PROMOTION_REASON_EVALUATION, SOURCE,
+                                evaluation.evaluation_id)
         ref = evaluation.report_uri or f"evaluation:{evaluation.evaluation_id}"
         await self._merge_lineage(conn, name, candidate, common_pb2.Lineage(eval_report_refs=[ref]))
         await conn.execute(

@@ -135,6 +135,7 @@ class RegistryServiceServicer:
 
     def SetAlias(self, request, context):
         """Point an alias at a version (creates or moves it); emits models.promoted.
+        Moving `champion` also points `previous` at the old champion, for rollback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

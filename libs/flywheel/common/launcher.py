@@ -1,0 +1,134 @@
+"""`make run`: the embedded broker + database and every installed service, on one machine.
+
+Services are found through the `flywheel.services` entry point group (name -> the
+service's settings class). Each runs as its own process (`python -m flywheel.<name>`)
+with the same FLYWHEEL_HOME, so it finds the embedded stack's addresses there. The
+launcher waits until each one reports SERVING over grpc.health.v1, prints where it
+listens, and on Ctrl-C (or SIGTERM) stops every child, then the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flywheel.common.embedded import EmbeddedStack
+
+
+@dataclass
+class Child:
+    name: str
+    grpc_address: str
+    metrics_port: int
+    proc: subprocess.Popen
+
+
+def installed_services() -> dict[str, type]:
+    return {ep.name: ep.load() for ep in sorted(entry_points(group="flywheel.services"), key=lambda e: e.name)}
+
+
+def wait_serving(child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(child.grpc_address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.proc.returncode} while starting")
+            with contextlib.suppress(grpc.RpcError):
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"{child.name} did not report SERVING on {child.grpc_address} within {timeout:.0f}s")
+
+
+def stop_children(children: list[Child], grace: float = 10.0) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.common.launcher",
+        description="Start the embedded Kafka broker and PostgreSQL, then every installed Flywheel service. "
+                    "Ctrl-C stops everything. Data is kept in --home between runs.")
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("FLYWHEEL_HOME", ".flywheel")),
+                        help="data directory (default .flywheel, or FLYWHEEL_HOME)")
+    parser.add_argument("--only", nargs="*", metavar="SERVICE", help="start only these services")
+    parser.add_argument("--json-logs", action="store_true", help="children log JSON lines instead of text")
+    args = parser.parse_args(argv)
+
+    services = installed_services()
+    if args.only:
+        unknown = set(args.only) - set(services)
+        if unknown:
+            parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; installed: {', '.join(services)}")
+        services = {n: s for n, s in services.items() if n in args.only}
+
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    home = args.home.resolve()
+    print(f"flywheel: starting the embedded stack in {home}", flush=True)
+    stack = EmbeddedStack(home).start()
+    children: list[Child] = []
+    code = 0
+    try:
+        print(f"  kafka      {stack.kafka.bootstrap}\n  postgres   {stack.postgres.url}", flush=True)
+        env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka.bootstrap,
+               "FLYWHEEL_DATABASE_URL": stack.postgres.url}
+        env.setdefault("FLYWHEEL_LOG_JSON", "true" if args.json_logs else "false")
+        for name, settings_class in services.items():
+            settings = settings_class(_env_file=None, home=home)
+            proc = subprocess.Popen([sys.executable, "-m", f"flywheel.{name}"], env=env)
+            children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port, proc))
+        for child in children:
+            wait_serving(child, timeout=60)
+            print(f"  {child.name:<10} grpc {child.grpc_address}   metrics http://127.0.0.1:{child.metrics_port}/metrics",
+                  flush=True)
+        print("flywheel: ready (Ctrl-C stops everything)", flush=True)
+        while not stopping:
+            for child in children:
+                if child.proc.poll() is not None:
+                    print(f"flywheel: {child.name} exited with code {child.proc.returncode}; stopping", flush=True)
+                    code = 1
+                    stopping = True
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"flywheel: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        print("flywheel: stopping", flush=True)
+        stop_children(children)
+        stack.stop()
+        print("flywheel: stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

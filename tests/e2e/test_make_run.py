@@ -1,0 +1,88 @@
+"""`make run` as a user sees it: everything starts, answers, stops on Ctrl-C, and keeps its data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from flywheel.common.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def start_launcher(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if "flywheel: ready" in line:
+            return proc, lines
+    proc.kill()
+    raise AssertionError("launcher did not become ready:\n" + "\n".join(lines))
+
+
+def cli(address: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "flywheel.common.cli", "registry", "--address", address, *args],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def stop(proc: subprocess.Popen) -> list[str]:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the launcher should have started service processes"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
+    return out.splitlines()
+
+
+def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
+    port, metrics = free_port(), free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")},
+           "FLYWHEEL_REGISTRY_GRPC_PORT": str(port), "FLYWHEEL_REGISTRY_METRICS_PORT": str(metrics)}
+    address = f"127.0.0.1:{port}"
+    home = tmp_path / "home"
+
+    proc, lines = start_launcher(home, env)
+    try:
+        assert any(f"registry   grpc {address}" in line for line in lines), lines
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="flywheel.registry.v1.RegistryService"), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            names = {s.name for r in reflection for s in r.list_services_response.service}
+            assert "flywheel.registry.v1.RegistryService" in names
+        assert "no models registered yet" in cli(address, "list")
+        (tmp_path / "m.bin").write_bytes(b"weights that must survive a restart")
+        assert "registered demo:1" in cli(address, "register", "demo", str(tmp_path / "m.bin"))
+    finally:
+        out = stop(proc)
+    assert out[-1] == "flywheel: stopped"
+    assert not (home / "postgres" / "postmaster.pid").exists()
+
+    proc, _ = start_launcher(home, env)  # same data directory: the model is still there
+    try:
+        assert "demo" in cli(address, "list")
+    finally:
+        stop(proc)
