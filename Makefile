@@ -39,7 +39,7 @@ proto-check: proto ## Fail when the generated code differs from what is committe
 
 lint: setup ## ruff + buf lint (buf via npx when node is present)
 	$(VENV)/bin/ruff check libs services tests tools bench
-	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1 lint; else echo 'npx not found: skipping buf lint'; fi
+	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1.75.0 lint; else echo 'npx not found: skipping buf lint'; fi
 
 bench: setup ## Benchmarks: writes bench/results/<name>.json and a markdown table
 	$(PY) -m bench

@@ -58,6 +58,19 @@ async def test_versions_increase_and_list_pages_and_filters(registry, unique: st
     assert [v.version for v in even.model_versions] == [5, 3, 1]
 
 
+async def test_register_by_uri_only_from_allowed_locations(registry, registry_app, unique: str) -> None:
+    imports = registry_app.settings.home / "imports"
+    imports.mkdir(parents=True, exist_ok=True)
+    (imports / f"{unique}.bin").write_bytes(b"imported weights")
+    mv = await register(registry, f"import-{unique}", b"", artifact_uri=(imports / f"{unique}.bin").as_uri())
+    assert mv.artifact.sha256 == hashlib.sha256(b"imported weights").hexdigest()
+    for outside in ("file:///etc/hostname", (imports / ".." / "stack.json").as_uri(), "http://example.com/x"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await register(registry, f"import-{unique}", b"", artifact_uri=outside)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not under an allowed import location" in err.value.details()
+
+
 async def test_same_content_is_stored_once(registry, unique: str) -> None:
     a = await register(registry, f"dedup-{unique}", b"same bytes")
     b = await register(registry, f"dedup-{unique}", b"same bytes")

@@ -20,6 +20,14 @@ class RegistrySettings(ServiceSettings):
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto); empty = AWS.")
     max_artifact_bytes: int = Field(4 * 1024**3, description="Largest artifact accepted, in bytes.")
     consumer_group: str = Field("registry", description="Kafka consumer group for evaluations.completed.")
+    import_prefixes: list[str] = Field(
+        default_factory=list,
+        description="URI prefixes RegisterModelVersion may import from by artifact_uri (JSON list); "
+                    "empty = s3:// and <FLYWHEEL_HOME>/imports. Anything else is refused, so a client "
+                    "cannot make the registry read arbitrary server files.")
+
+    def allowed_import_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.import_prefixes) or ("s3://", (self.home / "imports").resolve().as_uri() + "/")
 
     def artifact_store_uri(self) -> str:
         return self.artifact_store or (self.home / "artifacts").resolve().as_uri()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from flywheel.common.errors import InvalidArgument
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
@@ -56,6 +58,23 @@ def sha256(value: str) -> str:
     if value and not SHA256.match(value):
         raise InvalidArgument(f"expected_sha256 {value!r} is not 64 hexadecimal characters")
     return value.lower()
+
+
+def importable_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> str:
+    """The normalized `uri` if it lies under one of `allowed_prefixes`, else InvalidArgument.
+
+    File URIs are resolved first, so `..` and symlinks cannot step outside an allowed folder.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme == "file" or (not parts.scheme and uri.startswith("/")):
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidArgument(f"artifact_uri {uri!r} names a remote host; use a local path or s3://")
+        uri = Path(unquote(parts.path if parts.scheme else uri)).resolve().as_uri()
+    if not any(uri.startswith(prefix) for prefix in allowed_prefixes):
+        raise InvalidArgument(
+            f"artifact_uri {uri!r} is not under an allowed import location ({', '.join(allowed_prefixes)}); "
+            "stream the bytes instead, or set FLYWHEEL_REGISTRY_IMPORT_PREFIXES")
+    return uri
 
 
 def ref(r: pb.ModelVersionRef) -> pb.ModelVersionRef:

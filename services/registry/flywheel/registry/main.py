@@ -36,7 +36,8 @@ class RegistryApp:
         self.db = Database(settings.database_url, settings.db_schema)
         artifacts = artifact_store_from_uri(settings.artifact_store_uri(),
                                             s3_endpoint_url=settings.s3_endpoint_url or None)
-        self.registry = Registry(self.db, artifacts, max_artifact_bytes=settings.max_artifact_bytes)
+        self.registry = Registry(self.db, artifacts, max_artifact_bytes=settings.max_artifact_bytes,
+                                 import_prefixes=settings.allowed_import_prefixes())
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id="flywheel-registry-outbox",
                                  idempotent=settings.kafka_enable_idempotence)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,

@@ -66,10 +66,12 @@ def _page_size(size: int) -> int:
 class Registry:
     """Model versions, aliases and promotion policy over one database schema and artifact store."""
 
-    def __init__(self, db: Database, artifacts: ArtifactStore, *, max_artifact_bytes: int) -> None:
+    def __init__(self, db: Database, artifacts: ArtifactStore, *, max_artifact_bytes: int,
+                 import_prefixes: tuple[str, ...] = ("s3://",)) -> None:
         self.db = db
         self.artifacts = artifacts
         self.max_artifact_bytes = max_artifact_bytes
+        self.import_prefixes = import_prefixes
 
     # -- registering ---------------------------------------------------------------------------
 
@@ -86,8 +88,8 @@ class Registry:
             async for chunk in chunks:
                 if chunk:
                     raise InvalidArgument("send either artifact_uri or artifact chunks, not both")
-            stored = await self.artifacts.import_uri(spec.artifact_uri, expected_sha256=expected,
-                                                     max_bytes=self.max_artifact_bytes)
+            uri = domain.importable_uri(spec.artifact_uri, self.import_prefixes)
+            stored = await self.artifacts.import_uri(uri, expected_sha256=expected, max_bytes=self.max_artifact_bytes)
         else:
             stored = await self.artifacts.put(chunks, expected_sha256=expected, max_bytes=self.max_artifact_bytes)
         # If the transaction below fails, the stored artifact is unreferenced; being
