@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 
 from flywheel.common import errors
 
@@ -82,24 +82,6 @@ def map_errors(method: F) -> F:
     return unary_wrapper  # type: ignore[return-value]
 
 
-class SkipHealth(grpc.aio.ServerInterceptor):
-    """Runs `inner` for every method except `grpc.health.v1`.
-
-    The OpenTelemetry aio server interceptor only handles streaming methods written as
-    async generators; the health servicer's Watch writes with `context.write`, so behind
-    it every Watch fails with UNKNOWN (open-telemetry/opentelemetry-python-contrib#3066).
-    Health probes need no spans anyway.
-    """
-
-    def __init__(self, inner: grpc.aio.ServerInterceptor) -> None:
-        self.inner = inner
-
-    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
-        if details.method.startswith(f"/{health.SERVICE_NAME}/"):
-            return await continuation(details)
-        return await self.inner.intercept_service(continuation, details)
-
-
 class RpcServer:
     """A grpc.aio server with `grpc.health.v1`, reflection and tracing built in.
 
@@ -109,7 +91,10 @@ class RpcServer:
 
     def __init__(self, host: str, port: int, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
         self.address = f"{host}:{port}"
-        self.server = grpc.aio.server(interceptors=[SkipHealth(aio_server_interceptor()), *interceptors],
+        # No spans for health checks: besides being noise, the OpenTelemetry aio interceptor breaks
+        # Health/Watch, which writes with context.write (opentelemetry-python-contrib#3066).
+        tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))
+        self.server = grpc.aio.server(interceptors=[tracing, *interceptors],
                                       options=CHANNEL_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
