@@ -101,7 +101,14 @@ class PredictionLogged(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., arm: _Optional[_Union[PredictionArm, str]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., inputs_uri: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., entity_ids: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ..., sample_rate: _Optional[float] = ..., llm: _Optional[_Union[LlmExchange, _Mapping]] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FeedbackReceived(_message.Message):
-    __slots__ = ("feedback_id", "request_id", "entity_id", "model", "source", "label", "corrected_completion", "comment", "observed_at")
+    __slots__ = ("feedback_id", "request_id", "entity_id", "model", "source", "label", "corrected_completion", "comment", "observed_at", "entity_keys", "event_time")
+    class EntityKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENTITY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +118,8 @@ class FeedbackReceived(_message.Message):
     CORRECTED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     feedback_id: str
     request_id: str
     entity_id: str
@@ -120,4 +129,6 @@ class FeedbackReceived(_message.Message):
     corrected_completion: str
     comment: str
     observed_at: _timestamp_pb2.Timestamp
-    def __init__(self, feedback_id: _Optional[str] = ..., request_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., label: _Optional[_Union[_common_pb2.Label, _Mapping]] = ..., corrected_completion: _Optional[str] = ..., comment: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    entity_keys: _containers.ScalarMap[str, str]
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, feedback_id: _Optional[str] = ..., request_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., label: _Optional[_Union[_common_pb2.Label, _Mapping]] = ..., corrected_completion: _Optional[str] = ..., comment: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., entity_keys: _Optional[_Mapping[str, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
