@@ -457,3 +457,45 @@ async def test_outbox_relay_publishes_a_big_transaction_in_order_per_key(infra, 
     for i, key in enumerate(keys):
         assert sequences[key] == list(range(i, 1000, 4)), f"{key} out of order"
         assert len(partitions[key]) == 1
+
+
+# --- batch handlers --------------------------------------------------------------------------------------------------
+
+async def test_batch_handler_applies_each_event_once_and_isolates_a_bad_one(
+        infra, producer, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = await Database(infra.database_url, f"batch_{unique}").open(effects_migrations(tmp_path / "m"))
+    topic = Topic(f"test.batch.{unique}", models_pb2.ModelPromoted, "model name", 1)
+    effects = Effects()
+    batch_sizes: list[int] = []
+
+    async def apply_batch(events: list[Event], conn: AsyncConnection) -> None:
+        batch_sizes.append(len(events))
+        for event in events:
+            await effects(event, conn)
+
+    runner = ConsumerRunner(bootstrap=infra.kafka_bootstrap, group=f"tests-batch-{unique}", db=db,
+                            batch_handlers={topic: apply_batch}, source="tests/batch", max_attempts=MAX_ATTEMPTS,
+                            retry_backoff=0.01)
+    model = f"batch-{unique}"
+    events = [promoted(topic, model, v) for v in range(1, 201)]
+    redelivered = promoted(topic, model, 1)
+    redelivered.id = events[0].id
+    bad = promoted(topic, model, 999, actor="always_fail")
+    await ensure_topics(infra.kafka_bootstrap, [topic])
+    await send_events(producer, [*events[:100], redelivered, bad, *events[100:]])  # all before the runner starts
+    await runner.start()
+    try:
+        async def applied() -> list[dict[str, Any]]:
+            async with db.connection() as conn:
+                cur = await conn.execute("SELECT event_id, version FROM effects WHERE model = %s ORDER BY id", (model,))
+                rows = await cur.fetchall()
+            return rows if len(rows) >= 200 else []
+        rows = await eventually(applied, what="200 applied events")
+        assert sorted(r["version"] for r in rows) == list(range(1, 201))  # each once; the bad one never
+        assert max(batch_sizes) > 1  # really applied in batches
+        dead = await read_records(infra.kafka_bootstrap, topic.dlq, until=lambda rs: len(rs) >= 1)
+        assert [header(r, "ce_id") for r in dead] == [bad.id]
+        assert "cannot handle" in header(dead[0], "dlq_error")
+    finally:
+        await runner.stop()
+        await db.close()

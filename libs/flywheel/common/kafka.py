@@ -39,6 +39,8 @@ PUBLISH_QUEUE = Gauge("flywheel_publish_queue_depth", "Events waiting in a bound
 
 # A handler applies one event inside the runner's transaction (`conn`); raising rolls it back.
 Handler = Callable[[Event, AsyncConnection], Awaitable[None]]
+# A batch handler applies several events (new ones only, in offset order) in one transaction.
+BatchHandler = Callable[[list[Event], AsyncConnection], Awaitable[None]]
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, dead_letters: bool = True,
@@ -181,15 +183,25 @@ class ConsumerRunner:
     and the id check drops what was already applied. A record that cannot be decoded,
     or whose handler keeps failing, goes to `<topic>.dlq` with the error in headers;
     the runner keeps going.
+
+    Topics with a batch handler are applied a fetched batch per partition at a time, in
+    one transaction (for throughput); if that transaction fails, the batch is retried
+    event by event, so one bad event still ends alone in the dead-letter topic.
     """
 
-    def __init__(self, *, bootstrap: str, group: str, db: Database, handlers: dict[Topic, Handler],
-                 source: str, max_attempts: int = 3, retry_backoff: float = 0.2,
-                 consumer_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, bootstrap: str, group: str, db: Database, handlers: dict[Topic, Handler] | None = None,
+                 batch_handlers: dict[Topic, BatchHandler] | None = None, source: str, max_attempts: int = 3,
+                 retry_backoff: float = 0.2, consumer_options: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.db = db
-        self.handlers = {t.name: (t, h) for t, h in handlers.items()}
+        self.handlers: dict[str, tuple[Topic, Handler]] = {t.name: (t, h) for t, h in (handlers or {}).items()}
+        self.batch_handlers: dict[str, tuple[Topic, BatchHandler]] = {}
+        for t, batch in (batch_handlers or {}).items():
+            self.batch_handlers[t.name] = (t, batch)
+            self.handlers[t.name] = (t, _one_at_a_time(batch))
+        if not self.handlers:
+            raise ValueError("a ConsumerRunner needs at least one handler")
         self.source = source
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
@@ -233,17 +245,68 @@ class ConsumerRunner:
             if self.consumer.assignment():
                 self.assigned.set()
             for tp, records in batches.items():
-                for record in records:
-                    await self._process(record)
+                if tp.topic in self.batch_handlers:
+                    await self._process_batch(records)
+                else:
+                    for record in records:
+                        await self._process(record)
                 await self.consumer.commit({tp: records[-1].offset + 1})
 
-    async def _process(self, record: ConsumerRecord) -> None:
-        topic, handler = self.handlers[record.topic]
+    def _decode(self, record: ConsumerRecord) -> Event | PoisonEvent:
+        topic, _ = self.handlers[record.topic]
         try:
-            event = decode(topic, record.key, record.value, record.headers)
+            return decode(topic, record.key, record.value, record.headers)
         except PoisonEvent as exc:
-            await self._dead_letter(record, topic, exc, attempts=0)
+            return exc
+
+    async def _process(self, record: ConsumerRecord) -> None:
+        event = self._decode(record)
+        if isinstance(event, PoisonEvent):
+            await self._dead_letter(record, self.handlers[record.topic][0], event, attempts=0)
             return
+        await self._process_event(record, event)
+
+    async def _process_batch(self, records: list[ConsumerRecord]) -> None:
+        topic, handler = self.batch_handlers[records[0].topic]
+        decoded: list[tuple[ConsumerRecord, Event]] = []
+        for record in records:
+            event = self._decode(record)
+            if isinstance(event, PoisonEvent):
+                await self._dead_letter(record, topic, event, attempts=0)
+            else:
+                decoded.append((record, event))
+        if not decoded:
+            return
+        try:
+            with tracer.start_as_current_span(f"consume {topic.name} batch",
+                                              attributes={"messaging.system": "kafka",
+                                                          "messaging.destination.name": topic.name,
+                                                          "messaging.batch.message_count": len(decoded)}), \
+                    HANDLER_SECONDS.labels(self.group, topic.name).time():
+                async with self.db.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "INSERT INTO processed_events (consumer, event_id, topic) SELECT %s, id, %s"
+                        " FROM unnest(%s::text[]) AS id ON CONFLICT DO NOTHING RETURNING event_id",
+                        (self.group, topic.name, [e.id for _, e in decoded]))
+                    fresh = {row["event_id"] for row in await cur.fetchall()}
+                    new: list[Event] = []
+                    for _, event in decoded:
+                        if event.id in fresh:
+                            fresh.discard(event.id)  # a duplicate inside the batch is applied once
+                            new.append(event)
+                    if new:
+                        await handler(new, conn)
+        except Exception as exc:  # isolate the bad event by retrying one at a time
+            log.warning("batch failed; retrying event by event", extra={
+                "consumer": self.group, "topic": topic.name, "events": len(decoded), "error": repr(exc)})
+            for record, event in decoded:
+                await self._process_event(record, event)
+            return
+        EVENTS_CONSUMED.labels(self.group, topic.name, "handled").inc(len(new))
+        EVENTS_CONSUMED.labels(self.group, topic.name, "duplicate").inc(len(decoded) - len(new))
+
+    async def _process_event(self, record: ConsumerRecord, event: Event) -> None:
+        topic, handler = self.handlers[record.topic]
         parent = context_from(event.traceparent)
         with tracer.start_as_current_span(f"consume {topic.name}", context=parent,
                                           attributes={"messaging.system": "kafka",
@@ -298,6 +361,12 @@ class ConsumerRunner:
         log.error("event dead-lettered", extra={
             "consumer": self.group, "topic": topic.name, "dlq": topic.dlq, "error": str(error),
             "event_id": header_map(record.headers).get("ce_id", ""), "source": f"{record.partition}/{record.offset}"})
+
+
+def _one_at_a_time(batch: BatchHandler) -> Handler:
+    async def handle(event: Event, conn: AsyncConnection) -> None:
+        await batch([event], conn)
+    return handle
 
 
 async def wait_assigned(runner: ConsumerRunner, timeout: float = 30.0) -> None:
