@@ -33,7 +33,7 @@ ALLOWED_ENV_PREFIXES = ("FLYWHEEL_", "AWS_")
 SETTINGS_CLASSES = {"registry": "flywheel.registry.config:RegistrySettings"}
 # Metrics ports from DESIGN.md, by DNS name (services/ folder with `_` -> `-`).
 METRICS_PORTS = {
-    "inference": 8002, "registry": 9101, "feature-store": 9102, "trainer": 9103, "fine-tuner": 9104,
+    "inference": 8002, "registry": 9101, "featurestore": 9102, "trainer": 9103, "finetuner": 9104,
     "embedder": 9105, "retriever": 9106, "evaluator": 9107, "monitor": 9108, "guard": 9109, "review": 9110,
 }
 

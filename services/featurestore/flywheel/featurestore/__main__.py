@@ -1,0 +1,3 @@
+from flywheel.featurestore.main import main
+
+main()
