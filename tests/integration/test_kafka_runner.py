@@ -499,3 +499,33 @@ async def test_batch_handler_applies_each_event_once_and_isolates_a_bad_one(
     finally:
         await runner.stop()
         await db.close()
+
+
+async def test_an_outage_is_waited_out_not_dead_lettered(infra, producer, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from flywheel.common.errors import Unavailable
+
+    db = await Database(infra.database_url, f"outage_{unique}").open(effects_migrations(tmp_path / "m"))
+    topic = Topic(f"test.outage.{unique}", models_pb2.ModelPromoted, "model name", 1)
+    calls = Counter[str]()
+
+    async def flaky_dependency(event: Event, conn: AsyncConnection) -> None:
+        calls[event.id] += 1
+        if calls[event.id] <= MAX_ATTEMPTS + 2:  # more failures than a bad event is allowed
+            raise Unavailable("feature store unreachable")
+        await conn.execute("INSERT INTO effects (event_id, model, version, attempt) VALUES (%s, %s, 1, %s)",
+                           (event.id, f"outage-{unique}", calls[event.id]))
+
+    runner = ConsumerRunner(bootstrap=infra.kafka_bootstrap, group=f"tests-outage-{unique}", db=db,
+                            handlers={topic: flaky_dependency}, source="tests/outage", max_attempts=MAX_ATTEMPTS,
+                            retry_backoff=0.01)
+    event = promoted(topic, f"outage-{unique}")
+    await ensure_topics(infra.kafka_bootstrap, [topic])
+    await send_events(producer, [event])
+    await runner.start()
+    try:
+        attempts = await eventually(lambda: scalar(db, "SELECT max(attempt) FROM effects"), what="applied after outage")
+        assert attempts == MAX_ATTEMPTS + 3
+        assert consumed(runner.group, topic, "dead_lettered") == 0
+    finally:
+        await runner.stop()
+        await db.close()

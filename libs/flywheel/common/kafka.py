@@ -19,10 +19,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
+from psycopg_pool import PoolTimeout
 
 from flywheel.common.db import Database
-from flywheel.common.errors import PoisonEvent
+from flywheel.common.errors import PoisonEvent, Unavailable
 from flywheel.common.events import Event, decode, header_map
 from flywheel.common.telemetry import context_from, current_traceparent
 from flywheel.common.topics import Topic
@@ -39,6 +40,8 @@ PUBLISH_QUEUE = Gauge("flywheel_publish_queue_depth", "Events waiting in a bound
 
 # A handler applies one event inside the runner's transaction (`conn`); raising rolls it back.
 Handler = Callable[[Event, AsyncConnection], Awaitable[None]]
+# Failures of infrastructure, not of the event: retried until they pass, never dead-lettered.
+TRANSIENT = (OperationalError, PoolTimeout, Unavailable)
 # A batch handler applies several events (new ones only, in offset order) in one transaction.
 BatchHandler = Callable[[list[Event], AsyncConnection], Awaitable[None]]
 
@@ -182,7 +185,8 @@ class ConsumerRunner:
     committed only after the handlers of a batch succeeded, so a crash redelivers
     and the id check drops what was already applied. A record that cannot be decoded,
     or whose handler keeps failing, goes to `<topic>.dlq` with the error in headers;
-    the runner keeps going.
+    the runner keeps going. Infrastructure failures (database down, a dependency
+    `Unavailable`) are not the event's fault: they are retried until they pass.
 
     Topics with a batch handler are applied a fetched batch per partition at a time, in
     one transaction (for throughput); if that transaction fails, the batch is retried
@@ -312,7 +316,10 @@ class ConsumerRunner:
                                           attributes={"messaging.system": "kafka",
                                                       "messaging.destination.name": topic.name,
                                                       "messaging.message.id": event.id}):
-            for attempt in range(1, self.max_attempts + 1):
+            attempt = 0
+            outage_backoff = self.retry_backoff
+            while True:
+                attempt += 1
                 try:
                     with HANDLER_SECONDS.labels(self.group, topic.name).time():
                         applied = await self._apply(event, handler)
@@ -321,8 +328,17 @@ class ConsumerRunner:
                 except PoisonEvent as exc:
                     await self._dead_letter(record, topic, exc, attempts=attempt)
                     return
+                except TRANSIENT as exc:
+                    # The database or a dependency is down: the event is fine, so wait (the
+                    # partition stalls, nothing is committed) instead of dead-lettering it.
+                    attempt -= 1
+                    log.warning("dependency unavailable, waiting", extra={
+                        "consumer": self.group, "topic": topic.name, "event_id": event.id, "error": repr(exc),
+                        "retry_in_s": outage_backoff})
+                    await asyncio.sleep(outage_backoff)
+                    outage_backoff = min(outage_backoff * 2, 10.0)
                 except Exception as exc:
-                    if attempt == self.max_attempts:
+                    if attempt >= self.max_attempts:
                         await self._dead_letter(record, topic, exc, attempts=attempt)
                         return
                     log.warning("handler failed, retrying", extra={
