@@ -177,6 +177,7 @@ class LocalArtifactStore(ArtifactStore):
             spool.path.chmod(0o644)  # mkstemp makes it 0600
             os.replace(spool.path, target)
             spool.moved = True
+            _fsync_directory(target.parent)  # make the rename itself durable
         return target.as_uri()
 
 
@@ -482,3 +483,10 @@ def _is_not_found(error: ClientError) -> bool:
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound") or status == 404
 
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

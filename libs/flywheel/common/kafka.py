@@ -54,13 +54,18 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, dead_letters
         wanted[t.name] = t.partitions
         if dead_letters:
             wanted[t.dlq] = 1
+    await ensure_topic_names(bootstrap, wanted, replication=replication)
+
+
+async def ensure_topic_names(bootstrap: str, partitions: dict[str, int], *, replication: int = 1) -> None:
+    """Create the named topics (name -> partition count) that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
-        missing = set(wanted) - set(await admin.list_topics())
+        missing = set(partitions) - set(await admin.list_topics())
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(n, wanted[n], replication) for n in sorted(missing)])
+                await admin.create_topics([NewTopic(n, partitions[n], replication) for n in sorted(missing)])
     finally:
         await admin.close()
 

@@ -16,15 +16,15 @@ import logging
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import Counter, Gauge
 from psycopg import AsyncConnection, sql
 
 from flywheel.common.db import Database
 from flywheel.common.events import Event
-from flywheel.common.kafka import ensure_topics, new_producer
+from flywheel.common.kafka import ensure_topic_names, ensure_topics, new_producer
 from flywheel.common.telemetry import current_traceparent
-from flywheel.common.topics import ALL_TOPICS
+from flywheel.common.topics import ALL_TOPICS, BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,13 @@ async def enqueue(conn: AsyncConnection, event: Event) -> None:
     if not event.traceparent:
         event.traceparent = current_traceparent()
     key, value, headers = event.encode()
+    # One round trip: the insert and the wake-up (notifications are delivered at commit).
     await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, payload, headers) VALUES (%s, %s, %s, %s, %s)",
+        "WITH added AS (INSERT INTO outbox (event_id, topic, key, payload, headers)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING 1)"
+        " SELECT pg_notify('flywheel_outbox_' || current_schema(), '') FROM added",
         (event.id, event.topic.name, key.decode(), value, json.dumps([[k, v.decode()] for k, v in headers])),
     )
-    await conn.execute("SELECT pg_notify('flywheel_outbox_' || current_schema(), '')")
 
 
 class OutboxRelay:
@@ -55,7 +57,7 @@ class OutboxRelay:
 
     def __init__(self, db: Database, bootstrap: str, *, client_id: str, batch_size: int = 500,
                  poll_interval: float = 1.0, idempotent: bool = False,
-                 retention: timedelta = timedelta(days=7)) -> None:
+                 retention: timedelta = timedelta(days=7), send_timeout: float = 15.0) -> None:
         self.db = db
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -63,6 +65,7 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.idempotent = idempotent
         self.retention = retention
+        self.send_timeout = send_timeout
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -116,7 +119,7 @@ class OutboxRelay:
                 self._wake.clear()
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 OUTBOX_FAILURES.labels(self.db.schema).inc()
                 log.warning("outbox publish failed; will retry", extra={
                     "schema": self.db.schema, "error": repr(exc), "retry_in_s": backoff})
@@ -146,7 +149,7 @@ class OutboxRelay:
     async def _close_producer(self) -> None:
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                await self._producer.stop()
+                await asyncio.wait_for(self._producer.stop(), 5.0)
             self._producer = None
 
     async def publish_pending(self) -> int:
@@ -160,16 +163,39 @@ class OutboxRelay:
                 OUTBOX_PENDING.labels(self.db.schema).set(0)
                 return 0
             producer = await self._ensure_producer()
-            futures = [
-                await producer.send(row["topic"], value=bytes(row["payload"]), key=row["key"].encode(),
-                                    headers=[(k, v.encode()) for k, v in row["headers"]])
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            await self._ensure_row_topics(producer, {row["topic"] for row in rows})
+            # A send to a broker that died (or came back without its topics) can wait
+            # forever; bound it, so the relay starts over with a fresh producer.
+            await asyncio.wait_for(self._send(producer, rows), self.send_timeout)
             await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", ([r["id"] for r in rows],))
         OUTBOX_PUBLISHED.labels(self.db.schema).inc(len(rows))
         OUTBOX_PENDING.labels(self.db.schema).set(0 if len(rows) < self.batch_size else len(rows))
         return len(rows)
+
+    async def _ensure_row_topics(self, producer: AIOKafkaProducer, names: set[str]) -> None:
+        """Make sure the topics exist right now, not just in the producer's cached metadata.
+
+        A restarted memory-only broker (the embedded one) has no topics, yet acknowledges
+        a produce to a topic it does not have and drops the data; checking fresh metadata
+        before each batch closes that hole (but for a restart in between).
+        """
+        if not await producer.client.force_metadata_update():
+            raise KafkaConnectionError("could not refresh metadata from the broker")
+        missing = names - producer.client.cluster.topics()
+        if missing:
+            log.warning("topics missing on the broker; creating them", extra={"topics": sorted(missing)})
+            await ensure_topic_names(self.bootstrap, {n: BY_NAME[n].partitions if n in BY_NAME else 1
+                                                      for n in missing})
+            await producer.client.force_metadata_update()
+
+    @staticmethod
+    async def _send(producer: AIOKafkaProducer, rows: list[dict]) -> None:
+        futures = [
+            await producer.send(row["topic"], value=bytes(row["payload"]), key=row["key"].encode(),
+                                headers=[(k, v.encode()) for k, v in row["headers"]])
+            for row in rows
+        ]
+        await asyncio.gather(*futures)
 
     async def _clean(self) -> None:
         async with self.db.connection() as conn:
