@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of Flywheel's foundation against real peers, run with `make bench`."""
