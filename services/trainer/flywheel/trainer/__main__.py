@@ -1,0 +1,3 @@
+from flywheel.trainer.main import main
+
+main()
