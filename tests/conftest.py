@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +54,16 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
 def unique() -> str:
     """A short unique suffix, so tests sharing the session's broker and database never collide."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def no_grpc_server_left_running() -> AsyncIterator[None]:
+    """Every test stops the gRPC servers it starts. A leaked grpc.aio server is collected after
+    the event loop closed and then blocks the interpreter's exit, hanging the whole run."""
+    from flywheel.common.rpc import RpcServer
+
+    yield
+    leaked = [server.address for server in list(RpcServer.running)]
+    for server in list(RpcServer.running):
+        await server.stop(grace=0)
+    assert not leaked, f"gRPC servers left running by tests: {leaked}"

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from flywheel.common.embedded import free_port
+from flywheel.common.launcher import installed_services
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +57,19 @@ def stop(proc: subprocess.Popen) -> list[str]:
 
 
 def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
-    port, metrics = free_port(), free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")},
-           "FLYWHEEL_REGISTRY_GRPC_PORT": str(port), "FLYWHEEL_REGISTRY_METRICS_PORT": str(metrics)}
-    address = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    ports = {}
+    for name in installed_services():  # free ports, so a running `make run` does not collide
+        ports[name] = free_port()
+        env[f"FLYWHEEL_{name.upper()}_GRPC_PORT"] = str(ports[name])
+        env[f"FLYWHEEL_{name.upper()}_METRICS_PORT"] = str(free_port())
+    address = f"127.0.0.1:{ports['registry']}"
     home = tmp_path / "home"
 
     proc, lines = start_launcher(home, env)
     try:
-        assert any(f"registry   grpc {address}" in line for line in lines), lines
+        for name, port in ports.items():
+            assert any(f"{name:<12} grpc 127.0.0.1:{port}" in line for line in lines), lines
         with grpc.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="flywheel.registry.v1.RegistryService"), timeout=5)

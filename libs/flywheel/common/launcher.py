@@ -103,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka.bootstrap,
                "FLYWHEEL_DATABASE_URL": stack.postgres.url}
         env.setdefault("FLYWHEEL_LOG_JSON", "true" if args.json_logs else "false")
-        for name, settings_class in services.items():
-            settings = settings_class(_env_file=None, home=home)
+        planned = {name: settings_class(_env_file=None, home=home) for name, settings_class in services.items()}
+        # Every service finds the others through FLYWHEEL_<NAME>_ADDR (e.g. FLYWHEEL_REGISTRY_ADDR).
+        for name, settings in planned.items():
+            env.setdefault(f"FLYWHEEL_{name.upper()}_ADDR", f"{settings.grpc_host}:{settings.grpc_port}")
+        for name, settings in planned.items():
             proc = subprocess.Popen([sys.executable, "-m", f"flywheel.{name}"], env=env)
             children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port, proc))
         for child in children:
             wait_serving(child, timeout=60)
-            print(f"  {child.name:<10} grpc {child.grpc_address}   metrics http://127.0.0.1:{child.metrics_port}/metrics",
-                  flush=True)
+            print(f"  {child.name:<12} grpc {child.grpc_address}   "
+                  f"metrics http://127.0.0.1:{child.metrics_port}/metrics", flush=True)
         print("flywheel: ready (Ctrl-C stops everything)", flush=True)
         while not stopping:
             for child in children:

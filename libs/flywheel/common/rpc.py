@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import signal
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -89,6 +90,10 @@ class RpcServer:
     soon as shutdown begins, so load balancers drain it before it stops.
     """
 
+    # Servers started and not yet stopped (tests check none is left behind: a grpc.aio server
+    # collected after its event loop closed blocks interpreter exit).
+    running: weakref.WeakSet[RpcServer] = weakref.WeakSet()
+
     def __init__(self, host: str, port: int, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
         self.address = f"{host}:{port}"
         # No spans for health checks: besides being noise, the OpenTelemetry aio interceptor breaks
@@ -113,6 +118,7 @@ class RpcServer:
         if self.port == 0:
             raise OSError(f"could not bind gRPC server to {self.address}")
         await self.server.start()
+        RpcServer.running.add(self)
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -120,6 +126,7 @@ class RpcServer:
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        RpcServer.running.discard(self)
 
 
 async def wait_for_shutdown_signal() -> None:
