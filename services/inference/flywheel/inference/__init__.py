@@ -1,0 +1,1 @@
+"""Flywheel inference service."""

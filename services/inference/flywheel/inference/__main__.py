@@ -1,0 +1,3 @@
+from flywheel.inference.main import main
+
+main()

@@ -1,0 +1,46 @@
+"""The OIP v2 gRPC front door (inference.GRPCInferenceService): converts and delegates to the data plane."""
+
+from __future__ import annotations
+
+import grpc
+
+from flywheel.common.rpc import map_errors
+from flywheel.inference.convert import metadata_to_grpc, request_from_grpc, response_to_grpc
+from flywheel.inference.dataplane import DataPlane
+from flywheel.proto.inference import grpc_service_pb2 as pb
+from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    @map_errors
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dp.live())
+
+    @map_errors
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dp.ready())
+
+    @map_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
+
+    @map_errors
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.dp.server_metadata())
+
+    @map_errors
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        return metadata_to_grpc(self.dp.model_metadata(request.name, request.version))
+
+    @map_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return response_to_grpc(await self.dp.infer(request_from_grpc(request)))

@@ -1,0 +1,69 @@
+"""Adaptive server-side batching: concurrent requests for one model version are scored together.
+
+A request's rows join the pending batch; the batch is scored when it holds `max_rows` rows or
+`max_wait_s` has passed since its first request, whichever comes first. While a batch is being
+scored, new requests accumulate for the next one, so batches grow with load and a lone request
+waits at most `max_wait_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class Batcher:
+    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float) -> None:
+        self.score = score
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self._pending: list[tuple[np.ndarray, np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._rows = 0
+        self._full = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        if numeric.shape[0] >= self.max_rows:  # already a full batch on its own
+            return await asyncio.to_thread(self.score, numeric, categorical)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append((numeric, categorical, future))
+        self._rows += numeric.shape[0]
+        if self._rows >= self.max_rows:
+            self._full.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush_loop())
+        return await future
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            if self._rows < self.max_rows:
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+                except TimeoutError:
+                    pass
+            batch, taken = [], 0
+            while self._pending and (not batch or taken + self._pending[0][0].shape[0] <= self.max_rows):
+                item = self._pending.pop(0)
+                batch.append(item)
+                taken += item[0].shape[0]
+            self._rows -= taken
+            if self._rows < self.max_rows:
+                self._full.clear()
+            try:
+                numeric = np.concatenate([b[0] for b in batch]) if len(batch) > 1 else batch[0][0]
+                categorical = np.concatenate([b[1] for b in batch]) if len(batch) > 1 else batch[0][1]
+                scores = await asyncio.to_thread(self.score, numeric, categorical)
+            except Exception as exc:  # every request of the batch gets the error
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for n, _, future in ((b[0].shape[0], b[1], b[2]) for b in batch):
+                if not future.done():
+                    future.set_result(scores[start:start + n])
+                start += n

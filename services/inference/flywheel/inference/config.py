@@ -1,0 +1,57 @@
+"""Settings of the inference process (env prefix FLYWHEEL_INFERENCE_, plus the shared FLYWHEEL_ ones)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from flywheel.common.settings import ServiceSettings, shared
+
+
+class Route(BaseModel):
+    """How one model's requests are split between its champion and its challenger."""
+
+    mode: Literal["champion", "canary", "shadow"] = "champion"
+    # canary: share of requests (sticky by routing key) answered by the challenger.
+    canary_share: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_INFERENCE_", extra="ignore", populate_by_name=True)
+
+    grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds (0.0.0.0 in containers).")
+    grpc_port: int = Field(8001, description="OIP v2 gRPC port (GRPCInferenceService, health, reflection).")
+    http_host: str = Field("127.0.0.1", description="Interface the OIP v2 REST server binds.")
+    http_port: int = Field(8000, description="OIP v2 REST port.")
+    metrics_port: int = Field(8002, description="Prometheus /metrics port; 0 turns it off.")
+    models: list[str] = Field(default_factory=lambda: ["fraud"], description="Model names served (JSON list).")
+    registry_addr: str = shared("registry_addr", "127.0.0.1:50051", "Address of the registry gRPC server.")  # type: ignore[assignment]
+    featurestore_addr: str = shared(  # type: ignore[assignment]
+        "featurestore_addr", "127.0.0.1:50052", "Address of the feature store gRPC server (not used yet).")
+    routing: dict[str, Route] = Field(
+        default_factory=dict,
+        description='Per model routing (JSON): {"fraud": {"mode": "champion"|"canary"|"shadow", '
+                    '"canary_share": 0.1}}; a model not listed is served by its champion only.')
+    log_sample_rate: dict[str, float] = Field(
+        default_factory=dict, description="Per model share of requests logged to predictions.logged (JSON; "
+                                          "default 1.0).")
+    log_queue_size: int = Field(10_000, description="Prediction log events buffered before dropping.")
+    log_max_input_values: int = Field(
+        100_000, description="Requests with more input values than this are logged without their inputs.")
+    max_batch_size: int = Field(0, description="Adaptive batching: most rows scored at once (0 = off).")
+    max_batch_wait_ms: float = Field(2.0, description="Adaptive batching: longest wait for more rows.")
+    db_schema: str = Field("inference", description="PostgreSQL schema (processed events of the consumer).")
+    consumer_group: str = Field(
+        default_factory=lambda: f"inference-{socket.gethostname()}",
+        description="Kafka consumer group for models.promoted; must be unique per replica (every replica "
+                    "reacts to every promotion). Default: inference-<hostname>.")
+    load_timeout_s: float = Field(120.0, description="Longest time a model download + load may take.")
+
+    def route(self, model: str) -> Route:
+        return self.routing.get(model) or Route()
+
+    def sample_rate(self, model: str) -> float:
+        return float(self.log_sample_rate.get(model, 1.0))

@@ -1,0 +1,313 @@
+"""The transport-free data plane: validation, routing, scoring and logging of OIP v2 requests.
+
+The gRPC and REST front doors convert their wire formats to `InferRequest` and back from
+`InferResponse` (see `convert.py`); everything else happens here. Errors are the libs' domain
+errors (InvalidArgument, NotFound, Unavailable), mapped to statuses by each transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from flywheel.common.errors import InvalidArgument, NotFound, Unavailable
+from flywheel.inference.batching import Batcher
+from flywheel.inference.config import Route
+from flywheel.inference.model import LoadedModel
+from flywheel.inference.predlog import PredictionLog, sampled, tensor
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("flywheel_inference_requests_total", "Inference requests.", ["model", "arm", "outcome"])
+ROWS = Counter("flywheel_inference_rows_total", "Rows scored.", ["model", "arm"])
+LATENCY = Histogram("flywheel_inference_latency_seconds", "Scoring time per request (incl. batching wait).",
+                    ["model", "arm"], buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5))
+
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+PROBABILITY, LABEL = "probability", "label"
+OUTPUTS = (PROBABILITY, LABEL)
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    # np.ndarray (flat) for numeric datatypes, list[bytes] for BYTES.
+    data: Any
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    inputs: list[InputTensor]
+    model_version: str = ""
+    id: str = ""
+    outputs: list[str] | None = None  # None = all
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+    arm: str
+
+
+class ModelSlot:
+    """What serves one model name: its champion and challenger; replaced by single assignments."""
+
+    def __init__(self, name: str, route: Route, sample_rate: float) -> None:
+        self.name = name
+        self.route = route
+        self.sample_rate = sample_rate
+        self.champion: LoadedModel | None = None
+        self.challenger: LoadedModel | None = None
+
+    def versions(self) -> list[LoadedModel]:
+        return [m for m in (self.champion, self.challenger) if m is not None]
+
+
+def bucket(model: str, key: str) -> float:
+    """A stable hash of the routing key in [0, 1): the same key always takes the same arm."""
+    digest = hashlib.blake2b(f"{model}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class DataPlane:
+    def __init__(self, slots: dict[str, ModelSlot], predlog: PredictionLog, *, max_batch_size: int = 0,
+                 max_batch_wait_ms: float = 2.0, server_name: str = "flywheel-inference",
+                 server_version: str = "0.1.0") -> None:
+        self.slots = slots
+        self.predlog = predlog
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_ms / 1000
+        self.server_name = server_name
+        self.server_version = server_version
+        self.started = False
+        self._background: set[asyncio.Task] = set()
+
+    # -- health and metadata -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once started: a model without a champion yet is reported by ModelReady, not here."""
+        return self.started
+
+    def slot(self, name: str) -> ModelSlot:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise NotFound(f"unknown model {name!r}; served: {', '.join(sorted(self.slots))}")
+        return slot
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        """The loaded version (champion when `version` is empty)."""
+        slot = self.slot(name)
+        if version:
+            for m in slot.versions():
+                if str(m.version) == version:
+                    return m
+            loaded = ", ".join(str(m.version) for m in slot.versions()) or "none"
+            raise NotFound(f"model {name!r} version {version!r} is not loaded (loaded: {loaded})")
+        champion = slot.champion
+        if champion is None:
+            raise Unavailable(f"model {name!r} is not ready: no champion version loaded yet")
+        return champion
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.model(name, version)
+        except Unavailable:
+            return False
+        return True
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": self.server_version, "extensions": []}
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        m = self.model(name, version)
+        inputs = [{"name": NUMERIC, "datatype": "FP32", "shape": [-1, m.n_numeric]}]
+        if m.n_categorical:
+            inputs.append({"name": CATEGORICAL, "datatype": "BYTES", "shape": [-1, m.n_categorical]})
+        return {
+            "name": name, "versions": [str(v.version) for v in self.slot(name).versions()],
+            "platform": "pytorch_torchscript",
+            "inputs": inputs,
+            "outputs": [{"name": PROBABILITY, "datatype": "FP32", "shape": [-1]},
+                        {"name": LABEL, "datatype": "INT64", "shape": [-1]}],
+            "parameters": {"version": str(m.version), "format": m.metadata.get("format", ""),
+                           "numeric_features": ",".join(m.numeric_features),
+                           "categorical_features": ",".join(m.categorical_features),
+                           "threshold": str(m.threshold)},
+        }
+
+    # -- inference ------------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        slot = self.slot(request.model_name)
+        request_id = request.id or uuid.uuid4().hex
+        try:
+            primary, arm, shadow = self._route(slot, request, request_id)
+            numeric, categorical = self._validate(primary, request)
+            wanted = self._wanted_outputs(request)
+            start = time.perf_counter()
+            probability = await self._score(slot, primary, numeric, categorical)
+            latency = time.perf_counter() - start
+        except Exception as exc:
+            REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
+            raise
+        REQUESTS.labels(slot.name, arm, "ok").inc()
+        ROWS.labels(slot.name, arm).inc(numeric.shape[0])
+        LATENCY.labels(slot.name, arm).observe(latency)
+        label = (probability >= primary.threshold).astype(np.int64)
+        outputs = {PROBABILITY: OutputTensor(PROBABILITY, "FP32", [len(probability)], probability),
+                   LABEL: OutputTensor(LABEL, "INT64", [len(label)], label)}
+        logged = sampled(request_id, slot.sample_rate)
+        inputs_log = self._inputs_log(request) if logged else None
+        if logged:
+            self._log(slot, request, request_id, primary, arm, inputs_log, probability, label, latency)
+        if shadow is not None:
+            task = asyncio.create_task(self._shadow(slot, shadow, request, request_id, inputs_log, logged))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return InferResponse(slot.name, str(primary.version), request_id, [outputs[n] for n in wanted], arm)
+
+    def _route(self, slot: ModelSlot, request: InferRequest,
+               request_id: str) -> tuple[LoadedModel, str, LoadedModel | None]:
+        """(the version that answers, its arm, the version that scores in shadow or None).
+
+        Read both references once: a swap during this request does not change what it uses.
+        """
+        champion, challenger = slot.champion, slot.challenger
+        if request.model_version:
+            chosen = self.model(slot.name, request.model_version)
+            arm = "challenger" if challenger is not None and chosen is challenger else "champion"
+            return chosen, arm, None
+        if champion is None:
+            raise Unavailable(f"model {slot.name!r} is not ready: no champion version loaded yet")
+        mode = slot.route.mode
+        if challenger is None or challenger.version == champion.version or mode == "champion":
+            return champion, "champion", None
+        if mode == "shadow":
+            return champion, "champion", challenger
+        key = request.parameters.get("routing_key") or request_id
+        if bucket(slot.name, key) < slot.route.canary_share:
+            return challenger, "challenger", None
+        return champion, "champion", None
+
+    def _wanted_outputs(self, request: InferRequest) -> list[str]:
+        if request.outputs is None or not request.outputs:
+            return list(OUTPUTS)
+        for name in request.outputs:
+            if name not in OUTPUTS:
+                raise InvalidArgument(f"unknown output {name!r}; outputs: {', '.join(OUTPUTS)}")
+        return list(request.outputs)
+
+    def _validate(self, m: LoadedModel, request: InferRequest) -> tuple[np.ndarray, np.ndarray]:
+        by_name: dict[str, InputTensor] = {}
+        expected = [NUMERIC, CATEGORICAL] if m.n_categorical else [NUMERIC]
+        for t in request.inputs:
+            if t.name not in expected:
+                raise InvalidArgument(f"unknown input {t.name!r}; model {m.name!r} takes {', '.join(expected)}")
+            if t.name in by_name:
+                raise InvalidArgument(f"input {t.name!r} given twice")
+            by_name[t.name] = t
+        missing = [n for n in expected if n not in by_name]
+        if missing:
+            raise InvalidArgument(f"missing input(s) {', '.join(repr(n) for n in missing)}; "
+                                  f"model {m.name!r} takes {', '.join(expected)}")
+        num = by_name[NUMERIC]
+        if num.datatype != "FP32":
+            raise InvalidArgument(f"input 'numeric': datatype must be FP32, got {num.datatype}")
+        rows = self._check_shape(num, m.n_numeric)
+        numeric = np.array(num.data, dtype=np.float32).reshape(rows, m.n_numeric)  # a writable copy
+        # NaN (and +-inf) in numeric inputs mean "missing": the model imputes them (format contract).
+        if m.n_categorical:
+            cat = by_name[CATEGORICAL]
+            cat_rows = self._check_shape(cat, m.n_categorical)
+            if cat_rows != rows:
+                raise InvalidArgument(f"input 'categorical': {cat_rows} rows but 'numeric' has {rows}")
+            if cat.datatype == "BYTES":
+                categorical = m.category_indices(cat.data, rows)
+            elif cat.datatype == "INT64":  # vocabulary indices directly (any out-of-range index = other)
+                categorical = np.asarray(cat.data, dtype=np.int64).reshape(rows, m.n_categorical)
+            else:
+                raise InvalidArgument(f"input 'categorical': datatype must be BYTES (or INT64 vocabulary "
+                                      f"indices), got {cat.datatype}")
+        else:
+            categorical = np.zeros((rows, 0), dtype=np.int64)
+        return numeric, categorical
+
+    @staticmethod
+    def _check_shape(t: InputTensor, width: int) -> int:
+        if len(t.shape) != 2 or t.shape[1] != width:
+            raise InvalidArgument(f"input {t.name!r}: shape must be [N, {width}], got {list(t.shape)}")
+        rows = t.shape[0]
+        if rows <= 0:
+            raise InvalidArgument(f"input {t.name!r}: empty batch (shape {list(t.shape)})")
+        if len(t.data) != rows * width:
+            raise InvalidArgument(f"input {t.name!r}: shape {list(t.shape)} needs {rows * width} values, "
+                                  f"got {len(t.data)}")
+        return rows
+
+    async def _score(self, slot: ModelSlot, m: LoadedModel, numeric: np.ndarray,
+                     categorical: np.ndarray) -> np.ndarray:
+        if self.max_batch_size > 0:
+            batcher = m.batcher
+            if batcher is None:  # one batcher per loaded version, gone with it
+                batcher = m.batcher = Batcher(m.score, max_rows=self.max_batch_size,
+                                                         max_wait_s=self.max_batch_wait_s)
+            return await batcher.submit(numeric, categorical)
+        return await asyncio.to_thread(m.score, numeric, categorical)
+
+    async def _shadow(self, slot: ModelSlot, m: LoadedModel, request: InferRequest, request_id: str,
+                      inputs_log: list | None, logged: bool) -> None:
+        try:
+            numeric, categorical = self._validate(m, request)
+            start = time.perf_counter()
+            probability = await self._score(slot, m, numeric, categorical)
+            latency = time.perf_counter() - start
+            REQUESTS.labels(slot.name, "shadow", "ok").inc()
+            if logged:
+                label = (probability >= m.threshold).astype(np.int64)
+                self._log(slot, request, request_id, m, "shadow", inputs_log, probability, label, latency)
+        except Exception as exc:  # a failing shadow never affects the caller
+            REQUESTS.labels(slot.name, "shadow", type(exc).__name__).inc()
+            log.warning("shadow scoring failed", extra={"model": slot.name, "version": m.version, "error": repr(exc)})
+
+    def _inputs_log(self, request: InferRequest) -> list | None:
+        if sum(len(t.data) for t in request.inputs) > self.predlog.max_input_values:
+            return None
+        return [tensor(t.name, t.datatype, t.data, list(t.shape)) for t in request.inputs]
+
+    def _log(self, slot: ModelSlot, request: InferRequest, request_id: str, m: LoadedModel, arm: str,
+             inputs: list | None, probability: np.ndarray, label: np.ndarray, latency: float) -> None:
+        self.predlog.log(
+            request_id=request_id, model=slot.name, version=m.version, arm=arm, inputs=inputs,
+            outputs=[tensor(PROBABILITY, "FP32", probability, [len(probability)]),
+                     tensor(LABEL, "INT64", label, [len(label)])],
+            latency_ms=latency * 1000, sample_rate=slot.sample_rate, parameters=dict(request.parameters))
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)

@@ -1,0 +1,123 @@
+"""Composition root of the inference service: the OIP v2 gRPC and REST front doors (one event
+loop), model loading + hot swap from the registry, the models.promoted consumer, the prediction
+log publisher and the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from flywheel.common.db import Database
+from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
+from flywheel.common.rpc import RpcServer, wait_for_shutdown_signal
+from flywheel.common.telemetry import setup_logging, setup_tracing, start_metrics_server
+from flywheel.inference.api import InferenceServicer
+from flywheel.inference.config import InferenceSettings
+from flywheel.inference.dataplane import DataPlane, ModelSlot
+from flywheel.inference.handlers import handlers
+from flywheel.inference.predlog import SOURCE, PredictionLog
+from flywheel.inference.repository import Repository
+from flywheel.inference.rest import RestServer
+from flywheel.proto.inference import grpc_service_pb2 as pb
+from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class InferenceApp:
+    """The running inference server; `start` returns once both front doors serve (models that have a
+    champion are loaded by then; others become ready when one is promoted), `stop` drains and closes."""
+
+    def __init__(self, settings: InferenceSettings, *, initial_load_timeout: float = 60.0) -> None:
+        settings.require_infrastructure()
+        self.settings = settings
+        self.initial_load_timeout = initial_load_timeout
+        self.slots = {name: ModelSlot(name, settings.route(name), settings.sample_rate(name))
+                      for name in settings.models}
+        self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
+                                          max_queue=settings.log_queue_size,
+                                          idempotent=settings.kafka_enable_idempotence)
+        self.dataplane = DataPlane(self.slots, PredictionLog(self.publisher,
+                                                             max_input_values=settings.log_max_input_values),
+                                   max_batch_size=settings.max_batch_size,
+                                   max_batch_wait_ms=settings.max_batch_wait_ms)
+        self.repository = Repository(self.slots, settings.registry_addr, load_timeout_s=settings.load_timeout_s)
+        self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
+        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
+                                       db=self.db, handlers=handlers(self.repository), source=SOURCE)
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
+                     SERVICE_NAME)
+        self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port)
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.settings.grpc_host}:{self.rpc.port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.settings.http_host}:{self.rest.port}"
+
+    address = grpc_address
+
+    async def start(self) -> None:
+        await self.db.open()  # the common migrations only (processed_events for the consumer)
+        await self.publisher.start()
+        await self.repository.start()
+        # Consumer first, then a reconcile per model: a promotion is never missed in between.
+        await self.consumer.start()
+        for name in self.slots:
+            self.repository.schedule(name)
+        try:
+            await asyncio.wait_for(self.repository.wait_idle(), self.initial_load_timeout)
+        except TimeoutError:
+            log.warning("initial model load still running; serving anyway")
+        await self.rpc.start()
+        await self.rest.start()
+        self.dataplane.started = True
+        log.info("inference serving", extra={"grpc": self.grpc_address, "http": self.http_address,
+                                             "models": {n: s.champion.version if s.champion else None
+                                                        for n, s in self.slots.items()}})
+
+    async def stop(self) -> None:
+        self.dataplane.started = False
+        await self.rest.stop()
+        await self.rpc.stop()
+        await self.dataplane.drain()
+        await self.consumer.stop()
+        await self.repository.stop()
+        await self.publisher.stop()
+        await self.db.close()
+
+
+async def serve(settings: InferenceSettings) -> None:
+    setup_tracing("inference", settings.otlp_endpoint)
+    start_metrics_server(settings.metrics_port, "0.0.0.0" if settings.grpc_host == "0.0.0.0" else "127.0.0.1")
+    app = InferenceApp(settings)
+    await app.start()
+    try:
+        await wait_for_shutdown_signal()
+        log.info("shutting down")
+    finally:
+        await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.inference",
+        description="Flywheel inference: OIP v2 gRPC + REST serving of registry models with hot swap, "
+                    "canary/shadow routing and prediction logging. Configured by FLYWHEEL_* / "
+                    "FLYWHEEL_INFERENCE_* environment variables (see README).")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (overrides FLYWHEEL_INFERENCE_GRPC_PORT)")
+    parser.add_argument("--http-port", type=int, help="REST port (overrides FLYWHEEL_INFERENCE_HTTP_PORT)")
+    args = parser.parse_args(argv)
+    settings = InferenceSettings()
+    if args.grpc_port is not None:
+        settings.grpc_port = args.grpc_port
+    if args.http_port is not None:
+        settings.http_port = args.http_port
+    setup_logging("inference", settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))

@@ -1,0 +1,120 @@
+"""The OIP v2 REST front door (Starlette, served by uvicorn in the gRPC server's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, Unavailable
+from flywheel.inference.convert import HEADER_LENGTH, request_from_rest, response_to_rest
+from flywheel.inference.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+
+STATUS = {InvalidArgument: 400, NotFound: 404, Unavailable: 503}
+
+
+def error(exc: BaseException) -> JSONResponse:
+    if isinstance(exc, FlywheelError):
+        for cls in type(exc).__mro__:
+            if cls in STATUS:
+                return JSONResponse({"error": str(exc)}, status_code=STATUS[cls])
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    log.exception("unhandled error in the REST front door")
+    return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+
+def build_app(dp: DataPlane) -> Starlette:
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": dp.live()}, status_code=200 if dp.live() else 503)
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": dp.ready()}, status_code=200 if dp.ready() else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(dp.server_metadata())
+
+    def _path(request: Request) -> tuple[str, str]:
+        return request.path_params["name"], request.path_params.get("version", "")
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            return JSONResponse(dp.model_metadata(*_path(request)))
+        except Exception as exc:
+            return error(exc)
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            ok = dp.model_ready(*_path(request))
+        except Exception as exc:
+            return error(exc)
+        return JSONResponse({"name": _path(request)[0], "ready": ok}, status_code=200 if ok else 503)
+
+    async def infer(request: Request) -> Response:
+        name, version = _path(request)
+        try:
+            header = request.headers.get(HEADER_LENGTH)
+            try:
+                header_length = int(header) if header is not None else None
+            except ValueError:
+                raise InvalidArgument(f"Inference-Header-Content-Length {header!r} is not an integer") from None
+            infer_request, binary, all_binary = request_from_rest(name, version, await request.body(), header_length)
+            body, length = response_to_rest(await dp.infer(infer_request), binary, all_binary)
+        except Exception as exc:
+            return error(exc)
+        if length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length":
+                                                                             str(length)})
+
+    async def not_found(request: Request, exc: Any) -> Response:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"},
+                            status_code=getattr(exc, "status_code", 404))
+
+    routes = [
+        Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+        Route("/v2/models/{name}", model_metadata), Route("/v2/models/{name}/versions/{version}", model_metadata),
+        Route("/v2/models/{name}/ready", model_ready),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+class RestServer:
+    """uvicorn running `build_app(dp)` as a task of the current event loop."""
+
+    def __init__(self, dp: DataPlane, host: str, port: int) -> None:
+        config = uvicorn.Config(build_app(dp), host=host, port=port, lifespan="off", log_level="warning",
+                                access_log=False, http="httptools", loop="none")
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        # `_serve`, not `serve`: the process's signal handling belongs to the app, not to uvicorn.
+        self.task = asyncio.create_task(self.server._serve(), name="rest-server")
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+                raise OSError("the REST server stopped while starting")
+            await asyncio.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.task = None

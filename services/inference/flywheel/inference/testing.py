@@ -1,0 +1,119 @@
+"""Test and benchmark helpers: a tiny `flywheel.predictive/v1` artifact built from config.
+
+`build_predictive_artifact` makes a valid artifact (the same tar.gz layout and the
+`model.json` keys the trainer writes that the inference service relies on) with a
+TorchScript MLP of seeded random weights: no training, no data, no `flywheel.trainer`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import warnings
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+MODEL_FORMAT = "flywheel.predictive/v1"
+
+
+class _TinyScoringModule(nn.Module):
+    """(numeric float32 [N, n] raw, NaN allowed; categorical int64 [N, k] vocab indices) -> P [N]."""
+
+    def __init__(self, n_numeric: int, category_sizes: list[int], hidden: tuple[int, ...],
+                 constant: float) -> None:
+        super().__init__()
+        self.register_buffer("category_sizes", torch.tensor(category_sizes, dtype=torch.int64).reshape(-1))
+        # constant >= 0: every row scores exactly `constant` (models whose answers reveal them).
+        self.register_buffer("constant", torch.tensor(float(constant)))
+        layers: list[nn.Module] = []
+        width = n_numeric + sum(category_sizes)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        x = numeric.to(torch.float32)
+        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # NaN / inf -> 0 (imputation)
+        parts = [x]
+        for j in range(self.category_sizes.shape[0]):
+            size = int(self.category_sizes[j])
+            index = categorical[:, j].to(torch.int64)
+            index = torch.where((index < 0) | (index >= size), torch.full_like(index, size - 1), index)
+            parts.append(nn.functional.one_hot(index, size).to(torch.float32))
+        p = torch.sigmoid(self.mlp(torch.cat(parts, dim=1)).squeeze(1))
+        if bool(self.constant >= 0.0):
+            p = torch.full_like(p, float(self.constant))
+        return p
+
+
+def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] | None = None,
+                              hidden: tuple[int, ...] = (64, 32), seed: int = 0, threshold: float = 0.5,
+                              *, name: str = "fraud", constant: float | None = None) -> bytes:
+    """The tar.gz bytes of a `flywheel.predictive/v1` artifact with seeded random weights.
+
+    `vocab` maps each categorical feature to its categories (index len(vocab) = "other");
+    `constant` (0..1) makes every prediction that exact probability.
+    """
+    vocab = dict(vocab or {})
+    categorical = list(vocab)
+    numeric = [f"x{i}" for i in range(n_numeric)]
+    torch.manual_seed(seed)
+    module = _TinyScoringModule(n_numeric, [len(vocab[f]) + 1 for f in categorical], tuple(hidden),
+                                -1.0 if constant is None else constant).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), buffer)
+    model_pt = buffer.getvalue()
+    profile_json = b"{}"
+    metadata: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "model_name": name,
+        "run_id": f"testing-seed-{seed}",
+        "feature_names": [*numeric, *categorical],
+        "input_schema": {
+            "numeric": {"tensor": 0, "dtype": "float32", "shape": [-1, n_numeric], "features": numeric,
+                        "missing": "NaN (or +-inf): imputed"},
+            "categorical": {"tensor": 1, "dtype": "int64", "shape": [-1, len(categorical)],
+                            "features": categorical, "vocab": vocab,
+                            "other_index": {f: len(vocab[f]) for f in categorical},
+                            "unknown": "any index outside 0..len(vocab)-1 (e.g. -1) means other"},
+        },
+        "output": {"dtype": "float32", "shape": [-1], "meaning": "calibrated P(label = true)"},
+        "threshold": float(threshold),
+        "metrics": {},
+        "torch_version": torch.__version__,
+        "files": {"model.pt": hashlib.sha256(model_pt).hexdigest(),
+                  "reference_profile.json": hashlib.sha256(profile_json).hexdigest()},
+    }
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in (("model.json", json.dumps(metadata, indent=1).encode()), ("model.pt", model_pt),
+                             ("reference_profile.json", profile_json)):
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+async def register_artifact(stub: Any, name: str, data: bytes, *, chunk: int = 64 * 1024, **spec: Any) -> Any:
+    """Register `data` as a new version of `name` in the registry (a RegistryServiceStub, grpc.aio)."""
+    from flywheel.proto.events.v1 import common_pb2
+    from flywheel.proto.registry.v1 import registry_service_pb2 as pb
+
+    spec.setdefault("kind", common_pb2.MODEL_KIND_PREDICTIVE)
+
+    async def messages() -> AsyncIterator[Any]:
+        yield pb.RegisterModelVersionRequest(spec=pb.ModelVersionSpec(model_name=name, **spec))
+        for start in range(0, len(data), chunk):
+            yield pb.RegisterModelVersionRequest(chunk=data[start:start + chunk])
+
+    return (await stub.RegisterModelVersion(messages())).model_version
