@@ -5,6 +5,7 @@ set over gRPC, trains the demo's fraud spec, and registers a version that scores
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ ROC_AUC_FLOOR = 0.8
 
 @dataclass
 class Demo:
+    store: Any
     trainer: TrainerApp
     stub: pb_grpc.TrainerServiceStub
     registry: Any
@@ -112,7 +114,7 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         await eventually(consumed, timeout=300, what="feature rows and labels consumed")
 
         channel = rpc.channel(trainer.address, default_timeout=30)
-        yield Demo(trainer, pb_grpc.TrainerServiceStub(channel), registry, model, transactions, infra, producer)
+        yield Demo(store, trainer, pb_grpc.TrainerServiceStub(channel), registry, model, transactions, infra, producer)
     finally:
         if channel is not None:
             await channel.close()
@@ -217,3 +219,39 @@ async def test_bad_inputs_fail_clearly_and_register_nothing(demo: Demo, tmp_path
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await demo.registry.ListModelVersions(reg.ListModelVersionsRequest(model_name=other))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_generated_features_are_served_online_and_payments_published(demo: Demo) -> None:
+    """Generator -> features.updates -> the feature store's online store, read over gRPC; and the raw
+    payments the bank scores land on its own topic, without labels."""
+    from payments_demo.pipeline import TRANSACTIONS_TOPIC, feature_rows, publish_transactions
+
+    from flywheel.proto.events.v1 import features_pb2
+    from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fs
+    from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fs_grpc
+    from tests.kafka_helpers import read_records
+
+    latest: dict[str, dict] = {}
+    for row in feature_rows(demo.transactions):
+        if row.view == "customer_stats":
+            latest[row.entity_keys["customer_id"]] = dict(row.values)
+    customers = sorted(latest)[:20]
+    async with rpc.channel(demo.store.address) as channel:
+        response = await fs_grpc.FeatureStoreServiceStub(channel).GetOnlineFeatures(fs.GetOnlineFeaturesRequest(
+            features=fs.FeatureSelection(features=fs.FeatureRefs(refs=["customer_stats:txn_count_24h",
+                                                                       "customer_stats:avg_amount_30d"])),
+            entity_rows=[fs.EntityRow(keys={"customer_id": features_pb2.FeatureValue(string_value=c)})
+                         for c in customers]))
+    assert list(response.feature_names) == ["customer_stats__txn_count_24h", "customer_stats__avg_amount_30d"]
+    for customer, row in zip(customers, response.rows, strict=True):
+        assert row.values[0].int64_value == latest[customer]["txn_count_24h"]
+        assert row.values[1].double_value == pytest.approx(latest[customer]["avg_amount_30d"])
+
+    payments = demo.transactions[:50]
+    assert await publish_transactions(payments, demo.infra.kafka_bootstrap) == 50
+    wanted = {t.transaction_id for t in payments}
+    records = await read_records(demo.infra.kafka_bootstrap, TRANSACTIONS_TOPIC,
+                                 until=lambda rs: wanted <= {r.key.decode() for r in rs})
+    bodies = [json.loads(r.value) for r in records if r.key.decode() in wanted]
+    assert {b["transaction_id"] for b in bodies} == wanted
+    assert all("is_fraud" not in b and "label" not in b for b in bodies)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from payments_demo.generator import SCENARIOS, Transaction, fraud_rate, generate, get_scenario
-from payments_demo.pipeline import all_events, publish
+from payments_demo.pipeline import TRANSACTIONS_TOPIC, all_events, publish, publish_transactions
 
 console = Console()
 
@@ -66,7 +66,8 @@ def list_scenarios() -> None:
 def generate_command(scenario_name: str, days: int, seed: int, start: datetime, transactions_per_day: int,
                      customers: int, merchants: int, onset_day: int | None, all_labels: bool, bootstrap: str | None,
                      dry_run: bool) -> None:
-    """Simulate a scenario and publish its feature rows (features.updates) and labels (feedback.received)."""
+    """Simulate a scenario and publish its feature rows (features.updates), labels (feedback.received) and the
+    raw payments to score (payments.transactions)."""
     spec = get_scenario(scenario_name)
     onset = (days // 2 if onset_day is None else onset_day) if spec.has_onset else None
     end = start + timedelta(days=days)
@@ -86,7 +87,8 @@ def generate_command(scenario_name: str, days: int, seed: int, start: datetime, 
                   console=console) as progress:
         task = progress.add_task("publish", total=len(events))
         published = asyncio.run(publish(events, bootstrap, on_progress=lambda n: progress.advance(task, n)))
-    console.print(f"published {published} events to {bootstrap}")
+    payments = asyncio.run(publish_transactions(transactions, bootstrap))
+    console.print(f"published {published} events and {payments} raw payments ({TRANSACTIONS_TOPIC}) to {bootstrap}")
 
 
 def _print_summary(transactions: list[Transaction], events: list, scenario: str, start: datetime, end: datetime,

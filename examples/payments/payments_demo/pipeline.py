@@ -15,7 +15,9 @@ Point-in-time safety, by construction:
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import json
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -235,3 +237,35 @@ async def publish(events: Iterable[Event], bootstrap: str, *, batch_size: int = 
     finally:
         await producer.stop()
     return len(pending)
+
+
+# The bank's own stream of card payments, as its payment switch would publish them: what the
+# platform scores (over inference's API) before anyone knows the truth. JSON, keyed by transaction
+# id, on a topic of the bank's (not one of the platform's event topics), with no label in it.
+TRANSACTIONS_TOPIC = "payments.transactions"
+
+
+def transaction_record(t: Transaction) -> tuple[bytes, bytes]:
+    """(key, JSON value) of a raw payment; the label and latent fraud pattern are not in it."""
+    body = {"transaction_id": t.transaction_id, "customer_id": t.customer_id, "merchant_id": t.merchant_id,
+            "event_time": t.event_time.isoformat(), "amount": t.amount, "hour_of_day": t.hour_of_day,
+            "is_foreign": t.is_foreign, "card_present": t.card_present, "merchant_category": t.merchant_category,
+            "country": t.country}
+    return t.transaction_id.encode(), json.dumps(body).encode()
+
+
+async def publish_transactions(transactions: Iterable[Transaction], bootstrap: str, *, partitions: int = 6,
+                               client_id: str = "payments-demo") -> int:
+    """Publish raw payments to `payments.transactions` (created if missing); returns how many."""
+    from flywheel.common.kafka import ensure_topic_names, new_producer  # Kafka only when publishing
+
+    records = [transaction_record(t) for t in transactions]
+    await ensure_topic_names(bootstrap, {TRANSACTIONS_TOPIC: partitions})
+    producer = new_producer(bootstrap, client_id=client_id)
+    await producer.start()
+    try:
+        futures = [await producer.send(TRANSACTIONS_TOPIC, value=value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(records)
