@@ -41,8 +41,17 @@ lint: setup ## ruff + buf lint (buf via npx when node is present)
 	$(VENV)/bin/ruff check libs services tests tools bench
 	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1.75.0 lint; else echo 'npx not found: skipping buf lint'; fi
 
-bench: setup ## Benchmarks: writes bench/results/<name>.json and a markdown table
+MLSERVER_VENV := bench/mlserver_runtime/.venv
+MLSERVER_REQS := mlserver==1.7.1 torch==2.13.0
+
+bench: setup $(MLSERVER_VENV)/.bench-requirements ## Benchmarks: writes bench/results/<name>.json and a markdown table
 	$(PY) -m bench
+
+# The inference benchmark's peer (MLServer) in its own venv: its pins conflict with .venv's.
+$(MLSERVER_VENV)/.bench-requirements:
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q $(MLSERVER_REQS)
+	echo '$(MLSERVER_REQS)' > $@
 
 clean: ## Remove the venv, the embedded stack's data and caches
 	rm -rf $(VENV) .flywheel .pytest_cache .ruff_cache

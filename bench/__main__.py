@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import events, features, registry
+from bench import events, features, inference, registry
 from bench.common import (
     BenchResult,
     Context,
@@ -33,7 +33,7 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 # In this order: the registry reports the peak RSS of the process (and its growth), so it runs before
 # the events benchmark holds tens of thousands of events in memory.
 BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: events.run,
-                                    features.NAME: features.run}
+                                    features.NAME: features.run, inference.NAME: inference.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
@@ -41,9 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Side-by-side benchmarks of Flywheel's foundation against real peers measured in the same run: "
-                    "events (BoundedPublisher, outbox, ConsumerRunner vs raw aiokafka) and registry (artifact "
-                    "upload/download vs copy + sha256, GetModelVersion vs health Check). Uses an embedded broker + "
-                    "database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL when both are set.")
+                    "events (BoundedPublisher, outbox, ConsumerRunner vs raw aiokafka), registry (artifact "
+                    "upload/download vs copy + sha256, GetModelVersion vs health Check) and inference (Flywheel vs "
+                    "MLServer serving the same TorchScript model under the same tritonclient load). Uses an "
+                    "embedded broker + database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL "
+                    "when both are set.")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)}); default: all")
     parser.add_argument("--quick", action="store_true",

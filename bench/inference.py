@@ -1,0 +1,641 @@
+"""Benchmark `inference`: the same TorchScript MLP (30 numeric inputs) served by Flywheel's inference
+service and by MLServer 1.7.1 (custom runtime, parallel_workers 0), driven by the same tritonclient load.
+
+Three servers run side by side, each a subprocess on free loopback ports: Flywheel with prediction
+logging to Kafka on (every request -> one `predictions.logged` event on the run's broker), Flywheel with
+logging off (sample rate 0), and MLServer from its own venv (`bench/mlserver_runtime/.venv`, created
+on first use). Flywheel loads the model from a registry running in this process (registered +
+promoted to champion); MLServer gets `model.pt` extracted from the same artifact. The load comes from
+one driver subprocess (`python -m bench.inference drive`: tritonclient cannot share a process with
+Flywheel's generated OIP protobuf module), one client per calling thread, and the cases of one run are
+interleaved across the three servers so drift hits all of them. A thread of this process samples the
+resident memory (psutil, process + children) of each server during the whole load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bench.common import (
+    REPEATS,
+    BenchResult,
+    Context,
+    drop_schemas,
+    markdown_table,
+    median,
+    percentile,
+    ratio,
+    rounded,
+    significant,
+    thousands,
+)
+
+NAME = "inference"
+MODEL = "bench-mlp"
+N_NUMERIC = 30
+CONCURRENCY = 8
+HERE = Path(__file__).parent
+RUNTIME_DIR = HERE / "mlserver_runtime"
+MLSERVER_VENV = RUNTIME_DIR / ".venv"  # ignored by the root .gitignore (.venv/)
+MLSERVER_REQUIREMENTS = ("mlserver==1.7.1", "torch==2.13.0")  # torch: exactly the CPU wheel on disk
+READY_TIMEOUT = 180.0
+STOP_TIMEOUT = 20.0
+SAMPLE_EVERY_S = 0.02
+FLYWHEEL_ON, FLYWHEEL_OFF, MLSERVER = "flywheel", "flywheel_nolog", "mlserver"
+LABELS = {FLYWHEEL_ON: "Flywheel (logging on)", FLYWHEEL_OFF: "Flywheel (logging off)", MLSERVER: "MLServer 1.7.1"}
+
+
+@dataclass(frozen=True)
+class Case:
+    protocol: str  # "grpc" | "rest"
+    callers: int
+    rows: int
+    requests: int
+
+    @property
+    def label(self) -> str:
+        who = "sequential" if self.callers == 1 else f"{self.callers} concurrent"
+        return f"{self.protocol}, {who}, {self.rows} row{'s' if self.rows > 1 else ''}"
+
+
+def cases(quick: bool) -> list[Case]:
+    sequential, concurrent, batch = (300, 800, 300) if quick else (2_000, 4_000, 1_000)
+    return [case for protocol in ("grpc", "rest") for case in (
+        Case(protocol, 1, 1, sequential), Case(protocol, CONCURRENCY, 1, concurrent), Case(protocol, 1, 8, batch))]
+
+
+# -- the MLServer venv ------------------------------------------------------------------------------
+
+
+def mlserver_executable() -> Path:
+    return MLSERVER_VENV / "bin" / "mlserver"
+
+
+def ensure_mlserver_venv() -> str:
+    """Create bench/mlserver_runtime/.venv with mlserver + torch (CPU) unless it is there; what was done."""
+    stamp = MLSERVER_VENV / ".bench-requirements"
+    wanted = " ".join(MLSERVER_REQUIREMENTS)
+    if mlserver_executable().exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return "present"
+    python = os.environ.get("PYTHON", "python3.11")
+    subprocess.run([python, "-m", "venv", str(MLSERVER_VENV)], check=True)
+    subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *MLSERVER_REQUIREMENTS],
+                   check=True)
+    stamp.write_text(wanted + "\n")
+    return "created"
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    key: str
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def spawn(key: str, argv: list[str], env: dict[str, str], scratch: Path, ports: tuple[int, int, int]) -> Server:
+    log_path = scratch / f"{key}.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               cwd=scratch, start_new_session=True)
+    return Server(key, process, *ports, log_path, log_file)
+
+
+def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bool, scratch: Path) -> Server:
+    ports = free_port(), free_port(), free_port()
+    env = {**os.environ,
+           "FLYWHEEL_INFERENCE_GRPC_PORT": str(ports[0]), "FLYWHEEL_INFERENCE_HTTP_PORT": str(ports[1]),
+           "FLYWHEEL_INFERENCE_METRICS_PORT": str(ports[2]), "FLYWHEEL_INFERENCE_MODELS": json.dumps([MODEL]),
+           "FLYWHEEL_REGISTRY_ADDR": registry_addr, "FLYWHEEL_KAFKA_BOOTSTRAP": ctx.infra.kafka_bootstrap,
+           "FLYWHEEL_DATABASE_URL": ctx.infra.database_url, "FLYWHEEL_HOME": str(ctx.infra.home),
+           "FLYWHEEL_INFERENCE_DB_SCHEMA": f"bench_{key}_{ctx.run_id}",
+           "FLYWHEEL_INFERENCE_CONSUMER_GROUP": f"bench-{key}-{ctx.run_id}",
+           "FLYWHEEL_INFERENCE_LOG_SAMPLE_RATE": json.dumps({MODEL: 1.0 if logging_on else 0.0}),
+           "FLYWHEEL_LOG_LEVEL": "WARNING"}
+    return spawn(key, [sys.executable, "-m", "flywheel.inference"], env, scratch, ports)
+
+
+def start_mlserver(model_pt: bytes, scratch: Path) -> Server:
+    ports = free_port(), free_port(), free_port()
+    root = scratch / "mlserver"
+    (root / MODEL).mkdir(parents=True, exist_ok=True)
+    (root / MODEL / "model.pt").write_bytes(model_pt)
+    (root / "settings.json").write_text(json.dumps({
+        "debug": False, "parallel_workers": 0, "host": "127.0.0.1", "grpc_port": ports[0], "http_port": ports[1],
+        "metrics_port": ports[2], "metrics_dir": str(root / ".metrics"), "load_models_at_startup": True}))
+    (root / MODEL / "model-settings.json").write_text(json.dumps({
+        "name": MODEL, "implementation": "bench_torchscript.TorchScriptRuntime",
+        "parameters": {"uri": "./model.pt", "version": "1"}}))
+    env = {**os.environ, "PYTHONPATH": str(RUNTIME_DIR)}
+    for variable in ("VIRTUAL_ENV", "PYTHONHOME"):
+        env.pop(variable, None)
+    return spawn(MLSERVER, [str(mlserver_executable()), "start", str(root)], env, scratch, ports)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def wait_ready(server: Server) -> float:
+    """Seconds until the server and its model answer ready on REST; fails if the process dies."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < READY_TIMEOUT:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{LABELS[server.key]} exited with {server.process.returncode}:\n{server.log_tail()}")
+        base = f"http://{server.http_url}/v2"
+        if http_ok(f"{base}/health/ready") and http_ok(f"{base}/models/{MODEL}/ready"):
+            return time.perf_counter() - start
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"{LABELS[server.key]} not ready after {READY_TIMEOUT:.0f}s:\n{server.log_tail()}")
+
+
+def stop(server: Server) -> None:
+    if server.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+    server.log_file.close()
+
+
+def scrape(server: Server, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """Prometheus samples of the server whose names start with one of `prefixes` (summed per name)."""
+    values: dict[str, float] = {}
+    with contextlib.suppress(OSError, urllib.error.URLError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(prefixes):
+                    sample, _, value = line.rpartition(" ")
+                    values[sample] = values.get(sample, 0.0) + float(value)
+    return values
+
+
+# -- resident memory and CPU of the servers ---------------------------------------------------------
+
+
+class MemorySampler:
+    """Samples the RSS of each server (process + its children) every SAMPLE_EVERY_S in a thread."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.processes = {key: psutil.Process(pid) for key, pid in pids.items()}
+        self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def rss_mib(self, key: str) -> float:
+        import psutil
+
+        process = self.processes[key]
+        total = 0
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+        return total / (1 << 20)
+
+    def cpu_s(self, key: str) -> float:
+        import psutil
+
+        process, total = self.processes[key], 0.0
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    times = child.cpu_times()
+                    total += times.user + times.system
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY_S):
+            for key in self.processes:
+                self.peak_mib[key] = max(self.peak_mib[key], self.rss_mib(key))
+            self.samples += 1
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the load driver (a subprocess: tritonclient's protobuf symbols clash with Flywheel's) ----------
+
+
+class Driver:
+    """`python -m bench.inference drive`: one JSON command per line in, one JSON result per line out."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.inference", "drive"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, cwd=HERE.parent, text=True, bufsize=1)
+        self._lock = threading.Lock()
+
+    def call(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin and self.process.stdout
+        with self._lock:
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load driver exited with {self.process.poll()}")
+        result = json.loads(line)
+        if "error" in result:
+            raise RuntimeError(f"load driver: {result['error']}")
+        return result
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _rows(rows: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(rows).standard_normal((rows, N_NUMERIC)).astype(np.float32)
+
+
+def _client(protocol: str, url: str) -> tuple[Any, Any]:
+    """(client, infer(numeric) -> probability) for one calling thread."""
+    if protocol == "grpc":
+        import tritonclient.grpc as tg
+
+        client = tg.InferenceServerClient(url)
+        outputs = [tg.InferRequestedOutput("probability")]
+
+        def infer_grpc(numeric: Any) -> Any:
+            request_input = tg.InferInput("numeric", list(numeric.shape), "FP32")
+            request_input.set_data_from_numpy(numeric)
+            return client.infer(MODEL, [request_input], outputs=outputs).as_numpy("probability")
+
+        return client, infer_grpc
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(url, connection_timeout=30.0, network_timeout=30.0)
+    outputs = [th.InferRequestedOutput("probability", binary_data=False)]
+
+    def infer_rest(numeric: Any) -> Any:
+        # JSON tensors both ways: MLServer does not take the binary tensor extension.
+        request_input = th.InferInput("numeric", list(numeric.shape), "FP32")
+        request_input.set_data_from_numpy(numeric, binary_data=False)
+        return client.infer(MODEL, [request_input], outputs=outputs).as_numpy("probability")
+
+    return client, infer_rest
+
+
+def _measure(protocol: str, url: str, rows: int, callers: int, requests: int, warmup: int) -> dict[str, Any]:
+    """Latencies (ms) of `requests` calls split over `callers` threads, after `warmup` calls per thread."""
+    numeric = _rows(rows)
+    per_caller = requests // callers
+    barrier = threading.Barrier(callers + 1)
+    samples: list[list[float]] = [[] for _ in range(callers)]
+    errors: list[str] = []
+
+    def caller(index: int) -> None:
+        client, infer = _client(protocol, url)
+        try:
+            for _ in range(warmup):
+                infer(numeric)
+            barrier.wait()
+            mine = samples[index]
+            for _ in range(per_caller):
+                start = time.perf_counter()
+                out = infer(numeric)
+                mine.append((time.perf_counter() - start) * 1e3)
+                if out.shape != (rows,):
+                    raise RuntimeError(f"probability has shape {out.shape}, expected ({rows},)")
+        except Exception as exc:  # reported to the parent
+            errors.append(f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.abort()
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        return {"error": errors[0]}
+    return {"latencies_ms": [round(v, 4) for s in samples for v in s], "wall_s": wall}
+
+
+def drive() -> None:
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            if command.pop("op") == "predict":
+                _, infer = _client(command["protocol"], command["url"])
+                result: dict[str, Any] = {"probability": infer(_rows(command["rows"])).tolist()}
+            else:
+                result = _measure(**command)
+        except Exception as exc:
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+
+
+def model_pt_of(artifact: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(artifact))) as tar:
+        member = tar.extractfile("model.pt")
+        if member is None:
+            raise RuntimeError("the artifact has no model.pt")
+        return member.read()
+
+
+@contextlib.contextmanager
+def servers_stopped(servers: list[Server]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for server in servers:
+            stop(server)
+
+
+@dataclass
+class Measured:
+    runs: dict[tuple[str, Case], list[dict[str, float]]] = field(default_factory=dict)
+
+
+async def run(ctx: Context) -> BenchResult:
+    from flywheel.common import rpc
+    from flywheel.inference.testing import build_predictive_artifact, register_artifact
+    from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+    from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+    from flywheel.registry.config import RegistrySettings
+    from flywheel.registry.main import RegistryApp
+
+    steps, reps = ctx.steps, 1 if ctx.quick else REPEATS
+    plan = cases(ctx.quick)
+    warmup = 50 if ctx.quick else 200
+    steps.begin(NAME, 5 + reps * len(plan))
+    with steps.step("MLServer venv (bench/mlserver_runtime/.venv: mlserver 1.7.1 + torch 2.13.0 CPU)"):
+        venv = await asyncio.to_thread(ensure_mlserver_venv)
+    scratch = ctx.infra.home / "inference"
+    scratch.mkdir(exist_ok=True)
+    artifact = build_predictive_artifact(n_numeric=N_NUMERIC, name=MODEL)
+    model_pt = model_pt_of(artifact)
+    registry_settings = RegistrySettings(
+        kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url, home=ctx.infra.home,
+        grpc_port=0, metrics_port=0, db_schema=f"bench_inference_registry_{ctx.run_id}",
+        consumer_group=f"bench-inference-registry-{ctx.run_id}",
+        artifact_store=(scratch / "artifacts").as_uri())
+    registry_app = RegistryApp(registry_settings)
+    servers: list[Server] = []
+    schemas = [registry_settings.db_schema, *(f"bench_{k}_{ctx.run_id}" for k in (FLYWHEEL_ON, FLYWHEEL_OFF))]
+    try:
+        with steps.step("registry in-process; register the artifact and promote it to champion"):
+            await registry_app.start()
+            async with rpc.channel(registry_app.address, default_timeout=30.0) as channel:
+                registry = rpb_grpc.RegistryServiceStub(channel)
+                version = await register_artifact(registry, MODEL, artifact, framework="pytorch")
+                await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion",
+                                                            version=version.version, actor="bench"))
+        with servers_stopped(servers):
+            with steps.step("start Flywheel (logging on, logging off) and MLServer; wait for /v2/health/ready"):
+                servers.append(start_flywheel(ctx, FLYWHEEL_ON, registry_app.address, logging_on=True,
+                                              scratch=scratch))
+                servers.append(start_flywheel(ctx, FLYWHEEL_OFF, registry_app.address, logging_on=False,
+                                              scratch=scratch))
+                servers.append(start_mlserver(model_pt, scratch))
+                ready_s = dict(zip([s.key for s in servers], await asyncio.gather(*map(wait_ready, servers)),
+                                   strict=True))
+            by_key = {s.key: s for s in servers}
+            driver = Driver()
+            try:
+                agreement = await check_same_model(steps, driver, servers)
+                idle_mib: dict[str, float] = {}
+                with MemorySampler({s.key: s.process.pid for s in servers}) as sampler:
+                    for s in servers:
+                        idle_mib[s.key] = sampler.rss_mib(s.key)
+                    with steps.step(f"warm-up: {warmup} requests per server, protocol and caller"):
+                        for s in servers:
+                            for protocol in ("grpc", "rest"):
+                                await asyncio.to_thread(driver.call, op="measure", protocol=protocol,
+                                                        url=url(s, protocol), rows=1, callers=1, requests=warmup,
+                                                        warmup=0)
+                    measured = await measure_all(ctx, driver, servers, sampler, plan, reps, warmup)
+                peak_mib = dict(sampler.peak_mib)
+                logged = scrape(by_key[FLYWHEEL_ON], ("flywheel_events_published_total",
+                                                      "flywheel_events_dropped_total",
+                                                      "flywheel_inference_requests_total"))
+            finally:
+                driver.close()
+    finally:
+        await registry_app.stop()
+        await drop_schemas(ctx.infra.database_url, schemas)
+    return report(measured, plan, reps=reps, warmup=warmup, peak_mib=peak_mib, idle_mib=idle_mib,
+                  ready_s=ready_s, logged=logged, agreement=agreement, venv=venv, samples=sampler.samples)
+
+
+def url(server: Server, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+async def check_same_model(steps: Any, driver: Driver, servers: list[Server]) -> float:
+    """Largest difference between the servers' probabilities for the same 8 rows (both protocols)."""
+    with steps.step("check: every server and protocol returns the same probabilities for the same rows"):
+        answers = [await asyncio.to_thread(driver.call, op="predict", protocol=protocol, url=url(s, protocol),
+                                           rows=8) for s in servers for protocol in ("grpc", "rest")]
+        reference = answers[0]["probability"]
+        worst = max(abs(a - b) for answer in answers for a, b in zip(answer["probability"], reference, strict=True))
+        if worst > 1e-5:
+            raise RuntimeError(f"the servers disagree on the same rows (max difference {worst})")
+    return worst
+
+
+async def measure_all(ctx: Context, driver: Driver, servers: list[Server], sampler: MemorySampler, plan: list[Case],
+                      reps: int, warmup: int) -> Measured:
+    measured = Measured()
+    for rep in range(1, reps + 1):
+        for case in plan:
+            with ctx.steps.step(f"{case.label}: {case.requests:,} requests x 3 servers, run {rep}/{reps}"):
+                # Rotate who goes first, so no server always follows the same neighbour.
+                order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+                for s in order:
+                    cpu_before = sampler.cpu_s(s.key)
+                    result = await asyncio.to_thread(
+                        driver.call, op="measure", protocol=case.protocol, url=url(s, case.protocol), rows=case.rows,
+                        callers=case.callers, requests=case.requests, warmup=max(1, warmup // 10))
+                    cpu = sampler.cpu_s(s.key) - cpu_before
+                    latencies = result["latencies_ms"]
+                    measured.runs.setdefault((s.key, case), []).append({
+                        "req_per_s": len(latencies) / result["wall_s"], "p50_ms": percentile(latencies, 50),
+                        "p99_ms": percentile(latencies, 99), "server_cpu_ms_per_req": cpu * 1e3 / len(latencies)})
+                line = ", ".join(f"{LABELS[k]} {thousands(r[-1]['req_per_s'])} req/s p99 "
+                                 f"{significant(r[-1]['p99_ms'])} ms"
+                                 for (k, c), r in measured.runs.items() if c == case)
+                ctx.steps.log(line)
+    return measured
+
+
+def report(measured: Measured, plan: list[Case], *, reps: int, warmup: int, peak_mib: dict[str, float],
+           idle_mib: dict[str, float], ready_s: dict[str, float], logged: dict[str, float], agreement: float,
+           venv: str, samples: int) -> BenchResult:
+    results: list[dict[str, Any]] = []
+    table: dict[tuple[str, Case], dict[str, Any]] = {}
+    for (key, case), runs in measured.runs.items():
+        row = {"server": key, "protocol": case.protocol, "callers": case.callers, "rows": case.rows,
+               "requests": case.requests,
+               **{m: rounded(median([r[m] for r in runs])) for m in ("req_per_s", "p50_ms", "p99_ms",
+                                                                     "server_cpu_ms_per_req")},
+               "runs": [{m: rounded(v) for m, v in r.items()} for r in runs]}
+        table[key, case] = row
+        results.append(row)
+    ratios: dict[str, float] = {}
+    for case in plan:
+        fw, fw_off, ml = table[FLYWHEEL_ON, case], table[FLYWHEEL_OFF, case], table[MLSERVER, case]
+        tag = f"{case.protocol}_{case.callers}callers_{case.rows}rows"
+        ratios[f"throughput_flywheel/mlserver_{tag}"] = ratio(fw["req_per_s"], ml["req_per_s"])
+        ratios[f"p99_flywheel/mlserver_{tag}"] = ratio(fw["p99_ms"], ml["p99_ms"])
+        ratios[f"p50_flywheel/mlserver_{tag}"] = ratio(fw["p50_ms"], ml["p50_ms"])
+        ratios[f"throughput_flywheel_nolog/mlserver_{tag}"] = ratio(fw_off["req_per_s"], ml["req_per_s"])
+        ratios[f"logging_cost_pct_{tag}"] = round(100 * (1 - fw["req_per_s"] / fw_off["req_per_s"]), 1)
+    ratios["peak_rss_flywheel/mlserver"] = ratio(peak_mib[FLYWHEEL_ON], peak_mib[MLSERVER])
+
+    main_rows = []
+    for case in plan:
+        for key in (FLYWHEEL_ON, FLYWHEEL_OFF, MLSERVER):
+            r = table[key, case]
+            tag = f"{case.protocol}_{case.callers}callers_{case.rows}rows"
+            vs = (f"{ratios[f'throughput_flywheel/mlserver_{tag}']:.2f}x / {ratios[f'p99_flywheel/mlserver_{tag}']:.2f}"
+                  if key == FLYWHEEL_ON else
+                  f"{ratios[f'throughput_flywheel_nolog/mlserver_{tag}']:.2f}x / "
+                  f"{r['p99_ms'] / table[MLSERVER, case]['p99_ms']:.2f}" if key == FLYWHEEL_OFF else "1 / 1")
+            main_rows.append([case.label, LABELS[key], thousands(r["req_per_s"]), significant(r["p50_ms"]),
+                              significant(r["p99_ms"]), significant(r["server_cpu_ms_per_req"]), vs])
+    main_table = markdown_table(
+        ["case", "server", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "throughput / p99 vs MLServer"],
+        main_rows, right=range(2, 7))
+    cost_table = markdown_table(
+        ["case", "logging on req/s", "logging off req/s", "logging cost (% of throughput)"],
+        [[c.label, thousands(table[FLYWHEEL_ON, c]["req_per_s"]), thousands(table[FLYWHEEL_OFF, c]["req_per_s"]),
+          f"{ratios[f'logging_cost_pct_{c.protocol}_{c.callers}callers_{c.rows}rows']:.1f}%"] for c in plan],
+        right=range(1, 4))
+    memory_table = markdown_table(
+        ["server", "RSS ready (MiB)", "peak RSS under load (MiB)", "ready after (s)"],
+        [[LABELS[k], f"{idle_mib[k]:.0f}", f"{peak_mib[k]:.0f}", f"{ready_s[k]:.1f}"]
+         for k in (FLYWHEEL_ON, FLYWHEEL_OFF, MLSERVER)], right=range(1, 4))
+    requests_logged = sum(v for k, v in logged.items() if k.startswith("flywheel_inference_requests_total"))
+    published = sum(v for k, v in logged.items()
+                    if k.startswith("flywheel_events_published_total") and "predictions.logged" in k)
+    dropped = sum(v for k, v in logged.items()
+                  if k.startswith("flywheel_events_dropped_total") and "predictions.logged" in k)
+    worst = {f"{c.protocol} {c.callers}x{c.rows}": ratios[f"throughput_flywheel/mlserver_{c.protocol}_{c.callers}"
+                                                         f"callers_{c.rows}rows"] for c in plan}
+    targets = (
+        f"Targets: Flywheel (logging on) >= 2x MLServer's throughput with p99 no worse, logging cost < 10%. "
+        f"Measured throughput ratio {min(worst.values()):.2f}x-{max(worst.values()):.2f}x; "
+        f"p99 ratio {min(v for k, v in ratios.items() if k.startswith('p99_')):.2f}-"
+        f"{max(v for k, v in ratios.items() if k.startswith('p99_')):.2f}; logging cost "
+        f"{min(v for k, v in ratios.items() if k.startswith('logging_cost')):.1f}% to "
+        f"{max(v for k, v in ratios.items() if k.startswith('logging_cost')):.1f}%. The logging-on server "
+        f"answered {requests_logged:,.0f} requests and published {published:,.0f} predictions.logged events "
+        f"({dropped:,.0f} dropped).")
+    notes = (
+        f"Same TorchScript MLP ({N_NUMERIC} numeric inputs, hidden 64-32, flywheel.inference.testing."
+        "build_predictive_artifact) in both servers; the probabilities of 8 rows agree within "
+        f"{agreement:.1e} across servers and protocols. Flywheel: `python -m flywheel.inference` subprocesses "
+        "(gRPC + REST on one event loop, scoring in a worker thread), model from an in-process registry "
+        "(registered, promoted to champion); logging on = sample rate 1.0 to predictions.logged on the run's "
+        "broker (fire-and-forget BoundedPublisher), off = sample rate 0. MLServer 1.7.1 in its own venv "
+        "(mlserver_runtime/.venv, " + venv + "), parallel_workers 0 (inference on the main process' event loop), "
+        "debug off, metrics on a free port; custom runtime bench/mlserver_runtime/bench_torchscript.py: "
+        "torch.jit.load + the same forward under inference_mode. Both log at WARNING/INFO without access logs. "
+        "Load: tritonclient 2.x (grpc + http) in one driver subprocess, one client per thread; input 'numeric' "
+        "FP32 [rows, 30], output 'probability' only; REST uses JSON tensors both ways (MLServer does not "
+        "accept the binary extension), gRPC raw_input_contents. Warm-up "
+        f"{warmup} requests per server and protocol, then {warmup // 10 or 1} per caller before each "
+        f"measurement; {'1 run' if reps == 1 else f'median of {reps} interleaved runs'} per case (all in "
+        "`runs`). req/s = requests / wall time of the measurement; p50/p99 over per-request perf_counter "
+        "latencies at the client. Server CPU ms/req: user+system CPU of the server process tree during the "
+        "measurement / requests. Peak RSS: psutil, process + children, sampled every "
+        f"{SAMPLE_EVERY_S * 1e3:.0f} ms over the whole load ({samples:,} samples). All three servers, the "
+        "driver, the broker and the database share the machine's cores: with few cores the client's own CPU "
+        "bounds the concurrent cases of both servers, so the ratios there understate the gap in server cost; "
+        "server CPU ms/req is the number that does not depend on the client. " + targets)
+    return BenchResult(
+        name=NAME, title="inference: Flywheel vs MLServer 1.7.1, same TorchScript MLP, same tritonclient load",
+        results=results, ratios=ratios, notes=notes, tables=[main_table, cost_table, memory_table, targets],
+        extra={"peak_rss_mib": {k: rounded(v) for k, v in peak_mib.items()},
+               "ready_rss_mib": {k: rounded(v) for k, v in idle_mib.items()},
+               "ready_after_s": {k: rounded(v) for k, v in ready_s.items()},
+               "prediction_log": {"requests": requests_logged, "published": published, "dropped": dropped},
+               "max_probability_difference": agreement, "warmup_requests": warmup, "repeats": reps},
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["drive"]:
+        drive()
+    else:
+        raise SystemExit("usage: python -m bench.inference drive (the load driver of `python -m bench`)")
