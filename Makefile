@@ -54,5 +54,5 @@ $(MLSERVER_VENV)/.bench-requirements:
 	echo '$(MLSERVER_REQS)' > $@
 
 clean: ## Remove the venv, the embedded stack's data and caches
-	rm -rf $(VENV) .flywheel .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) .flywheel .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
