@@ -30,7 +30,10 @@ class InferenceSettings(ServiceSettings):
     models: list[str] = Field(default_factory=lambda: ["fraud"], description="Model names served (JSON list).")
     registry_addr: str = shared("registry_addr", "127.0.0.1:50051", "Address of the registry gRPC server.")  # type: ignore[assignment]
     featurestore_addr: str = shared(  # type: ignore[assignment]
-        "featurestore_addr", "127.0.0.1:50052", "Address of the feature store gRPC server (not used yet).")
+        "featurestore_addr", "127.0.0.1:50052",
+        "Address of the feature store gRPC server (online features of requests that carry entity ids).")
+    feature_timeout_s: float = Field(
+        2.0, gt=0, description="Deadline of one GetOnlineFeatures call (requests that carry entity ids).")
     routing: dict[str, Route] = Field(
         default_factory=dict,
         description='Per model routing (JSON): {"fraud": {"mode": "champion"|"canary"|"shadow", '

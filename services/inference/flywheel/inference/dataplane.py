@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from flywheel.common.errors import InvalidArgument, NotFound, Unavailable
 from flywheel.inference.batching import Batcher
 from flywheel.inference.config import Route
+from flywheel.inference.features import FeatureClient, key_value, to_matrices
 from flywheel.inference.model import LoadedModel
 from flywheel.inference.predlog import PredictionLog, sampled, tensor
 
@@ -72,6 +73,16 @@ class InferResponse:
     arm: str
 
 
+@dataclass
+class Prepared:
+    """A request's model inputs, what the prediction log records of them and its entity ids."""
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    inputs: list[InputTensor]
+    entity_ids: list[str] = field(default_factory=list)
+
+
 class ModelSlot:
     """What serves one model name: its champion and challenger; replaced by single assignments."""
 
@@ -95,8 +106,9 @@ def bucket(model: str, key: str) -> float:
 class DataPlane:
     def __init__(self, slots: dict[str, ModelSlot], predlog: PredictionLog, *, max_batch_size: int = 0,
                  max_batch_wait_ms: float = 2.0, server_name: str = "flywheel-inference",
-                 server_version: str = "0.1.0") -> None:
+                 server_version: str = "0.1.0", features: FeatureClient | None = None) -> None:
         self.slots = slots
+        self.features = features
         self.predlog = predlog
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_ms / 1000
@@ -168,26 +180,29 @@ class DataPlane:
         request_id = request.id or uuid.uuid4().hex
         try:
             primary, arm, shadow = self._route(slot, request, request_id)
-            numeric, categorical = self._validate(primary, request)
             wanted = self._wanted_outputs(request)
             start = time.perf_counter()
-            probability = await self._score(slot, primary, numeric, categorical)
+            fetched: dict[tuple, tuple[list[str], list[Any]]] = {}  # shared with the shadow: one fetch
+            prepared = await self._prepare(primary, request, fetched)
+            probability = await self._score(slot, primary, prepared.numeric, prepared.categorical)
             latency = time.perf_counter() - start
         except Exception as exc:
             REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
             raise
         REQUESTS.labels(slot.name, arm, "ok").inc()
-        ROWS.labels(slot.name, arm).inc(numeric.shape[0])
+        ROWS.labels(slot.name, arm).inc(prepared.numeric.shape[0])
         LATENCY.labels(slot.name, arm).observe(latency)
         label = (probability >= primary.threshold).astype(np.int64)
         outputs = {PROBABILITY: OutputTensor(PROBABILITY, "FP32", [len(probability)], probability),
                    LABEL: OutputTensor(LABEL, "INT64", [len(label)], label)}
         logged = sampled(request_id, slot.sample_rate)
-        inputs_log = self._inputs_log(request) if logged else None
+        inputs_log = self._inputs_log(prepared.inputs) if logged else None
         if logged:
-            self._log(slot, request, request_id, primary, arm, inputs_log, probability, label, latency)
+            self._log(slot, request, request_id, primary, arm, inputs_log, probability, label, latency,
+                      prepared.entity_ids)
         if shadow is not None:
-            task = asyncio.create_task(self._shadow(slot, shadow, request, request_id, inputs_log, logged))
+            task = asyncio.create_task(self._shadow(slot, shadow, request, request_id, inputs_log, logged,
+                                                    prepared.entity_ids, fetched))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return InferResponse(slot.name, str(primary.version), request_id, [outputs[n] for n in wanted], arm)
@@ -223,12 +238,81 @@ class DataPlane:
                 raise InvalidArgument(f"unknown output {name!r}; outputs: {', '.join(OUTPUTS)}")
         return list(request.outputs)
 
+    async def _prepare(self, m: LoadedModel, request: InferRequest,
+                       fetched: dict[tuple, tuple[list[str], list[Any]]]) -> Prepared:
+        """The feature tensors of the request, or, when it carries entity ids instead (and the model's
+        spec names a feature service and entity keys), the features fetched from the feature store."""
+        names = {t.name for t in request.inputs}
+        if NUMERIC in names or CATEGORICAL in names or not (m.feature_service and m.entity_keys):
+            numeric, categorical = self._validate(m, request)
+            return Prepared(numeric, categorical, list(request.inputs))
+        return await self._fetch(m, request, fetched)
+
+    def _takes(self, m: LoadedModel) -> str:
+        tensors = ", ".join([NUMERIC, CATEGORICAL] if m.n_categorical else [NUMERIC])
+        if m.feature_service and m.entity_keys:
+            return f"{tensors} (or the entity ids {', '.join(m.entity_keys)})"
+        return tensors
+
+    async def _fetch(self, m: LoadedModel, request: InferRequest,
+                     fetched: dict[tuple, tuple[list[str], list[Any]]]) -> Prepared:
+        keys, types = m.entity_keys, m.entity_key_types
+        by_name: dict[str, InputTensor] = {}
+        for t in request.inputs:
+            if t.name not in keys:
+                raise InvalidArgument(f"unknown input {t.name!r}; model {m.name!r} takes {self._takes(m)}")
+            if t.name in by_name:
+                raise InvalidArgument(f"input {t.name!r} given twice")
+            by_name[t.name] = t
+        missing = [k for k in keys if k not in by_name]
+        if missing:
+            raise InvalidArgument(f"missing entity key input(s) {', '.join(repr(k) for k in missing)}; model "
+                                  f"{m.name!r} scored by entity ids takes one BYTES input [N] per entity key: "
+                                  f"{', '.join(keys)} (or the {NUMERIC}/{CATEGORICAL} tensors)")
+        rows = 0
+        for k in keys:
+            t = by_name[k]
+            if not (len(t.shape) == 1 or (len(t.shape) == 2 and t.shape[1] == 1)):
+                raise InvalidArgument(f"input {k!r}: shape must be [N] or [N, 1], got {list(t.shape)}")
+            if t.shape[0] <= 0:
+                raise InvalidArgument(f"input {k!r}: empty batch (shape {list(t.shape)})")
+            if t.datatype != "BYTES" and not t.datatype.startswith(("INT", "UINT")):
+                raise InvalidArgument(f"input {k!r}: datatype must be BYTES (entity ids), got {t.datatype}")
+            if len(t.data) != t.shape[0]:
+                raise InvalidArgument(f"input {k!r}: shape {list(t.shape)} needs {t.shape[0]} values, "
+                                      f"got {len(t.data)}")
+            if rows and t.shape[0] != rows:
+                raise InvalidArgument(f"input {k!r}: {t.shape[0]} rows but {keys[0]!r} has {rows}")
+            rows = t.shape[0]
+        ids = {k: [v if isinstance(v, bytes) else str(int(v)).encode() for v in by_name[k].data] for k in keys}
+        cache_key = (m.feature_service, tuple(keys), tuple(sorted(types.items())))
+        if cache_key not in fetched:
+            if self.features is None:
+                raise Unavailable(f"model {m.name!r} needs online features but no feature store is configured")
+            entity_rows = [{k: key_value(ids[k][i], types.get(k, "string"), k) for k in keys} for i in range(rows)]
+            fetched[cache_key] = await self.features.online(m.feature_service, entity_rows)
+        names, feature_rows = fetched[cache_key]
+        if len(feature_rows) != rows:
+            raise Unavailable(f"the feature store returned {len(feature_rows)} rows for {rows} entity rows")
+        numeric, strings = to_matrices(names, feature_rows, m.numeric_features, m.categorical_features,
+                                       m.feature_service)
+        if m.n_categorical:
+            categorical = m.category_indices(strings, rows)
+        else:
+            categorical = np.zeros((rows, 0), dtype=np.int64)
+        inputs = [InputTensor(NUMERIC, "FP32", [rows, m.n_numeric], numeric.reshape(-1).copy())]
+        if m.n_categorical:
+            inputs.append(InputTensor(CATEGORICAL, "BYTES", [rows, m.n_categorical], strings))
+        inputs += [InputTensor(k, "BYTES", [rows], ids[k]) for k in keys]
+        entity_ids = [v.decode("utf-8", errors="replace") for v in ids[keys[0]]]
+        return Prepared(numeric, categorical, inputs, entity_ids)
+
     def _validate(self, m: LoadedModel, request: InferRequest) -> tuple[np.ndarray, np.ndarray]:
         by_name: dict[str, InputTensor] = {}
         expected = [NUMERIC, CATEGORICAL] if m.n_categorical else [NUMERIC]
         for t in request.inputs:
             if t.name not in expected:
-                raise InvalidArgument(f"unknown input {t.name!r}; model {m.name!r} takes {', '.join(expected)}")
+                raise InvalidArgument(f"unknown input {t.name!r}; model {m.name!r} takes {self._takes(m)}")
             if t.name in by_name:
                 raise InvalidArgument(f"input {t.name!r} given twice")
             by_name[t.name] = t
@@ -281,32 +365,36 @@ class DataPlane:
         return await asyncio.to_thread(m.score, numeric, categorical)
 
     async def _shadow(self, slot: ModelSlot, m: LoadedModel, request: InferRequest, request_id: str,
-                      inputs_log: list | None, logged: bool) -> None:
+                      inputs_log: list | None, logged: bool, entity_ids: list[str],
+                      fetched: dict[tuple, tuple[list[str], list[Any]]]) -> None:
         try:
-            numeric, categorical = self._validate(m, request)
             start = time.perf_counter()
-            probability = await self._score(slot, m, numeric, categorical)
+            prepared = await self._prepare(m, request, fetched)
+            probability = await self._score(slot, m, prepared.numeric, prepared.categorical)
             latency = time.perf_counter() - start
             REQUESTS.labels(slot.name, "shadow", "ok").inc()
             if logged:
                 label = (probability >= m.threshold).astype(np.int64)
-                self._log(slot, request, request_id, m, "shadow", inputs_log, probability, label, latency)
+                self._log(slot, request, request_id, m, "shadow", inputs_log, probability, label, latency,
+                          prepared.entity_ids or entity_ids)
         except Exception as exc:  # a failing shadow never affects the caller
             REQUESTS.labels(slot.name, "shadow", type(exc).__name__).inc()
             log.warning("shadow scoring failed", extra={"model": slot.name, "version": m.version, "error": repr(exc)})
 
-    def _inputs_log(self, request: InferRequest) -> list | None:
-        if sum(len(t.data) for t in request.inputs) > self.predlog.max_input_values:
+    def _inputs_log(self, inputs: list[InputTensor]) -> list | None:
+        if sum(len(t.data) for t in inputs) > self.predlog.max_input_values:
             return None
-        return [tensor(t.name, t.datatype, t.data, list(t.shape)) for t in request.inputs]
+        return [tensor(t.name, t.datatype, t.data, list(t.shape)) for t in inputs]
 
     def _log(self, slot: ModelSlot, request: InferRequest, request_id: str, m: LoadedModel, arm: str,
-             inputs: list | None, probability: np.ndarray, label: np.ndarray, latency: float) -> None:
+             inputs: list | None, probability: np.ndarray, label: np.ndarray, latency: float,
+             entity_ids: list[str]) -> None:
         self.predlog.log(
             request_id=request_id, model=slot.name, version=m.version, arm=arm, inputs=inputs,
             outputs=[tensor(PROBABILITY, "FP32", probability, [len(probability)]),
                      tensor(LABEL, "INT64", label, [len(label)])],
-            latency_ms=latency * 1000, sample_rate=slot.sample_rate, parameters=dict(request.parameters))
+            latency_ms=latency * 1000, sample_rate=slot.sample_rate, parameters=dict(request.parameters),
+            entity_ids=entity_ids)
 
     async def drain(self, timeout: float = 5.0) -> None:
         if self._background:

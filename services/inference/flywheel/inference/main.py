@@ -16,6 +16,7 @@ from flywheel.common.telemetry import setup_logging, setup_tracing, start_metric
 from flywheel.inference.api import InferenceServicer
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
+from flywheel.inference.features import FeatureClient
 from flywheel.inference.handlers import handlers
 from flywheel.inference.predlog import SOURCE, PredictionLog
 from flywheel.inference.repository import Repository
@@ -40,10 +41,11 @@ class InferenceApp:
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
                                           max_queue=settings.log_queue_size,
                                           idempotent=settings.kafka_enable_idempotence)
+        self.features = FeatureClient(settings.featurestore_addr, timeout_s=settings.feature_timeout_s)
         self.dataplane = DataPlane(self.slots, PredictionLog(self.publisher,
                                                              max_input_values=settings.log_max_input_values),
                                    max_batch_size=settings.max_batch_size,
-                                   max_batch_wait_ms=settings.max_batch_wait_ms)
+                                   max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
         self.repository = Repository(self.slots, settings.registry_addr, load_timeout_s=settings.load_timeout_s)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
@@ -87,6 +89,7 @@ class InferenceApp:
         await self.rest.stop()
         await self.rpc.stop()
         await self.dataplane.drain()
+        await self.features.close()
         await self.consumer.stop()
         await self.repository.stop()
         await self.publisher.stop()

@@ -40,6 +40,25 @@ class LoadedModel:
     def n_categorical(self) -> int:
         return len(self.categorical_features)
 
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec = self.metadata.get("spec")
+        return spec if isinstance(spec, dict) else {}
+
+    @property
+    def feature_service(self) -> str:
+        """The feature service the model's features come from ("" when model.json does not say)."""
+        features = self.spec.get("features")
+        return str(features.get("feature_service") or "") if isinstance(features, dict) else ""
+
+    @property
+    def entity_keys(self) -> list[str]:
+        return [str(k) for k in self.spec.get("entity_keys") or []]
+
+    @property
+    def entity_key_types(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self.spec.get("entity_key_types") or {}).items()}
+
     def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         """Calibrated probabilities [N] (float32). Blocking: call it from a worker thread."""
         with torch.inference_mode():

@@ -52,13 +52,13 @@ class PredictionLog:
 
     def log(self, *, request_id: str, model: str, version: int, arm: str, inputs: list[common_pb2.Tensor] | None,
             outputs: list[common_pb2.Tensor], latency_ms: float, sample_rate: float,
-            parameters: dict[str, str]) -> None:
+            parameters: dict[str, str], entity_ids: list[str] | None = None) -> None:
         if self.publisher is None:
             return
         payload = predictions_pb2.PredictionLogged(
             request_id=request_id, model=common_pb2.ModelRef(name=model, version=version), arm=ARMS[arm],
             outputs=outputs, latency_ms=latency_ms, traceparent=current_traceparent(), sample_rate=sample_rate,
-            parameters=parameters)
+            parameters=parameters, entity_ids=entity_ids or [])
         if inputs:
             payload.inputs.extend(inputs)
         payload.timestamp.FromDatetime(datetime.now(UTC))

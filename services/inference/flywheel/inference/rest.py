@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, Unavailable
+from flywheel.common.errors import FailedPrecondition, FlywheelError, InvalidArgument, NotFound, Unavailable
 from flywheel.inference.convert import HEADER_LENGTH, request_from_rest, response_to_rest
 from flywheel.inference.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
-STATUS = {InvalidArgument: 400, NotFound: 404, Unavailable: 503}
+STATUS = {InvalidArgument: 400, NotFound: 404, FailedPrecondition: 409, Unavailable: 503}
 
 
 def error(exc: BaseException) -> JSONResponse:

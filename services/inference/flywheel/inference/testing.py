@@ -56,15 +56,21 @@ class _TinyScoringModule(nn.Module):
 
 def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] | None = None,
                               hidden: tuple[int, ...] = (64, 32), seed: int = 0, threshold: float = 0.5,
-                              *, name: str = "fraud", constant: float | None = None) -> bytes:
+                              *, name: str = "fraud", constant: float | None = None,
+                              numeric_features: list[str] | None = None, feature_service: str | None = None,
+                              entity_keys: list[str] | None = None,
+                              entity_key_types: dict[str, str] | None = None) -> bytes:
     """The tar.gz bytes of a `flywheel.predictive/v1` artifact with seeded random weights.
 
     `vocab` maps each categorical feature to its categories (index len(vocab) = "other");
-    `constant` (0..1) makes every prediction that exact probability.
+    `constant` (0..1) makes every prediction that exact probability. `numeric_features` names the numeric
+    features (default x0..x{n-1}; it overrides `n_numeric`); `feature_service` + `entity_keys` (+
+    `entity_key_types`) write the `spec` that lets requests carry entity ids instead of the features.
     """
     vocab = dict(vocab or {})
     categorical = list(vocab)
-    numeric = [f"x{i}" for i in range(n_numeric)]
+    numeric = list(numeric_features) if numeric_features is not None else [f"x{i}" for i in range(n_numeric)]
+    n_numeric = len(numeric)
     torch.manual_seed(seed)
     module = _TinyScoringModule(n_numeric, [len(vocab[f]) + 1 for f in categorical], tuple(hidden),
                                 -1.0 if constant is None else constant).eval()
@@ -94,6 +100,10 @@ def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] |
         "files": {"model.pt": hashlib.sha256(model_pt).hexdigest(),
                   "reference_profile.json": hashlib.sha256(profile_json).hexdigest()},
     }
+    if feature_service:  # what the trainer writes (ModelSpec.model_dump), as far as inference reads it
+        metadata["spec"] = {"name": name, "kind": "predictive", "features": {"feature_service": feature_service},
+                            "entity_keys": list(entity_keys or []), "entity_key_types": dict(entity_key_types or {}),
+                            "numeric": numeric, "categorical": categorical}
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for member, data in (("model.json", json.dumps(metadata, indent=1).encode()), ("model.pt", model_pt),
