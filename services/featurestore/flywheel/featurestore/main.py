@@ -5,14 +5,13 @@ the gRPC server, the features.updates consumer and the metrics endpoint until SI
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
-from flywheel.common.rpc import RpcServer, wait_for_shutdown_signal
-from flywheel.common.telemetry import setup_logging, setup_tracing, start_metrics_server
+from flywheel.common.rpc import RpcServer
+from flywheel.common.service import run_service
 from flywheel.featurestore.api import FeatureStoreServicer
 from flywheel.featurestore.config import FeatureStoreSettings
 from flywheel.featurestore.features import SOURCE, Features
@@ -63,18 +62,6 @@ class FeatureStoreApp:
         await self.db.close()
 
 
-async def serve(settings: FeatureStoreSettings) -> None:
-    setup_tracing("featurestore", settings.otlp_endpoint)
-    start_metrics_server(settings.metrics_port, "0.0.0.0" if settings.grpc_host == "0.0.0.0" else "127.0.0.1")
-    app = FeatureStoreApp(settings)
-    await app.start()
-    try:
-        await wait_for_shutdown_signal()
-        log.info("shutting down")
-    finally:
-        await app.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flywheel.featurestore",
@@ -89,5 +76,4 @@ def main(argv: list[str] | None = None) -> None:
         settings.grpc_port = args.port
     if args.repo is not None:
         settings.repo = args.repo
-    setup_logging("featurestore", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    run_service("featurestore", settings, FeatureStoreApp)

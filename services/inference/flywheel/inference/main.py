@@ -11,8 +11,8 @@ import logging
 
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
-from flywheel.common.rpc import RpcServer, wait_for_shutdown_signal
-from flywheel.common.telemetry import setup_logging, setup_tracing, start_metrics_server
+from flywheel.common.rpc import RpcServer
+from flywheel.common.service import run_service
 from flywheel.inference.api import InferenceServicer
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
@@ -96,18 +96,6 @@ class InferenceApp:
         await self.db.close()
 
 
-async def serve(settings: InferenceSettings) -> None:
-    setup_tracing("inference", settings.otlp_endpoint)
-    start_metrics_server(settings.metrics_port, "0.0.0.0" if settings.grpc_host == "0.0.0.0" else "127.0.0.1")
-    app = InferenceApp(settings)
-    await app.start()
-    try:
-        await wait_for_shutdown_signal()
-        log.info("shutting down")
-    finally:
-        await app.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flywheel.inference",
@@ -122,5 +110,4 @@ def main(argv: list[str] | None = None) -> None:
         settings.grpc_port = args.grpc_port
     if args.http_port is not None:
         settings.http_port = args.http_port
-    setup_logging("inference", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    run_service("inference", settings, InferenceApp)

@@ -5,7 +5,6 @@ outbox relay, the evaluations consumer and the metrics endpoint until SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from flywheel.common.artifacts import artifact_store_from_uri
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
-from flywheel.common.rpc import RpcServer, wait_for_shutdown_signal
-from flywheel.common.telemetry import setup_logging, setup_tracing, start_metrics_server
+from flywheel.common.rpc import RpcServer
+from flywheel.common.service import run_service
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from flywheel.registry.api import RegistryServicer
@@ -63,18 +62,6 @@ class RegistryApp:
         await self.db.close()
 
 
-async def serve(settings: RegistrySettings) -> None:
-    setup_tracing("registry", settings.otlp_endpoint)
-    start_metrics_server(settings.metrics_port, "0.0.0.0" if settings.grpc_host == "0.0.0.0" else "127.0.0.1")
-    app = RegistryApp(settings)
-    await app.start()
-    try:
-        await wait_for_shutdown_signal()
-        log.info("shutting down")
-    finally:
-        await app.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flywheel.registry",
@@ -85,5 +72,4 @@ def main(argv: list[str] | None = None) -> None:
     settings = RegistrySettings()
     if args.port is not None:
         settings.grpc_port = args.port
-    setup_logging("registry", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    run_service("registry", settings, RegistryApp)

@@ -5,7 +5,6 @@ scheduler, the feedback / retrain consumer and the metrics endpoint until SIGTER
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -13,8 +12,8 @@ from pathlib import Path
 
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
-from flywheel.common.rpc import RpcServer, wait_for_shutdown_signal
-from flywheel.common.telemetry import setup_logging, setup_tracing, start_metrics_server
+from flywheel.common.rpc import RpcServer
+from flywheel.common.service import run_service
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.api import TrainerServicer
@@ -87,18 +86,6 @@ class TrainerApp:
         await self.db.close()
 
 
-async def serve(settings: TrainerSettings) -> None:
-    setup_tracing("trainer", settings.otlp_endpoint)
-    start_metrics_server(settings.metrics_port, "0.0.0.0" if settings.grpc_host == "0.0.0.0" else "127.0.0.1")
-    app = TrainerApp(settings)
-    await app.start()
-    try:
-        await wait_for_shutdown_signal()
-        log.info("shutting down")
-    finally:
-        await app.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flywheel.trainer",
@@ -109,5 +96,4 @@ def main(argv: list[str] | None = None) -> None:
     settings = TrainerSettings()
     if args.port is not None:
         settings.grpc_port = args.port
-    setup_logging("trainer", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    run_service("trainer", settings, TrainerApp)
