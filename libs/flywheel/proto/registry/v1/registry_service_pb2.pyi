@@ -1,6 +1,7 @@
 import datetime
 
 from flywheel.proto.events.v1 import common_pb2 as _common_pb2
+from flywheel.proto.events.v1 import models_pb2 as _models_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -342,3 +343,63 @@ class GetPromotionPolicyResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     mode: PromotionMode
     def __init__(self, mode: _Optional[_Union[PromotionMode, str]] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: ModelVersionRef
+    def __init__(self, ref: _Optional[_Union[ModelVersionRef, _Mapping]] = ...) -> None: ...
+
+class EvaluationRecord(_message.Message):
+    __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "verdict", "report_uri", "decision", "received_at")
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_URI_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    evaluation_id: str
+    candidate_version: int
+    baseline_version: int
+    verdict: _models_pb2.EvaluationVerdict
+    report_uri: str
+    decision: str
+    received_at: _timestamp_pb2.Timestamp
+    def __init__(self, evaluation_id: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., verdict: _Optional[_Union[_models_pb2.EvaluationVerdict, str]] = ..., report_uri: _Optional[str] = ..., decision: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AliasChange(_message.Message):
+    __slots__ = ("alias", "previous_version", "version", "reason", "actor", "evaluation_id", "changed_at")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    previous_version: int
+    version: int
+    reason: _models_pb2.PromotionReason
+    actor: str
+    evaluation_id: str
+    changed_at: _timestamp_pb2.Timestamp
+    def __init__(self, alias: _Optional[str] = ..., previous_version: _Optional[int] = ..., version: _Optional[int] = ..., reason: _Optional[_Union[_models_pb2.PromotionReason, str]] = ..., actor: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetLineageResponse(_message.Message):
+    __slots__ = ("model_version", "drift_event_id", "retrain_request_id", "training_run_id", "parent_version", "evaluations", "alias_changes")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    model_version: ModelVersion
+    drift_event_id: str
+    retrain_request_id: str
+    training_run_id: str
+    parent_version: int
+    evaluations: _containers.RepeatedCompositeFieldContainer[EvaluationRecord]
+    alias_changes: _containers.RepeatedCompositeFieldContainer[AliasChange]
+    def __init__(self, model_version: _Optional[_Union[ModelVersion, _Mapping]] = ..., drift_event_id: _Optional[str] = ..., retrain_request_id: _Optional[str] = ..., training_run_id: _Optional[str] = ..., parent_version: _Optional[int] = ..., evaluations: _Optional[_Iterable[_Union[EvaluationRecord, _Mapping]]] = ..., alias_changes: _Optional[_Iterable[_Union[AliasChange, _Mapping]]] = ...) -> None: ...

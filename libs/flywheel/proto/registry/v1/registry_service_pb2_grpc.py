@@ -96,6 +96,11 @@ class RegistryServiceStub:
                 request_serializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyRequest.SerializeToString,
                 response_deserializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyResponse.FromString,
                 _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/flywheel.registry.v1.RegistryService/GetLineage',
+                request_serializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -190,6 +195,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLineage(self, request, context):
+        """The audit chain of a version: the drift event and retrain request behind it, its
+        training run and parent, the evaluations the registry received about it and every
+        alias move to or from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +266,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetPromotionPolicy,
                     request_deserializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyRequest.FromString,
                     response_serializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.FromString,
+                    response_serializer=flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +599,33 @@ class RegistryService:
             '/flywheel.registry.v1.RegistryService/GetPromotionPolicy',
             flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyRequest.SerializeToString,
             flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetPromotionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.registry.v1.RegistryService/GetLineage',
+            flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.SerializeToString,
+            flywheel_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.FromString,
             options,
             channel_credentials,
             insecure,
