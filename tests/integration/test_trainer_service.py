@@ -276,6 +276,7 @@ async def test_a_run_trains_registers_and_reports(stack: Stack, tmp_path: Path, 
     assert mv.metrics["roc_auc"] == pytest.approx(run.metrics["roc_auc"])
     assert mv.tags["scenario"] == "synthetic" and mv.tags["run_id"] == run_id
     assert mv.tags["window"] == f"{start.isoformat()}/{end.isoformat()}"
+    assert start < datetime.fromisoformat(mv.tags["holdout_start"]) < end
 
     scoring = load_model(await download(stack, model, 1, tmp_path))
     assert scoring.metadata["run_id"] == run_id and scoring.feature_names == FEATURES

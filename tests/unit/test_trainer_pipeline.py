@@ -271,6 +271,18 @@ def test_reference_profile(trained) -> None:  # type: ignore[no-untyped-def]
     sample = profile["sample"]
     assert sample["rows"] == 500 and all(len(v) == 500 for v in sample["columns"].values())
     assert set(sample["columns"]) == {*s.feature_names, "label", "event_time"}
+    assert profile["prediction"] is None
+
+
+def test_reference_profile_carries_the_models_predictions(trained) -> None:  # type: ignore[no-untyped-def]
+    s = spec()
+    profile = reference_profile(trained.splits.train, s.numeric, s.categorical, sample_rows=300,
+                                score=trained.predict_proba)
+    columns = profile["sample"]["columns"]
+    rows = pd.DataFrame({f: columns[f] for f in s.feature_names})
+    assert columns["prediction"] == pytest.approx(trained.predict_proba(rows).tolist())
+    assert profile["prediction"]["count"] == 300
+    assert 0.0 <= profile["prediction"]["min"] <= profile["prediction"]["max"] <= 1.0
 
 
 def test_snapshot_id_is_stable_and_sensitive(frame: pd.DataFrame) -> None:

@@ -5,7 +5,7 @@ monitor can compare live traffic against it (drift) without reading the trainer'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,10 +69,18 @@ def categorical_profile(values: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+PREDICTION = "prediction"
+
+
 def reference_profile(train: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str], *,
                       label: str = "label", event_time: str = "event_time", sample_rows: int = 2000,
-                      seed: int = 0) -> dict[str, Any]:
-    """Per-feature distributions of the training rows, their label rate and a sample of raw rows."""
+                      seed: int = 0, score: Callable[[pd.DataFrame], np.ndarray] | None = None) -> dict[str, Any]:
+    """Per-feature distributions of the training rows, their label rate and a sample of raw rows.
+
+    With `score` (the trained model's calibrated probabilities), the sample also carries the
+    model's prediction per row and `prediction` profiles its distribution: the reference for
+    prediction drift and for label-free performance estimation.
+    """
     sample = train if len(train) <= sample_rows else train.sample(n=sample_rows, random_state=seed).sort_index()
     columns: dict[str, list[Any]] = {}
     for feature in numeric:
@@ -81,6 +89,11 @@ def reference_profile(train: pd.DataFrame, numeric: Sequence[str], categorical: 
         columns[feature] = [category_key(v) for v in sample[feature]]
     columns[label] = [bool(v) for v in sample[label]]
     columns[event_time] = [pd.Timestamp(t).isoformat() for t in sample[event_time]]
+    prediction = None
+    if score is not None:
+        probabilities = np.asarray(score(sample), dtype=np.float64)
+        columns[PREDICTION] = [_number(float(p)) for p in probabilities]
+        prediction = numeric_profile(probabilities)
     return {
         "format": PROFILE_FORMAT,
         "rows": len(train),
@@ -89,6 +102,8 @@ def reference_profile(train: pd.DataFrame, numeric: Sequence[str], categorical: 
                    "last_event_time": pd.Timestamp(train[event_time].max()).isoformat() if len(train) else None},
         "numeric": {f: numeric_profile(numeric_column(train[f])) for f in numeric},
         "categorical": {f: categorical_profile(list(train[f])) for f in categorical},
+        # The model's calibrated probability on the sample rows (null without a model).
+        "prediction": prediction,
         # Raw feature values of up to `sample_rows` training rows (null = missing), column-wise.
         "sample": {"rows": len(sample), "columns": columns},
     }

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SOURCE = "flywheel/trainer"
 CHAMPION = "champion"
 RUN_TAG = "run_id"
+HOLDOUT_TAG = "holdout_start"
 
 RUNS = Counter("flywheel_trainer_runs_total", "Training runs that ended.", ["model", "status"])
 RUN_SECONDS = Histogram("flywheel_trainer_run_seconds", "Wall time of a run, from start to end.", ["model"],
@@ -136,6 +137,11 @@ def training_frame(spec: ModelSpec, labels: list[LabelRow], names: list[str], ro
     for feature in spec.categorical:
         data[feature] = pd.Series([row[position[feature]] for row in rows], dtype=object)
     return pd.DataFrame(data)
+
+
+def holdout_start(trained: TrainedModel) -> datetime:
+    """When the test slice (the latest rows, never trained on) begins."""
+    return pd.Timestamp(trained.splits.test[EVENT_TIME].min()).to_pydatetime()
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -499,7 +505,8 @@ class Trainer:
         trained = pipeline.train(frame, spec, progress=progress, threads=self.torch_threads)
         progress("packaging", 1.0, None)
         profile = reference_profile(trained.splits.train, spec.numeric, spec.categorical,
-                                    sample_rows=self.profile_sample_rows, seed=spec.training.seed)
+                                    sample_rows=self.profile_sample_rows, seed=spec.training.seed,
+                                    score=trained.predict_proba)
         artifact = build_artifact(trained, spec, profile, run_id=run.id, extra={
             "window": {"start": run.window_start.isoformat(), "end": run.window_end.isoformat()},
             "dataset_snapshot_id": snapshot, "code_version": self.code_version,
@@ -517,6 +524,9 @@ class Trainer:
             **registry_tags(run.params), RUN_TAG: run.id,
             "window": f"{run.window_start.isoformat()}/{run.window_end.isoformat()}",
             "label_source": spec.label.source, "feature_service": spec.features.feature_service,
+            # Event time of the first row of the held-out test slice: data from here on was never
+            # trained on, so an evaluator can compare versions on it without leakage.
+            HOLDOUT_TAG: holdout_start(trained).isoformat(),
         }
         lineage = common_pb2.Lineage(
             parent_version=parent, training_run_id=run.id, dataset_snapshot_id=outcome.snapshot_id,
