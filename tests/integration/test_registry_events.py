@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import grpc
 import pytest
 from opentelemetry import trace
 
@@ -125,6 +126,19 @@ async def test_passing_evaluation_promotes_once_even_when_redelivered(
     [(_, promoted)] = [(r, e) for r, e in payloads(records, models_pb2.ModelPromoted, model_name=name,
                                                     reason=models_pb2.PROMOTION_REASON_EVALUATION) if e.version == 2]
     assert promoted.evaluation_id == first.payload.evaluation_id
+
+    # The audit chain, from the registry: the evaluation it acted on and the alias moves, oldest first.
+    chain = await registry.GetLineage(pb.GetLineageRequest(ref=ref(name, version=2)))
+    assert [(e.evaluation_id, e.baseline_version, e.decision) for e in chain.evaluations] == [
+        (first.payload.evaluation_id, 1, "promoted")]
+    assert [(c.alias, c.previous_version, c.version, c.evaluation_id) for c in chain.alias_changes] == [
+        ("champion", 1, 2, first.payload.evaluation_id)]
+    old = await registry.GetLineage(pb.GetLineageRequest(ref=ref(name, version=1)))
+    assert [(c.alias, c.previous_version, c.version) for c in old.alias_changes] == [
+        ("champion", 0, 1), ("previous", 0, 1), ("champion", 1, 2)]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await registry.GetLineage(pb.GetLineageRequest(ref=ref(name, version=9)))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no version 9" in missing.value.details()
 
 
 async def test_failed_stale_and_manual_evaluations_do_not_promote(

@@ -99,3 +99,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetPromotionPolicy(self, request: pb.GetPromotionPolicyRequest,
                                  context: grpc.aio.ServicerContext) -> pb.GetPromotionPolicyResponse:
         return pb.GetPromotionPolicyResponse(mode=await self.registry.get_promotion_mode(request.model_name))  # type: ignore[arg-type]
+
+    @map_errors
+    async def GetLineage(self, request: pb.GetLineageRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetLineageResponse:
+        return await self.registry.lineage(request.ref)

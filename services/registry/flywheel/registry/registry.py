@@ -134,6 +134,36 @@ class Registry:
             version = await self._resolve(conn, ref)
             return await self._load(conn, ref.model_name, version)
 
+    async def lineage(self, ref: pb.ModelVersionRef) -> pb.GetLineageResponse:
+        """The audit chain of a version: what caused it (drift event, retrain request, run, parent),
+        the evaluations received about it and every alias move to or from it, oldest first."""
+        domain.ref(ref)
+        async with self.db.connection() as conn:
+            version = await self._resolve(conn, ref)
+            mv = await self._load(conn, ref.model_name, version)
+            evaluations = await (await conn.execute(
+                "SELECT * FROM evaluations WHERE model_name = %s AND candidate_version = %s"
+                " ORDER BY received_at, evaluation_id", (ref.model_name, version))).fetchall()
+            changes = await (await conn.execute(
+                "SELECT * FROM alias_history WHERE model_name = %s AND (version = %s OR previous_version = %s)"
+                " ORDER BY id", (ref.model_name, version, version))).fetchall()
+        response = pb.GetLineageResponse(
+            model_version=mv, drift_event_id=mv.lineage.drift_event_id,
+            retrain_request_id=mv.lineage.retrain_request_id, training_run_id=mv.lineage.training_run_id,
+            parent_version=mv.lineage.parent_version)
+        for row in evaluations:
+            record = response.evaluations.add(
+                evaluation_id=row["evaluation_id"], candidate_version=row["candidate_version"],
+                baseline_version=row["baseline_version"], verdict=row["verdict"], report_uri=row["report_uri"],
+                decision=row["decision"])
+            record.received_at.FromDatetime(row["received_at"])
+        for row in changes:
+            change = response.alias_changes.add(
+                alias=row["alias"], previous_version=row["previous_version"], version=row["version"],
+                reason=row["reason"], actor=row["actor"], evaluation_id=row["evaluation_id"])
+            change.changed_at.FromDatetime(row["changed_at"])
+        return response
+
     async def list_versions(self, request: pb.ListModelVersionsRequest) -> pb.ListModelVersionsResponse:
         name = domain.model_name(request.model_name)
         size = _page_size(request.page_size)
