@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def start_launcher(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home)], env=env,
+    # --no-demo: the payments driver trains a model first; its own tests cover it (tests/integration).
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home), "--no-demo"],
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + 120

@@ -111,3 +111,13 @@ def _print_summary(transactions: list[Transaction], events: list, scenario: str,
     table.add_row("feature rows", ", ".join(f"{n:,} {name}" for name, n in sorted(push_sources.items())))
     table.add_row("events", ", ".join(f"{n:,} {name}" for name, n in sorted(per_topic.items())))
     console.print(table)
+
+
+@main.command("drive", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def drive_command(args: tuple[str, ...]) -> None:
+    """Live payments through a running Flywheel, with a status page (see `drive --help`)."""
+    from payments_demo.live import main as drive
+
+    raise SystemExit(drive(list(args)))

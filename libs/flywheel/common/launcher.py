@@ -5,6 +5,10 @@ service's settings class). Each runs as its own process (`python -m flywheel.<na
 with the same FLYWHEEL_HOME, so it finds the embedded stack's addresses there. The
 launcher waits until each one reports SERVING over grpc.health.v1, prints where it
 listens, and on Ctrl-C (or SIGTERM) stops every child, then the stack.
+
+Then it starts the installed demos (`flywheel.demos` entry points, name -> `module:callable`; each
+runs as `python -m <module>` with the same environment, its output on this console), unless
+`--no-demo`. A demo that ends does not stop the platform; a service that exits does.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class Child:
 
 def installed_services() -> dict[str, type]:
     return {ep.name: ep.load() for ep in sorted(entry_points(group="flywheel.services"), key=lambda e: e.name)}
+
+
+def installed_demos() -> dict[str, str]:
+    """Demo name -> the module `python -m` runs (e.g. payments -> payments_demo.live)."""
+    return {ep.name: ep.module for ep in sorted(entry_points(group="flywheel.demos"), key=lambda e: e.name)}
 
 
 def wait_serving(child: Child, timeout: float) -> None:
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="data directory (default .flywheel, or FLYWHEEL_HOME)")
     parser.add_argument("--only", nargs="*", metavar="SERVICE", help="start only these services")
     parser.add_argument("--json-logs", action="store_true", help="children log JSON lines instead of text")
+    parser.add_argument("--no-demo", action="store_true",
+                        help="do not start the demos (flywheel.demos entry points, e.g. the payments driver)")
     args = parser.parse_args(argv)
 
     services = installed_services()
@@ -114,10 +125,20 @@ def main(argv: list[str] | None = None) -> int:
             wait_serving(child, timeout=60)
             print(f"  {child.name:<12} grpc {child.grpc_address}   "
                   f"metrics http://127.0.0.1:{child.metrics_port}/metrics", flush=True)
+        demos: list[Child] = []
+        if not args.no_demo and not args.only:
+            for name, module in installed_demos().items():
+                demos.append(Child(name, "", 0, subprocess.Popen([sys.executable, "-m", module], env=env)))
+                print(f"  demo {name:<7} python -m {module}", flush=True)
         print("flywheel: ready (Ctrl-C stops everything)", flush=True)
+        children[:0] = demos  # stopped first: a demo talks to the services until the end
         while not stopping:
-            for child in children:
-                if child.proc.poll() is not None:
+            for child in list(children):
+                if child.proc.poll() is not None and child in demos:
+                    print(f"flywheel: demo {child.name} ended with code {child.proc.returncode}", flush=True)
+                    demos.remove(child)
+                    children.remove(child)
+                elif child.proc.poll() is not None:
                     print(f"flywheel: {child.name} exited with code {child.proc.returncode}; stopping", flush=True)
                     code = 1
                     stopping = True
