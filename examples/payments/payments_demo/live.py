@@ -74,6 +74,8 @@ DAY_SECONDS = 86_400.0
 # Phases of the scripted scenario, in order.
 BOOTSTRAP, STABLE, DRIFT = "bootstrap", "stable", "drift"
 DRIFTS = ("concept_shift", "covariate_shift", "both", "none")
+# Failures of a first run that mean "the trainer has not consumed the history's labels yet".
+RETRYABLE_RUN_FAILURES = ("labelled rows", "has only one class")
 # Platform events the driver narrates on its console and shows on its status page.
 WATCHED_TOPICS = ("drift.detected", "retrain.requests", "models.registered", "evaluations.completed",
                   "models.promoted")
@@ -584,6 +586,7 @@ class DemoDriver:
         self._next_row = 0
         self._last_status = time.monotonic()
         self._stopping = asyncio.Event()
+        self._live = False
 
     # -- life --
 
@@ -647,7 +650,10 @@ class DemoDriver:
         if self.champion and not cfg.retrain_on_start:
             log.info(f"bootstrap: {cfg.model} already has champion v{self.champion}; not training")
         else:
-            version = await self._first_run(self.time.to_wall(tl.history_start), now)
+            # The window ends once every payment in it has its label: the newest payments' chargebacks are
+            # still to come, and a window with their settlements but not their chargebacks looks fraud-free.
+            settled = tl.live_start - timedelta(hours=max(cfg.chargeback_hours[1], cfg.settlement_hours[1]))
+            version = await self._first_run(self.time.to_wall(tl.history_start), self.time.to_wall(settled))
             await self._ensure_champion(version)
         await self._wait_serving()
         return self.champion
@@ -679,7 +685,9 @@ class DemoDriver:
                 metrics = ", ".join(f"{k}={run.metrics[k]:.3f}" for k in ("roc_auc", "f1") if k in run.metrics)
                 log.info(f"training: registered {self.config.model}:v{run.registered_version} ({metrics})")
                 return int(run.registered_version)
-            if "labelled rows" in run.failure_reason and loop.time() < deadline:
+            # The trainer consumes the labels just sent asynchronously: too few rows, or slices without a
+            # fraud, mean it has not caught up yet (these failures come before any training, so retrying is cheap).
+            if any(s in run.failure_reason for s in RETRYABLE_RUN_FAILURES) and loop.time() < deadline:
                 log.info(f"training: the trainer has not seen enough labels yet ({run.failure_reason}); retrying")
                 await asyncio.sleep(2.0)
                 continue
@@ -725,10 +733,12 @@ class DemoDriver:
 
     async def run(self, *, max_transactions: int | None = None, duration: float | None = None) -> int:
         """Live traffic until stopped, `max_transactions` payments scored, `duration` wall seconds, or the
-        timeline's end. The simulated clock resumes now (it stood still during the bootstrap). Returns
-        how many payments were scored."""
+        timeline's end. On the first call the simulated clock resumes (it stood still during the bootstrap).
+        Returns how many payments were scored."""
         loop = asyncio.get_running_loop()
-        self.time = self.time.resumed(datetime.now(UTC))
+        if not self._live:  # later calls continue the clock (a pause between them is caught up)
+            self.time = self.time.resumed(datetime.now(UTC))
+            self._live = True
         scored_before = self.stats.total
         ends = loop.time() + duration if duration is not None else math.inf
         log.info(f"live: {self.config.rate:g} payments/s, 1 simulated day = {self.config.day_seconds:g}s; drift "
