@@ -1,0 +1,119 @@
+"""The live demo driver's pure parts: the time map, label scheduling, windowed metrics, the plot, the status JSON."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+payments_demo = pytest.importorskip("payments_demo")
+from payments_demo.live import (  # noqa: E402
+    DriverConfig,
+    LabelSchedule,
+    LiveStats,
+    Prediction,
+    TimeMap,
+    build_timeline,
+    confusion,
+    label_event,
+    restamp_row,
+)
+from payments_demo.pipeline import FeatureRow  # noqa: E402
+from payments_demo.status import accuracy_svg, status_document  # noqa: E402
+
+WALL = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+SIM = datetime(2026, 1, 10, tzinfo=UTC)
+
+
+def test_time_map_is_one_linear_map_and_resumes_without_a_jump() -> None:
+    tm = TimeMap.day_per(60, wall_anchor=WALL, sim_anchor=SIM)
+    assert tm.to_wall(SIM) == WALL
+    assert tm.to_wall(SIM + timedelta(days=1)) == WALL + timedelta(seconds=60)
+    assert tm.to_wall(SIM - timedelta(hours=6)) == WALL - timedelta(seconds=15)
+    assert tm.to_sim(tm.to_wall(SIM + timedelta(hours=5))) == SIM + timedelta(hours=5)
+    later = WALL + timedelta(minutes=3)
+    resumed = tm.resumed(later)
+    assert resumed.to_sim(later) == SIM and resumed.compression == tm.compression
+    with pytest.raises(ValueError):
+        TimeMap(WALL, SIM, 0)
+
+
+def test_customer_stats_rows_stay_strictly_before_their_payment() -> None:
+    tm = TimeMap.day_per(60, wall_anchor=WALL, sim_anchor=SIM)
+    t = SIM + timedelta(hours=1)
+    stats = FeatureRow("customer_stats", {"customer_id": "c"}, {}, t - timedelta(microseconds=1))
+    txn = FeatureRow("transactions", {"transaction_id": "t"}, {}, t)
+    assert restamp_row(stats, tm).event_time < restamp_row(txn, tm).event_time
+    assert restamp_row(txn, tm).event_time == tm.to_wall(t)
+
+
+def test_labels_come_due_in_observation_order_with_the_prediction_request_id() -> None:
+    config = DriverConfig(day_seconds=60, rate=2, warmup_days=0, history_days=1, stable_days=1, drift_days=0)
+    timeline = build_timeline(config, "s1")
+    assert all(t.transaction_id.startswith("ts1-") for t in timeline.transactions)
+    live = [t for t in timeline.transactions if t.event_time >= timeline.live_start][:20]
+    tm = TimeMap.day_per(60, wall_anchor=WALL, sim_anchor=timeline.live_start)
+    schedule = LabelSchedule()
+    for i, t in enumerate(live):
+        schedule.add(t, event_wall=tm.to_wall(t.event_time), request_id=f"r{i // 5}")
+    assert schedule.due(live[0].event_time) == []  # no label is known at its payment's time
+    due = schedule.due(max(t.label_observed_at for t in live))
+    assert len(due) == 20 and len(schedule) == 0
+    assert [p.observed_sim for p in due] == sorted(t.label_observed_at for t in live)
+    event = label_event(due[0], tm)
+    fb = event.payload
+    assert fb.entity_id == due[0].txn.transaction_id and fb.request_id == due[0].request_id
+    assert event.key == fb.request_id
+    assert fb.event_time.ToDatetime(UTC) == tm.to_wall(due[0].txn.event_time)
+    assert fb.observed_at.ToDatetime(UTC) > fb.event_time.ToDatetime(UTC)
+    assert fb.label.flag == due[0].txn.is_fraud
+    # Short delays: hours, not days (seconds of wall time at one simulated day per minute).
+    assert all(timedelta(0) < p.txn.label_delay <= timedelta(hours=6) for p in due)
+
+
+def pred(i: int, predicted: bool, truth: bool, version: int = 1, phase: str = "stable") -> Prediction:
+    return Prediction(float(i), f"t{i}", f"r{i}", version, 0.9 if predicted else 0.1, predicted, truth, phase)
+
+
+def test_windowed_metrics_per_phase_and_version() -> None:
+    stats = LiveStats(window=4)
+    stats.record([pred(0, True, True), pred(1, False, False), pred(2, False, True), pred(3, True, False)])
+    w = stats.window()
+    assert w["n"] == 4 and w["accuracy"] == 0.5 and w["recall"] == 0.5 and w["precision"] == 0.5
+    assert w["f1"] == pytest.approx(0.5)
+    stats.record([pred(i, False, False, version=2, phase="drift") for i in range(4, 8)])
+    assert stats.window()["accuracy"] == 1.0 and stats.window()["recall"] is None  # old ones left the window
+    snap = stats.snapshot()
+    assert snap["by_phase"]["stable"]["n"] == 4 and snap["by_phase"]["drift"]["accuracy"] == 1.0
+    assert set(snap["by_version"]) == {"1", "2"} and snap["serving_version"] == 2
+    assert [p["accuracy"] for p in snap["series"]] == [0.5, 1.0]
+    assert confusion([]).metrics()["accuracy"] is None
+
+
+def test_accuracy_svg_draws_series_and_markers() -> None:
+    series = [{"t": 100.0, "accuracy": 0.9, "f1": 0.5}, {"t": 160.0, "accuracy": 0.7, "f1": None},
+              {"t": 220.0, "accuracy": 0.95, "f1": 0.6}]
+    svg = accuracy_svg(series, [{"t": 150.0, "kind": "drift", "label": "drift <onset>"},
+                                {"t": 200.0, "kind": "promotion", "label": "v2 promoted"}])
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert 'class="series-accuracy"' in svg and svg.count(",") >= 3
+    assert 'class="marker-drift"' in svg and 'class="marker-promotion"' in svg
+    assert "drift &lt;onset&gt;" in svg  # labels are escaped
+    assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing external
+    assert "no predictions scored yet" in accuracy_svg([])
+
+
+def test_status_document_shape() -> None:
+    stats = LiveStats(window=10)
+    stats.record([pred(0, True, True)])
+    driver_status = {"model": "fraud", "session": "s", "phase": "stable", "drift": "both", "time": {},
+                     "stats": stats.snapshot(), "markers": [], "pending_labels": 3,
+                     "events": [{"topic": "models.promoted", "at": 1.0, "text": "PROMOTED", "event": {}},
+                                {"topic": "drift.detected", "at": 2.0, "text": "ALERT", "event": {}}]}
+    doc = status_document(driver_status, {"champion": 2, "windows": [], "runs": [], "evaluations": [],
+                                          "errors": {"windows": "UNAVAILABLE: down"}})
+    assert doc["serving"] == {"champion": 2, "answered_by": 1}
+    assert doc["accuracy"]["window"]["accuracy"] == 1.0 and len(doc["accuracy"]["points"]) == 1
+    assert [e["text"] for e in doc["promotions"]] == ["PROMOTED"] and [e["text"] for e in doc["alerts"]] == ["ALERT"]
+    assert doc["counts"]["labels_pending"] == 3 and doc["unavailable"] == {"windows": "UNAVAILABLE: down"}
+    assert set(doc) >= {"drift_windows", "retraining", "evaluations", "markers", "registered"}
