@@ -121,3 +121,17 @@ def test_cli_window_and_params() -> None:
     assert parse_params(("epochs=5", "scenario = stable")) == {"epochs": "5", "scenario": "stable"}
     with pytest.raises(click.BadParameter):
         parse_params(("epochs",))
+
+
+def test_the_gate_has_defaults_and_is_validated() -> None:
+    spec = parse_spec(yaml.safe_load(EXAMPLE))
+    assert (spec.gate.metric, spec.gate.tolerance, spec.gate.floor, spec.gate.max_ece) == ("roc_auc", 0.01, 0.7, None)
+    gated = parse_spec({**yaml.safe_load(EXAMPLE),
+                        "gate": {"metric": "pr_auc", "tolerance": 0.02, "floor": 0.3, "max_ece": 0.1}})
+    assert (gated.gate.metric, gated.gate.tolerance, gated.gate.floor, gated.gate.max_ece) == ("pr_auc", 0.02, 0.3, 0.1)
+    with pytest.raises(InvalidArgument, match=r"gate\.metric"):
+        parse_spec({**yaml.safe_load(EXAMPLE), "gate": {"metric": "brier"}})
+    with pytest.raises(InvalidArgument, match=r"gate\.tolerance"):
+        parse_spec({**yaml.safe_load(EXAMPLE), "gate": {"tolerance": -0.1}})
+    with pytest.raises(InvalidArgument, match=r"gate\.threshold"):
+        parse_spec({**yaml.safe_load(EXAMPLE), "gate": {"threshold": 0.5}})  # a typo is an error, not ignored

@@ -86,6 +86,24 @@ class SplitSpec(_Strict):
         return 1.0 - self.validation - self.test
 
 
+# Gate metrics: all "higher is better", so one rule (candidate >= baseline - tolerance) fits every one.
+GATE_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")
+
+
+class GateSpec(_Strict):
+    """When a candidate may replace the champion (read by the evaluator, not the trainer).
+
+    Checks: `metric` of the candidate >= the champion's - `tolerance` (skipped when there is no
+    champion), >= `floor`, and, when `max_ece` is set, the candidate's ECE <= `max_ece`.
+    """
+
+    metric: Literal["roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy"] = Field(
+        "roc_auc", description="The metric compared (higher is better), on the same recent labelled rows.")
+    tolerance: float = Field(0.01, ge=0.0, le=1.0, description="How much worse than the champion is still fine.")
+    floor: float = Field(0.7, ge=0.0, le=1.0, description="The least the candidate's metric may be, champion or not.")
+    max_ece: float | None = Field(None, gt=0.0, le=1.0, description="Largest expected calibration error allowed.")
+
+
 class ModelSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     kind: Literal["predictive"] = "predictive"
@@ -104,6 +122,7 @@ class ModelSpec(_Strict):
     calibration: Literal["temperature", "none"] = "temperature"
     threshold: Literal["max_f1"] | Annotated[float, Field(gt=0.0, lt=1.0)] = "max_f1"
     min_rows: int = Field(300, gt=0)
+    gate: GateSpec = Field(default_factory=GateSpec)
 
     @field_validator("entity_keys", "numeric", "categorical", "log_transform")
     @classmethod
