@@ -1,0 +1,1 @@
+"""Flywheel evaluator: gates new predictive model versions against the serving champion."""

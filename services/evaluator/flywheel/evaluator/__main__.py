@@ -1,0 +1,3 @@
+from flywheel.evaluator.main import main
+
+main()

@@ -1,0 +1,63 @@
+"""gRPC front door of the evaluator: converts messages and calls the use-case layer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from flywheel.common.rpc import map_errors
+from flywheel.evaluator.evaluator import REPORT_PREFIX, EvaluationRequest, Evaluator
+from flywheel.evaluator.store import EvaluationRow
+from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
+from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
+from flywheel.proto.events.v1 import models_pb2
+
+
+def _bins(values: list[dict[str, Any]]) -> list[pb.CalibrationBin]:
+    return [pb.CalibrationBin(lower=b["lower"], upper=b["upper"], rows=b["rows"], mean_predicted=b["mean_predicted"],
+                              observed_rate=b["observed_rate"]) for b in values]
+
+
+def evaluation_to_proto(row: EvaluationRow) -> pb.Evaluation:
+    report = row.report or {}
+    message = pb.Evaluation(
+        evaluation_id=row.id, model_name=row.model_name, candidate_version=row.candidate_version,
+        baseline_version=row.baseline_version, verdict=row.verdict,  # type: ignore[arg-type]
+        candidate_metrics=row.candidate_metrics, baseline_metrics=row.baseline_metrics,
+        checks=[models_pb2.GateCheck(**c) for c in row.checks], rows=row.rows, error=row.error,
+        report_uri=REPORT_PREFIX + row.id if row.completed_at else "",
+        slices=[pb.SliceMetrics(feature=s["feature"], value=s["value"], rows=s["rows"], candidate=s["candidate"],
+                                baseline=s["baseline"]) for s in report.get("slices", [])],
+        candidate_calibration=_bins(report.get("candidate_calibration", [])),
+        baseline_calibration=_bins(report.get("baseline_calibration", [])))
+    times: tuple[tuple[str, datetime | None], ...] = (
+        ("data_start", row.data_start), ("data_end", row.data_end), ("started_at", row.started_at),
+        ("completed_at", row.completed_at))
+    for name, value in times:
+        if value is not None:
+            getattr(message, name).FromDatetime(value)
+    return message
+
+
+class EvaluatorServicer(pb_grpc.EvaluatorServiceServicer):
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+
+    @map_errors
+    async def Evaluate(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
+        row = await self.evaluator.evaluate_now(EvaluationRequest(
+            request.model_name, request.candidate_version, request.baseline_version))
+        return pb.EvaluateResponse(evaluation=evaluation_to_proto(row))
+
+    @map_errors
+    async def GetEvaluation(self, request: pb.GetEvaluationRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetEvaluationResponse:
+        return pb.GetEvaluationResponse(evaluation=evaluation_to_proto(await self.evaluator.get(request.evaluation_id)))
+
+    @map_errors
+    async def ListEvaluations(self, request: pb.ListEvaluationsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListEvaluationsResponse:
+        rows, token = await self.evaluator.list(request.model_name, request.page_size, request.page_token)
+        return pb.ListEvaluationsResponse(evaluations=[evaluation_to_proto(r) for r in rows], next_page_token=token)

@@ -1,0 +1,91 @@
+"""Composition root of the evaluator: builds every part and runs the gRPC server, the evaluation
+worker, the models.registered / feedback.received consumer, the outbox relay and the metrics
+endpoint until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from flywheel.common.db import Database
+from flywheel.common.kafka import ConsumerRunner
+from flywheel.common.outbox import OutboxRelay
+from flywheel.common.rpc import RpcServer
+from flywheel.common.service import run_service
+from flywheel.evaluator.api import EvaluatorServicer
+from flywheel.evaluator.clients import GrpcRegistry
+from flywheel.evaluator.config import EvaluatorSettings
+from flywheel.evaluator.evaluator import SOURCE, Evaluator
+from flywheel.evaluator.handlers import batch_handlers, handlers
+from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
+from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
+from flywheel.trainer.clients import GrpcFeatureStore
+from flywheel.trainer.spec import SpecCatalog
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EvaluatorService"].full_name
+
+
+class EvaluatorApp:
+    """The running evaluator; `start` returns once it serves, `stop` drains and closes."""
+
+    def __init__(self, settings: EvaluatorSettings) -> None:
+        settings.require_infrastructure()
+        self.settings = settings
+        self.db = Database(settings.database_url, settings.db_schema)
+        self.evaluator = Evaluator(
+            self.db, SpecCatalog(settings.model_specs_dir()),
+            GrpcFeatureStore(settings.featurestore_addr, timeout=settings.feature_timeout,
+                             request_rows=settings.feature_request_rows),
+            GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
+                         download_timeout=settings.download_timeout),
+            max_rows=settings.max_rows, min_rows=settings.min_rows, min_positives=settings.min_positives,
+            max_wait_seconds=settings.max_wait_seconds, label_poll_seconds=settings.label_poll_seconds,
+            lookback_seconds=settings.lookback_seconds, min_slice_rows=settings.min_slice_rows,
+            poll_interval=settings.poll_interval)
+        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
+                                       handlers=handlers(self.evaluator),
+                                       batch_handlers=batch_handlers(self.evaluator), source=SOURCE)
+        self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
+                                 idempotent=settings.kafka_enable_idempotence)
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME)
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.grpc_host}:{self.rpc.port}"
+
+    async def start(self) -> None:
+        torch.set_num_threads(self.settings.torch_threads)
+        await self.db.open(MIGRATIONS)
+        await self.relay.start()
+        await self.evaluator.start()
+        await self.consumer.start()
+        await self.rpc.start()
+        log.info("evaluator serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
+                                             "specs_dir": str(self.settings.model_specs_dir())})
+
+    async def stop(self) -> None:
+        await self.rpc.stop()
+        await self.consumer.stop()
+        await self.evaluator.stop()
+        await self.relay.stop()
+        await self.db.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.evaluator",
+        description="Flywheel evaluator: gRPC EvaluatorService, evaluation worker, models.registered and "
+                    "feedback.received consumer; emits evaluations.completed. Configured by FLYWHEEL_* / "
+                    "FLYWHEEL_EVALUATOR_* environment variables (see services/evaluator/README.md).")
+    parser.add_argument("--port", type=int, help="gRPC port (overrides FLYWHEEL_EVALUATOR_GRPC_PORT)")
+    args = parser.parse_args(argv)
+    settings = EvaluatorSettings()
+    if args.port is not None:
+        settings.grpc_port = args.port
+    run_service("evaluator", settings, EvaluatorApp)
