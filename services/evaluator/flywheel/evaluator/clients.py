@@ -98,7 +98,8 @@ class Scorer:
             members = _members(data)
             self.metadata = json.loads(members["model.json"])
             if self.metadata.get("format") != "flywheel.predictive/v1":
-                raise ValueError(f"not a flywheel.predictive/v1 artifact (format {self.metadata.get('format')!r})") from None
+                found = self.metadata.get("format")
+                raise ValueError(f"not a flywheel.predictive/v1 artifact (format {found!r})") from None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self._module = torch.jit.load(io.BytesIO(members["model.pt"]), map_location="cpu").eval()
