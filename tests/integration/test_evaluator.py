@@ -371,3 +371,31 @@ async def test_a_poison_registration_is_dead_lettered(world: World) -> None:
         dict(r.headers).get("ce_id") == event.id.encode() for r in rs))
     dead = next(r for r in records if dict(r.headers).get("ce_id") == event.id.encode())
     assert b"names no version" in dict(dead.headers)["dlq_error"]
+
+
+async def test_an_evaluation_interrupted_by_a_crash_is_completed_once_after_a_restart(world: World) -> None:
+    name = f"ev-fraud-{uuid.uuid4().hex[:8]}"  # no spec yet: the running evaluator skips its registrations
+    champion = await register(world, name, world.good, champion=True)
+    candidate = await register(world, name, world.other_good)
+    (world.specs / f"{name}.yaml").write_text(yaml.safe_dump({**world.spec, "name": name}))
+    evaluation_id = str(uuid.uuid4())
+    async with world.evaluator.db.connection() as conn:  # what a crash mid-evaluation leaves behind
+        await conn.execute(
+            "INSERT INTO evaluations (id, model_name, candidate_version, trigger_event_id, status, attempts,"
+            " started_at) VALUES (%s, %s, %s, %s, 'running', 1, now())",
+            (evaluation_id, name, candidate, f"ev-{evaluation_id}"))
+    # Another process on the same schema (its own consumer group; queueing is idempotent by event id anyway).
+    group = f"{world.evaluator.settings.consumer_group}-2"
+    restarted = EvaluatorApp(world.evaluator.settings.model_copy(update={"consumer_group": group}))
+    await restarted.start()
+    try:
+        event = await completed(world, name, candidate)
+    finally:
+        await restarted.stop()
+    assert event.evaluation_id == evaluation_id and event.verdict == PASSED and event.baseline_version == champion
+    row = await world.evaluator.evaluator.get(evaluation_id)
+    assert row.status == "completed" and row.attempts == 2
+    records = await read_records(world.infra.kafka_bootstrap, EVALUATIONS_COMPLETED.name, until=lambda rs: False,
+                                 timeout=3)
+    assert sum(1 for r in records if models_pb2.EvaluationCompleted.FromString(r.value).evaluation_id
+               == evaluation_id) == 1
