@@ -86,6 +86,8 @@ def test_windowed_metrics_per_phase_and_version() -> None:
     snap = stats.snapshot()
     assert snap["by_phase"]["stable"]["n"] == 4 and snap["by_phase"]["drift"]["accuracy"] == 1.0
     assert set(snap["by_version"]) == {"1", "2"} and snap["serving_version"] == 2
+    assert snap["by_phase_version"]["stable/v1"]["accuracy"] == 0.5
+    assert snap["by_phase_version"]["drift/v2"]["n"] == 4
     assert [p["accuracy"] for p in snap["series"]] == [0.5, 1.0]
     assert confusion([]).metrics()["accuracy"] is None
 

@@ -392,6 +392,8 @@ class LiveStats:
         self.recent: deque[Prediction] = deque(maxlen=window)
         self.by_phase: dict[str, Confusion] = {}
         self.by_version: dict[int, Confusion] = {}
+        # (phase, version): how each version did on each world, e.g. the old champion on drifted traffic.
+        self.by_phase_version: dict[tuple[str, int], Confusion] = {}
         self.series: deque[dict[str, Any]] = deque(maxlen=max_points)
         self.total = 0
         self.unscored = 0
@@ -403,6 +405,7 @@ class LiveStats:
             self.recent.append(p)
             self.by_phase.setdefault(p.phase, Confusion()).add(p.predicted, p.truth)
             self.by_version.setdefault(p.version, Confusion()).add(p.predicted, p.truth)
+            self.by_phase_version.setdefault((p.phase, p.version), Confusion()).add(p.predicted, p.truth)
             self.total += 1
             self.last_version = p.version
         if predictions:
@@ -419,6 +422,8 @@ class LiveStats:
             "serving_version": self.last_version, "window_size": self.window_size, "window": self.window(),
             "by_phase": {k: v.metrics() for k, v in self.by_phase.items()},
             "by_version": {str(k): v.metrics() for k, v in sorted(self.by_version.items())},
+            "by_phase_version": {f"{phase}/v{version}": c.metrics()
+                                 for (phase, version), c in sorted(self.by_phase_version.items())},
             "series": list(self.series),
         }
 
