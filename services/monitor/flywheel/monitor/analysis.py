@@ -1,0 +1,310 @@
+"""Analysis of one closed window: Evidently drift per feature and of the prediction, target
+drift and performance once labels joined, and a label-free confidence-based estimate (CBPE).
+
+CPU-bound and synchronous: the analysis worker runs `analyze` in a thread, off the ingest path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("DO_NOT_TRACK", "1")  # before evidently is imported (see flywheel/monitor/__init__.py)
+
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
+from evidently.metrics import ValueDrift
+
+PREDICTION = "prediction"
+LABEL = "label"
+
+
+@dataclass
+class Reference:
+    """What the monitor needs from a version's artifact: feature order, threshold, training
+    metrics and the reference sample (raw training rows with the model's probability)."""
+
+    numeric: list[str]
+    categorical: list[str]
+    threshold: float
+    metrics: dict[str, float]
+    label_rate: float | None
+    sample: pd.DataFrame | None
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+def read_reference(artifact: bytes) -> Reference:
+    """Parse model.json and reference_profile.json out of a `flywheel.predictive/v1` tar.gz (no torch)."""
+    members: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(artifact), mode="r:gz") as tar:
+        for info in tar.getmembers():
+            if info.name in ("model.json", "reference_profile.json") and info.isfile():
+                handle = tar.extractfile(info)
+                if handle is not None:
+                    members[info.name] = handle.read()
+    if "model.json" not in members:
+        raise ValueError("artifact lacks model.json")
+    meta = json.loads(members["model.json"])
+    schema = meta.get("input_schema", {})
+    numeric = list(schema.get("numeric", {}).get("features", []))
+    categorical = list(schema.get("categorical", {}).get("features", []))
+    profile = json.loads(members.get("reference_profile.json", b"{}") or b"{}")
+    columns = (profile.get("sample") or {}).get("columns") or {}
+    sample = None
+    if columns and all(f in columns for f in numeric + categorical):
+        data: dict[str, Any] = {}
+        for f in numeric:
+            data[f] = np.array([np.nan if v is None else v for v in columns[f]], dtype=np.float64)
+        for f in categorical:
+            data[f] = [str(v) for v in columns[f]]
+        if columns.get(PREDICTION) is not None:
+            data[PREDICTION] = np.array([np.nan if v is None else v for v in columns[PREDICTION]], dtype=np.float64)
+        if columns.get(LABEL) is not None:
+            data[LABEL] = [bool(v) for v in columns[LABEL]]
+        sample = pd.DataFrame(data)
+    metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
+    label_rate = profile.get("label_rate")
+    return Reference(numeric, categorical, float(meta.get("threshold", 0.5)), metrics,
+                     None if label_rate is None else float(label_rate), sample)
+
+
+# ---- performance -------------------------------------------------------------------------
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties count half); None unless both classes are present."""
+    labels = labels.astype(bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _ratios(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    n = tp + fp + fn + tn
+    precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+    recall = tp / (tp + fn) if tp + fn > 0 else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"accuracy": (tp + tn) / n if n else 0.0, "precision": precision, "recall": recall, "f1": f1}
+
+
+def measured_performance(p: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = p >= threshold
+    labels = labels.astype(bool)
+    out = _ratios(float((predicted & labels).sum()), float((predicted & ~labels).sum()),
+                  float((~predicted & labels).sum()), float((~predicted & ~labels).sum()))
+    auc = roc_auc(p, labels)
+    if auc is not None:
+        out["roc_auc"] = auc
+    out["label_rate"] = float(labels.mean())
+    return out
+
+
+def estimated_performance(p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Confidence-based performance estimation: if p is calibrated, a row predicted positive is a
+    true positive with probability p, and so on; the expected confusion matrix gives expected
+    accuracy (exact) and precision/recall/F1 (ratios of expectations). Expected ROC AUC: every
+    (i, j) pair is a (positive, negative) pair with probability p_i (1 - p_j); AUC is the weight of
+    correctly ordered pairs over all such weight."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    predicted = p >= threshold
+    out = _ratios(float(p[predicted].sum()), float((1 - p[predicted]).sum()),
+                  float(p[~predicted].sum()), float((1 - p[~predicted]).sum()))
+    auc = expected_roc_auc(p)
+    if auc is not None:
+        out["roc_auc"] = auc
+    out["label_rate"] = float(p.mean()) if len(p) else 0.0
+    return out
+
+
+def expected_roc_auc(p: np.ndarray) -> float | None:
+    n = len(p)
+    if n < 2:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    s, q = p[order], 1 - p[order]
+    # For each row i (as the positive): weight of negatives j with a lower score, plus half of equal scores.
+    unique, start = np.unique(s, return_index=True)
+    cum_q = np.concatenate([[0.0], np.cumsum(q)])
+    end = np.append(start[1:], n)
+    group = np.repeat(np.arange(len(unique)), end - start)
+    below = cum_q[start[group]]
+    equal = cum_q[end[group]] - cum_q[start[group]] - q  # same score, j != i
+    correct = float((s * (below + 0.5 * equal)).sum())
+    total = float(s.sum() * q.sum() - (s * q).sum())
+    return correct / total if total > 0 else None
+
+
+# ---- drift ------------------------------------------------------------------------------
+
+@dataclass
+class DriftSettings:
+    drift_share: float = 0.5
+    num_method: str = ""
+    cat_method: str = ""
+    num_threshold: float | None = None
+    cat_threshold: float | None = None
+    performance_tolerance: float = 0.05
+
+
+@dataclass
+class FeatureScore:
+    feature: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "method": self.method, "score": self.score,
+                "threshold": self.threshold, "drifted": self.drifted}
+
+
+@dataclass
+class WindowData:
+    numeric: np.ndarray          # [rows, n_numeric] float64, NaN = missing
+    categorical: list[list[str]]  # rows x n_categorical
+    probability: np.ndarray      # [rows]
+    labels: np.ndarray           # [rows] float: 1, 0 or NaN (no label yet)
+
+
+@dataclass
+class Analysis:
+    features: list[FeatureScore] = field(default_factory=list)
+    drifted_share: float = 0.0
+    prediction_drift: FeatureScore | None = None
+    target_drift: FeatureScore | None = None
+    performance: dict[str, float] = field(default_factory=dict)
+    estimated_performance: dict[str, float] = field(default_factory=dict)
+    performance_drop: dict[str, float] = field(default_factory=dict)
+    drifted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    labelled_rows: int = 0
+    snapshot_json: str = ""
+    error: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "features": [f.as_dict() for f in self.features], "drifted_share": self.drifted_share,
+            "prediction_drift": self.prediction_drift.as_dict() if self.prediction_drift else None,
+            "target_drift": self.target_drift.as_dict() if self.target_drift else None,
+            "performance": self.performance, "estimated_performance": self.estimated_performance,
+            "performance_drop": self.performance_drop, "drifted": self.drifted, "reasons": self.reasons,
+            "labelled_rows": self.labelled_rows, "error": self.error,
+        }
+
+
+def _method_of(metric_name: str) -> str:
+    # e.g. "ValueDrift(column=x0,method=Wasserstein distance (normed),threshold=0.1)"
+    start = metric_name.find("method=")
+    if start < 0:
+        return ""
+    rest = metric_name[start + len("method="):]
+    return rest[:rest.rfind(",threshold=")] if ",threshold=" in rest else rest.rstrip(")")
+
+
+def _drift_test(score: float, threshold: float, method: str) -> bool:
+    # Evidently's statistical tests report a p-value (drift when below the threshold);
+    # its distances report a distance (drift when at or above it).
+    is_p_value = "p_value" in method or "test" in method.lower()
+    return score < threshold if is_p_value else score >= threshold
+
+
+def analyze(ref: Reference, data: WindowData, settings: DriftSettings, *, with_drift: bool = True) -> Analysis:
+    result = Analysis()
+    p = data.probability
+    result.estimated_performance = estimated_performance(p, ref.threshold)
+    have = ~np.isnan(data.labels)
+    result.labelled_rows = int(have.sum())
+    if result.labelled_rows:
+        result.performance = measured_performance(p[have], data.labels[have] > 0.5, ref.threshold)
+        for metric, trained in ref.metrics.items():
+            if metric in result.performance and metric != "label_rate":
+                drop = trained - result.performance[metric]
+                result.performance_drop[metric] = drop
+                if drop > settings.performance_tolerance:
+                    result.reasons.append(f"{metric} {result.performance[metric]:.3f} is {drop:.3f} below "
+                                          f"training ({trained:.3f})")
+    if ref.sample is None:
+        result.error = "the version's artifact has no reference sample: no drift tests"
+    elif with_drift:
+        _drift(ref, data, settings, result)
+    result.drifted = bool(result.reasons)
+    return result
+
+
+def _drift(ref: Reference, data: WindowData, settings: DriftSettings, result: Analysis) -> None:
+    assert ref.sample is not None
+    current: dict[str, Any] = {f: data.numeric[:, i] for i, f in enumerate(ref.numeric)}
+    for i, f in enumerate(ref.categorical):
+        current[f] = [row[i] if i < len(row) else "" for row in data.categorical]
+    metrics: list[Any] = []
+    for f in ref.numeric:
+        metrics.append(ValueDrift(column=f, **_options(settings.num_method, settings.num_threshold)))
+    for f in ref.categorical:
+        metrics.append(ValueDrift(column=f, **_options(settings.cat_method, settings.cat_threshold)))
+    numeric_columns = list(ref.numeric)
+    has_prediction = PREDICTION in ref.sample.columns
+    if has_prediction:
+        current[PREDICTION] = data.probability
+        numeric_columns.append(PREDICTION)
+        metrics.append(ValueDrift(column=PREDICTION, **_options(settings.num_method, settings.num_threshold)))
+    definition = DataDefinition(numerical_columns=numeric_columns, categorical_columns=list(ref.categorical))
+    reference = ref.sample[[*ref.numeric, *ref.categorical] + ([PREDICTION] if has_prediction else [])]
+    snapshot = Report(metrics).run(Dataset.from_pandas(pd.DataFrame(current), data_definition=definition),
+                                   Dataset.from_pandas(reference, data_definition=definition))
+    for item in snapshot.dict()["metrics"]:
+        config = item["config"]
+        column, threshold = config.get("column"), float(config.get("threshold") or 0.0)
+        method = config.get("method") or _method_of(item["metric_name"])
+        score = float(item["value"]) if item["value"] is not None else math.nan
+        fs = FeatureScore(column, method, score, threshold, _drift_test(score, threshold, method))
+        if column == PREDICTION:
+            result.prediction_drift = fs
+        else:
+            result.features.append(fs)
+    if result.features:
+        result.drifted_share = sum(f.drifted for f in result.features) / len(result.features)
+        if result.drifted_share >= settings.drift_share:
+            result.reasons.append(f"{result.drifted_share:.0%} of features drifted")
+    if result.prediction_drift is not None and result.prediction_drift.drifted:
+        result.reasons.append("prediction drift")
+    have = ~np.isnan(data.labels)
+    if ref.label_rate is not None and have.any():
+        rate = float((data.labels[have] > 0.5).mean())
+        # Target drift: absolute change of the label rate, against a tolerance of a quarter of the
+        # reference rate (at least 0.02), large enough not to fire on sampling noise of small windows.
+        threshold = max(0.02, 0.25 * ref.label_rate)
+        score = abs(rate - ref.label_rate)
+        result.target_drift = FeatureScore(LABEL, "label_rate_abs_diff", score, threshold, score >= threshold)
+    result.snapshot_json = snapshot.dumps()
+
+
+def _options(method: str, threshold: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if method:
+        out["method"] = method
+    if threshold is not None:
+        out["threshold"] = threshold
+    return out
+
+
+def compress(text: str) -> bytes:
+    return gzip.compress(text.encode(), compresslevel=6, mtime=0)
+
+
+def render_html(snapshot_gz: bytes) -> str:
+    """Evidently's HTML (embeds its ~3.8 MB JS bundle) rendered on demand from the stored snapshot."""
+    return Snapshot.loads(gzip.decompress(snapshot_gz).decode()).get_html_str(as_iframe=False)

@@ -1,0 +1,50 @@
+"""gRPC MonitorService: a thin layer over MonitorStore (domain errors map to status codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+
+from flywheel.common.errors import FailedPrecondition, InvalidArgument
+from flywheel.common.rpc import map_errors
+from flywheel.monitor.analysis import render_html
+from flywheel.monitor.store import MonitorStore, decompress
+from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
+from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
+
+
+class MonitorServicer(pb_grpc.MonitorServiceServicer):
+    def __init__(self, store: MonitorStore) -> None:
+        self.store = store
+
+    @map_errors
+    async def GetModelStatus(self, request: pb.GetModelStatusRequest, context: grpc.aio.ServicerContext,
+                             ) -> pb.GetModelStatusResponse:
+        return await self.store.status(request.model_name, request.recent_windows)
+
+    @map_errors
+    async def ListWindows(self, request: pb.ListWindowsRequest, context: grpc.aio.ServicerContext,
+                          ) -> pb.ListWindowsResponse:
+        windows, token = await self.store.list_windows(request.model_name, request.version, request.page_size,
+                                                       request.page_token)
+        return pb.ListWindowsResponse(windows=windows, next_page_token=token)
+
+    @map_errors
+    async def GetReport(self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext,
+                        ) -> pb.GetReportResponse:
+        fmt = request.format or pb.REPORT_FORMAT_JSON
+        if fmt not in (pb.REPORT_FORMAT_JSON, pb.REPORT_FORMAT_HTML):
+            raise InvalidArgument(f"unknown report format {request.format}")
+        window, snapshot = await self.store.window(request.window_id)
+        if window.state not in (pb.WINDOW_STATE_ANALYZED, pb.WINDOW_STATE_FAILED):
+            raise FailedPrecondition(f"window {request.window_id} is not analyzed yet")
+        if fmt == pb.REPORT_FORMAT_HTML:
+            if snapshot is None:
+                raise FailedPrecondition(f"window {request.window_id} has no drift report ({window.error})")
+            content = await asyncio.to_thread(render_html, bytes(snapshot))
+        else:
+            content = json.dumps({"window_id": window.window_id,
+                                  "evidently": json.loads(decompress(bytes(snapshot))) if snapshot else None})
+        return pb.GetReportResponse(window=window, format=fmt, content=content)

@@ -1,0 +1,78 @@
+"""Settings of the monitor process (env prefix FLYWHEEL_MONITOR_, plus the shared FLYWHEEL_ ones)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from flywheel.common.settings import ServiceSettings, shared
+
+
+class ReviewPolicy(BaseModel):
+    """Which predictions go to human review as low-confidence samples."""
+
+    band: float = Field(0.1, ge=0, le=1, description="Sample predictions with |p - threshold| <= band.")
+    rate: float = Field(0.05, ge=0, le=1, description="Share of in-band predictions sampled (by request id hash).")
+    max_per_window: int = Field(20, ge=0, description="At most this many low-confidence reviews per window.")
+
+
+class MonitorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_MONITOR_", extra="ignore", populate_by_name=True)
+
+    grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds (0.0.0.0 in containers).")
+    grpc_port: int = Field(50058, description="gRPC port (MonitorService, health, reflection).")
+    metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 turns it off.")
+    db_schema: str = Field("monitor", description="PostgreSQL schema the monitor owns.")
+    consumer_group: str = Field("monitor", description="Kafka consumer group (the faust app id).")
+    registry_addr: str = shared(  # type: ignore[assignment]
+        "registry_addr", "127.0.0.1:50051", "Registry gRPC address (FLYWHEEL_REGISTRY_ADDR).")
+    rpc_timeout: float = Field(10.0, description="Deadline of short calls to the registry, in seconds.")
+    download_timeout: float = Field(120.0, description="Deadline of downloading one artifact, in seconds.")
+
+    # Ingest (faust).
+    batch_size: int = Field(1000, gt=0, description="Events per ingest transaction (at most).")
+    batch_within: float = Field(0.2, gt=0, description="Seconds to wait for a batch to fill before flushing.")
+    broker_session_timeout: float = Field(
+        3.0, gt=0, description="Consumer session timeout (s); short, so a restarted worker rejoins in seconds.")
+    broker_rebalance_timeout: float = Field(
+        3.0, gt=0, description="Rebalance timeout (s); faust's default makes a worker wait ~30 s on Tansu.")
+
+    # Windows.
+    window_mode: Literal["count", "time"] = Field(
+        "count", description="count: each window is the next `window_size` rows of a version in arrival order; "
+                             "time: one window per `window_seconds` of prediction time.")
+    window_size: int = Field(500, gt=0, description="Rows per window (count mode).")
+    window_seconds: float = Field(3600.0, gt=0, description="Window length in prediction time (time mode).")
+    window_grace_seconds: float = Field(
+        60.0, ge=0, description="Time mode: a window closes this long after its end (or when a later one starts).")
+    min_window_rows: int = Field(30, gt=0, description="Time mode: smaller windows are analyzed without drift tests.")
+
+    # Drift and decisions.
+    drift_share: float = Field(0.5, gt=0, le=1, description="A window drifted when this share of features drifted.")
+    num_method: str = Field("", description="Evidently drift method for numeric features ('' = Evidently's default).")
+    cat_method: str = Field("", description="Evidently drift method for categorical features ('' = default).")
+    num_threshold: float | None = Field(None, description="Threshold of the numeric method (None = default).")
+    cat_threshold: float | None = Field(None, description="Threshold of the categorical method (None = default).")
+    performance_tolerance: float = Field(
+        0.05, ge=0, description="A window drifted when a measured metric falls more than this below training.")
+    hysteresis_n: int = Field(2, gt=0, description="Alert when >= N of the last M analyzed windows drifted.")
+    hysteresis_m: int = Field(3, gt=0, description="See hysteresis_n.")
+    cooldown_seconds: float = Field(3600.0, ge=0, description="No new alert for a version this long after one.")
+    retrain_min_labels: int = Field(
+        300, ge=0, description="Emit the retrain request once this many labels joined rows since the onset...")
+    retrain_max_wait_seconds: float = Field(3600.0, ge=0, description="...or this long after the alert.")
+    analysis_poll_seconds: float = Field(0.5, gt=0, description="How often the analysis worker looks for windows.")
+
+    # Reviews.
+    review_policy: dict[str, ReviewPolicy] = Field(
+        default_factory=lambda: {"*": ReviewPolicy()},
+        description="JSON: model name (or '*' = default) -> {band, rate, max_per_window}.")
+
+    # Retention.
+    observation_ttl_seconds: float = Field(7 * 86400.0, gt=0, description="Observations older than this are deleted.")
+    label_ttl_seconds: float = Field(86400.0, gt=0, description="Labels waiting for their prediction expire after.")
+
+    def review_policy_for(self, model_name: str) -> ReviewPolicy:
+        return self.review_policy.get(model_name) or self.review_policy.get("*") or ReviewPolicy()

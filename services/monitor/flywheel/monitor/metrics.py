@@ -1,0 +1,17 @@
+"""Prometheus metrics of the monitor."""
+
+from prometheus_client import Counter, Gauge
+
+ROWS_INGESTED = Counter("flywheel_monitor_rows_ingested_total", "Prediction rows added to windows.", ["model"])
+DUPLICATE_ROWS = Counter("flywheel_monitor_duplicate_rows_total", "Replayed prediction rows dropped.", ["model"])
+LABELS_JOINED = Counter("flywheel_monitor_labels_joined_total", "Labels joined to prediction rows.", ["model"])
+WINDOWS_CLOSED = Counter("flywheel_monitor_windows_closed_total", "Windows closed.", ["model"])
+WINDOWS_ANALYZED = Counter("flywheel_monitor_windows_analyzed_total", "Window analyses.", ["model", "outcome"])
+ALERTS = Counter("flywheel_monitor_alerts_total", "drift.detected alerts emitted.", ["model"])
+RETRAIN_REQUESTS = Counter("flywheel_monitor_retrain_requests_total", "retrain.requests emitted.", ["model"])
+REVIEWS = Counter("flywheel_monitor_reviews_requested_total", "reviews.requested emitted.", ["model", "reason"])
+DEAD_LETTERED = Counter("flywheel_monitor_dead_lettered_total", "Records sent to a .dlq topic.", ["topic"])
+FEATURE_DRIFT = Gauge("flywheel_monitor_feature_drift_score", "Drift score of a feature in the last analyzed window.",
+                      ["model", "version", "feature"])
+WINDOW_METRIC = Gauge("flywheel_monitor_window_metric", "A metric of the last analyzed window (measured or est_*).",
+                      ["model", "version", "metric"])
