@@ -1,0 +1,97 @@
+"""Monitor logic without infrastructure: CBPE against Monte Carlo labels, hysteresis/cooldown,
+window assignment, and Evidently's telemetry being off."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from flywheel.monitor.analysis import estimated_performance, measured_performance, roc_auc
+from flywheel.monitor.decision import WindowOutcome, decide
+from flywheel.monitor.windows import Slot, assign_by_count, bucket_start, closed_by_count
+
+
+def test_cbpe_matches_monte_carlo_of_calibrated_labels() -> None:
+    rng = np.random.default_rng(7)
+    p = rng.beta(0.6, 2.0, size=400)
+    threshold = 0.4
+    estimate = estimated_performance(p, threshold)
+    draws = [measured_performance(p, rng.random(len(p)) < p, threshold) for _ in range(2000)]
+    for metric in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        simulated = float(np.mean([d[metric] for d in draws]))
+        spread = float(np.std([d[metric] for d in draws]))
+        # Within a fifth of the sampling spread of one window (ratio metrics are ratios of expectations).
+        assert abs(estimate[metric] - simulated) < 0.2 * spread + 0.005, (metric, estimate[metric], simulated)
+
+
+def test_cbpe_of_confident_model_is_near_perfect_and_of_coin_flips_is_half() -> None:
+    confident = np.array([0.001] * 50 + [0.999] * 50)
+    assert estimated_performance(confident, 0.5)["accuracy"] > 0.99
+    assert estimated_performance(confident, 0.5)["roc_auc"] > 0.99
+    assert estimated_performance(np.full(100, 0.5), 0.5)["roc_auc"] == pytest.approx(0.5)
+
+
+def test_roc_auc_handles_ties_and_single_class() -> None:
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+    assert roc_auc(np.array([0.2, 0.3]), np.array([1, 1])) is None
+
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def outcomes(*drifted: bool) -> list[WindowOutcome]:
+    """Newest first; window i starts i hours before T0."""
+    return [WindowOutcome(f"w{i}", T0 - timedelta(hours=i), d) for i, d in enumerate(drifted)]
+
+
+def test_hysteresis_needs_n_of_last_m() -> None:
+    assert not decide(outcomes(True, False, False), n=2, m=3, last_alert_at=None, now=T0, cooldown_seconds=0).alert
+    d = decide(outcomes(True, False, True), n=2, m=3, last_alert_at=None, now=T0, cooldown_seconds=0)
+    assert d.alert and d.drifted_of_last == 2
+    assert d.onset == T0 - timedelta(hours=2)  # the earliest drifted window among the last M
+    # Drifted windows older than the last M do not count.
+    assert not decide(outcomes(True, False, False, True), n=2, m=3, last_alert_at=None, now=T0,
+                      cooldown_seconds=0).alert
+    # The newest window must be one of the drifted ones.
+    assert not decide(outcomes(False, True, True), n=2, m=3, last_alert_at=None, now=T0, cooldown_seconds=0).alert
+
+
+def test_cooldown_suppresses_then_allows() -> None:
+    recent = outcomes(True, True, True)
+    last = T0 - timedelta(minutes=30)
+    assert not decide(recent, n=2, m=3, last_alert_at=last, now=T0, cooldown_seconds=3600).alert
+    assert decide(recent, n=2, m=3, last_alert_at=last, now=T0 + timedelta(minutes=31), cooldown_seconds=3600).alert
+
+
+def test_count_windows_fill_in_arrival_order() -> None:
+    assert assign_by_count(0, 3, 5) == [Slot(0, 3)]
+    assert assign_by_count(3, 9, 5) == [Slot(0, 2), Slot(1, 5), Slot(2, 2)]
+    assert closed_by_count(3, assign_by_count(3, 9, 5), 5) == 2
+    assert assign_by_count(5, 1, 5) == [Slot(1, 1)]  # a full open window is never overfilled
+    # Splitting the same rows into batches differently assigns each row to the same window.
+    whole = [s.offset for s in assign_by_count(0, 12, 5) for _ in range(s.count)]
+    parts, open_rows, base = [], 0, 0
+    for n in (4, 3, 5):
+        for s in assign_by_count(open_rows, n, 5):
+            parts += [base + s.offset] * s.count
+        open_rows = (open_rows + n) % 5
+        base = parts[-1] if open_rows else parts[-1] + 1
+    assert parts == whole
+
+
+def test_time_buckets_align() -> None:
+    ts = datetime(2025, 1, 1, 10, 59, tzinfo=UTC)
+    assert bucket_start(ts, 3600) == datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def test_evidently_telemetry_is_off() -> None:
+    import flywheel.monitor  # noqa: F401  (sets DO_NOT_TRACK before evidently is imported)
+    import flywheel.monitor.analysis  # noqa: F401
+    from evidently.telemetry import event_logger
+
+    assert os.environ.get("DO_NOT_TRACK")
+    assert not event_logger.is_enabled()
