@@ -215,10 +215,16 @@ def _method_of(metric_name: str) -> str:
     return rest[:rest.rfind(",threshold=")] if ",threshold=" in rest else rest.rstrip(")")
 
 
+# Evidently's statistical tests report a p-value (drift when below the threshold); its distances
+# (psi, wasserstein, jensenshannon, kl_div, hellinger...) a distance (drift when at or above it).
+P_VALUE_METHODS = {"ks", "chisquare", "z", "fisher_exact", "t_test", "anderson", "mannw", "cramer_von_mises",
+                   "g_test", "epps_singleton", "empirical_mmd"}
+
+
 def _drift_test(score: float, threshold: float, method: str) -> bool:
-    # Evidently's statistical tests report a p-value (drift when below the threshold);
-    # its distances report a distance (drift when at or above it).
-    is_p_value = "p_value" in method or "test" in method.lower()
+    if math.isnan(score):
+        return False
+    is_p_value = method in P_VALUE_METHODS or "p_value" in method
     return score < threshold if is_p_value else score >= threshold
 
 

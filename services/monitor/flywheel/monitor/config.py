@@ -51,7 +51,9 @@ class MonitorSettings(ServiceSettings):
 
     # Drift and decisions.
     drift_share: float = Field(0.5, gt=0, le=1, description="A window drifted when this share of features drifted.")
-    num_method: str = Field("", description="Evidently drift method for numeric features ('' = Evidently's default).")
+    num_method: str = Field(
+        "psi", description="Evidently drift method for numeric features and the prediction ('' = Evidently's "
+                           "default, Wasserstein, which is noisy on windows of a few hundred rows).")
     cat_method: str = Field("", description="Evidently drift method for categorical features ('' = default).")
     num_threshold: float | None = Field(None, description="Threshold of the numeric method (None = default).")
     cat_threshold: float | None = Field(None, description="Threshold of the categorical method (None = default).")
