@@ -314,3 +314,8 @@ def compress(text: str) -> bytes:
 def render_html(snapshot_gz: bytes) -> str:
     """Evidently's HTML (embeds its ~3.8 MB JS bundle) rendered on demand from the stored snapshot."""
     return Snapshot.loads(gzip.decompress(snapshot_gz).decode()).get_html_str(as_iframe=False)
+
+
+def snapshot_metrics(snapshot_gz: bytes) -> dict[str, Any]:
+    """The stored snapshot as Evidently's metric results (what `Snapshot.dict()` gives)."""
+    return Snapshot.loads(gzip.decompress(snapshot_gz).decode()).dict()

@@ -6,11 +6,12 @@ import asyncio
 import json
 
 import grpc
+from google.protobuf import json_format
 
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
 from flywheel.common.rpc import map_errors
-from flywheel.monitor.analysis import render_html
-from flywheel.monitor.store import MonitorStore, decompress
+from flywheel.monitor.analysis import render_html, snapshot_metrics
+from flywheel.monitor.store import MonitorStore
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 
@@ -45,6 +46,6 @@ class MonitorServicer(pb_grpc.MonitorServiceServicer):
                 raise FailedPrecondition(f"window {request.window_id} has no drift report ({window.error})")
             content = await asyncio.to_thread(render_html, bytes(snapshot))
         else:
-            content = json.dumps({"window_id": window.window_id,
-                                  "evidently": json.loads(decompress(bytes(snapshot))) if snapshot else None})
+            evidently = await asyncio.to_thread(snapshot_metrics, bytes(snapshot)) if snapshot else None
+            content = json.dumps({"window": json_format.MessageToDict(window), "evidently": evidently})
         return pb.GetReportResponse(window=window, format=fmt, content=content)
