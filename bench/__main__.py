@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import events, features, inference, registry
+from bench import events, features, inference, monitor, registry
 from bench.common import (
     BenchResult,
     Context,
@@ -33,7 +33,8 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 # In this order: the registry reports the peak RSS of the process (and its growth), so it runs before
 # the events benchmark holds tens of thousands of events in memory.
 BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: events.run,
-                                    features.NAME: features.run, inference.NAME: inference.run}
+                                    features.NAME: features.run, inference.NAME: inference.run,
+                                    monitor.NAME: monitor.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
