@@ -95,3 +95,27 @@ def test_evidently_telemetry_is_off() -> None:
 
     assert os.environ.get("DO_NOT_TRACK")
     assert not event_logger.is_enabled()
+
+
+def test_performance_is_judged_only_with_enough_labels_of_each_class() -> None:
+    from flywheel.monitor.analysis import DriftSettings, Reference, WindowData, analyze
+
+    rng = np.random.default_rng(3)
+    ref = Reference(numeric=["x"], categorical=[], threshold=0.5, metrics={"roc_auc": 0.95, "recall": 0.9},
+                    label_rate=0.05, sample=None)
+    settings = DriftSettings(performance_tolerance=0.05, min_class_labels=20)
+
+    def window(rows: int, positives: int, separable: bool) -> WindowData:
+        labels = np.zeros(rows)
+        labels[:positives] = 1.0
+        p = np.where(labels > 0, 0.9, 0.1) if separable else rng.random(rows)
+        return WindowData(np.zeros((rows, 1)), [[] for _ in range(rows)], p, labels)
+
+    # A handful of positives: a random-looking AUC is sampling noise, not a performance drop.
+    few = analyze(ref, window(200, 5, separable=False), settings, with_drift=False)
+    assert few.performance["roc_auc"] < 0.9 and not few.performance_drop and not few.drifted
+    # Enough of both classes and AUC far below training: the window drifted, on ROC AUC only.
+    many = analyze(ref, window(400, 40, separable=False), settings, with_drift=False)
+    assert set(many.performance_drop) == {"roc_auc"} and many.drifted
+    good = analyze(ref, window(400, 40, separable=True), settings, with_drift=False)
+    assert good.performance_drop["roc_auc"] < 0 and not good.drifted

@@ -157,6 +157,8 @@ class DriftSettings:
     num_threshold: float | None = None
     cat_threshold: float | None = None
     performance_tolerance: float = 0.05
+    performance_metric: str = "roc_auc"
+    min_class_labels: int = 20
 
 
 @dataclass
@@ -235,14 +237,21 @@ def analyze(ref: Reference, data: WindowData, settings: DriftSettings, *, with_d
     have = ~np.isnan(data.labels)
     result.labelled_rows = int(have.sum())
     if result.labelled_rows:
-        result.performance = measured_performance(p[have], data.labels[have] > 0.5, ref.threshold)
-        for metric, trained in ref.metrics.items():
-            if metric in result.performance and metric != "label_rate":
-                drop = trained - result.performance[metric]
-                result.performance_drop[metric] = drop
-                if drop > settings.performance_tolerance:
-                    result.reasons.append(f"{metric} {result.performance[metric]:.3f} is {drop:.3f} below "
-                                          f"training ({trained:.3f})")
+        truth = data.labels[have] > 0.5
+        result.performance = measured_performance(p[have], truth, ref.threshold)
+        # Judge one metric, and only when the window holds enough of both classes: with a rare label
+        # (fraud ~2%) a window of a few hundred rows has a handful of positives, and its recall or F1
+        # swing by more than any useful tolerance from sampling noise alone.
+        metric = settings.performance_metric
+        positives = int(truth.sum())
+        enough = min(positives, len(truth) - positives) >= settings.min_class_labels
+        trained = ref.metrics.get(metric)
+        if enough and trained is not None and metric in result.performance:
+            drop = trained - result.performance[metric]
+            result.performance_drop[metric] = drop
+            if drop > settings.performance_tolerance:
+                result.reasons.append(f"{metric} {result.performance[metric]:.3f} is {drop:.3f} below "
+                                      f"training ({trained:.3f})")
     if ref.sample is None:
         result.error = "the version's artifact has no reference sample: no drift tests"
     elif with_drift:
@@ -290,9 +299,11 @@ def _drift(ref: Reference, data: WindowData, settings: DriftSettings, result: An
     have = ~np.isnan(data.labels)
     if ref.label_rate is not None and have.any():
         rate = float((data.labels[have] > 0.5).mean())
-        # Target drift: absolute change of the label rate, against a tolerance of a quarter of the
-        # reference rate (at least 0.02), large enough not to fire on sampling noise of small windows.
-        threshold = max(0.02, 0.25 * ref.label_rate)
+        # Target drift: absolute change of the label rate, against three standard errors of a window
+        # this size drawn at the reference rate (at least 0.01): sampling noise of small windows of a
+        # rare label (fraud ~2%) is not drift.
+        labelled = int(have.sum())
+        threshold = max(0.01, 3.0 * math.sqrt(ref.label_rate * (1.0 - ref.label_rate) / labelled))
         score = abs(rate - ref.label_rate)
         result.target_drift = FeatureScore(LABEL, "label_rate_abs_diff", score, threshold, score >= threshold)
     result.snapshot_json = snapshot.dumps()

@@ -50,7 +50,8 @@ class Analyzer:
         self.settings = settings
         self.references = references
         self.drift = DriftSettings(settings.drift_share, settings.num_method, settings.cat_method,
-                                   settings.num_threshold, settings.cat_threshold, settings.performance_tolerance)
+                                   settings.num_threshold, settings.cat_threshold, settings.performance_tolerance,
+                                   settings.performance_metric, settings.min_class_labels)
         self._task: asyncio.Task | None = None
         self._janitor_at = 0.0
 

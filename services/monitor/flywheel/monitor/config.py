@@ -61,6 +61,10 @@ class MonitorSettings(ServiceSettings):
     cat_threshold: float | None = Field(None, description="Threshold of the categorical method (None = default).")
     performance_tolerance: float = Field(
         0.05, ge=0, description="A window drifted when a measured metric falls more than this below training.")
+    performance_metric: Literal["roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall"] = Field(
+        "roc_auc", description="The measured metric compared with the version's training metric.")
+    min_class_labels: int = Field(
+        20, gt=0, description="Judge performance only when the window's labels hold this many of each class.")
     hysteresis_n: int = Field(2, gt=0, description="Alert when >= N of the last M analyzed windows drifted.")
     hysteresis_m: int = Field(3, gt=0, description="See hysteresis_n.")
     cooldown_seconds: float = Field(3600.0, ge=0, description="No new alert for a version this long after one.")
