@@ -198,6 +198,9 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
         assert request.drift_event_id == alert.drift_id and request.kind == common_pb2.MODEL_KIND_PREDICTIVE
         assert request.reason in (models_pb2.RETRAIN_REASON_DRIFT, models_pb2.RETRAIN_REASON_PERFORMANCE)
         assert request.window_start.ToDatetime(tzinfo=UTC) == windows[3].start.ToDatetime(tzinfo=UTC)  # onset
+        # The trainer accepts it: its parameters only describe the run (tag.*), none overrides the spec.
+        from flywheel.trainer.spec import TAG_PREFIX
+        assert request.parameters and all(k.startswith(TAG_PREFIX) for k in request.parameters)
 
         async def labelled():  # type: ignore[no-untyped-def]
             ws = await analyzed(stub, name, 6)

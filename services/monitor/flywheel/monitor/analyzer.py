@@ -238,8 +238,11 @@ class Analyzer:
                 request_id=str(uuid.uuid4()), model_name=a["model_name"], kind=common_pb2.MODEL_KIND_PREDICTIVE,
                 reason=a["reason"], parent=common_pb2.ModelRef(name=a["model_name"], version=a["version"]),
                 drift_event_id=a["drift_id"],
-                parameters={"labels_since_onset": str(a["labels"]),
-                            "trigger": "labels" if a["labels"] >= self.settings.retrain_min_labels else "max_wait"})
+                # Run parameters override the model spec; `tag.*` ones only describe the run (the trainer
+                # copies them to the version's registry tags), so the audit trail says why it retrained.
+                parameters={"tag.labels_since_onset": str(a["labels"]),
+                            "tag.retrain_trigger": "labels" if a["labels"] >= self.settings.retrain_min_labels
+                            else "max_wait"})
             request.window_start.FromDatetime(a["onset"])
             request.window_end.FromDatetime(now)
             await conn.execute("UPDATE alerts SET retrain_request_id = %s, retrain_requested_at = %s "
