@@ -41,6 +41,9 @@ class TrainerSettings(ServiceSettings):
     profile_sample_rows: int = Field(2000, description="Training rows kept raw in the reference profile.")
     code_version: str = Field(
         "", description="Code version recorded in lineage; empty = the git commit, else the package version.")
+    label_wait_seconds: float = Field(
+        120.0, ge=0, description="A run asked for by retrain.requests waits up to this long for its window's labels "
+                                 "(they may still be in flight on feedback.received) before failing.")
     poll_interval: float = Field(1.0, description="How often the run scheduler looks for queued runs, in seconds.")
 
     @field_validator("specs_dir", mode="before")

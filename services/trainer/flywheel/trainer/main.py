@@ -60,7 +60,7 @@ class TrainerApp:
                          upload_timeout=settings.register_timeout),
             code_version=detect_code_version(settings.code_version), torch_threads=settings.torch_threads,
             max_concurrent_runs=settings.max_concurrent_runs, profile_sample_rows=settings.profile_sample_rows,
-            poll_interval=settings.poll_interval)
+            poll_interval=settings.poll_interval, label_wait_seconds=settings.label_wait_seconds)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.trainer), batch_handlers=batch_handlers(self.trainer),
                                        source=SOURCE)

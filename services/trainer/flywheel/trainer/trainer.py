@@ -151,7 +151,8 @@ def finite(metrics: Mapping[str, float]) -> dict[str, float]:
 class Trainer:
     def __init__(self, db: Database, catalog: SpecCatalog, features: FeatureSource, registry: ModelRegistry, *,
                  code_version: str, torch_threads: int = 1, max_concurrent_runs: int = 1,
-                 profile_sample_rows: int = 2000, poll_interval: float = 1.0) -> None:
+                 profile_sample_rows: int = 2000, poll_interval: float = 1.0,
+                 label_wait_seconds: float = 0.0) -> None:
         self.db = db
         self.store = TrainerStore(db)
         self.catalog = catalog
@@ -162,6 +163,7 @@ class Trainer:
         self.max_concurrent_runs = max(1, max_concurrent_runs)
         self.profile_sample_rows = profile_sample_rows
         self.poll_interval = poll_interval
+        self.label_wait_seconds = label_wait_seconds
         self._wake = asyncio.Event()
         self._executing: dict[str, tuple[asyncio.Task, threading.Event]] = {}
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -433,6 +435,20 @@ class Trainer:
         return version.version
 
     async def _labels(self, run: Run, spec: ModelSpec) -> list[LabelRow]:
+        """The window's usable labels. A run asked for by a retrain request (the monitor names a window
+        that ends now) waits up to `label_wait_seconds` for them: the labels the monitor counted may
+        still be on their way through this trainer's own feedback.received consumer."""
+        deadline = time.monotonic() + (self.label_wait_seconds if run.retrain_request_id else 0.0)
+        while True:
+            try:
+                return await self._labels_now(run, spec)
+            except TrainingDataError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                await self._stage(run, f"waiting for labels: {exc}", 0.01)
+                await asyncio.sleep(self.poll_interval)
+
+    async def _labels_now(self, run: Run, spec: ModelSpec) -> list[LabelRow]:
         source = spec.label.source_code
         labels = await self.store.labels_for(source, run.window_start, run.window_end)
         window = f"[{run.window_start.isoformat()}, {run.window_end.isoformat()})"
