@@ -181,16 +181,18 @@ class DriverConfig:
     model: str = "fraud"
     seed: int = 7
     # Wall seconds one simulated day lasts (the compression).
-    day_seconds: float = 60.0
-    # Payments per wall second (so transactions_per_day = rate * day_seconds).
-    rate: float = 5.0
+    day_seconds: float = 5.0
+    # Payments per wall second (so transactions_per_day = rate * day_seconds). 50/s x 5 s = 250 a day:
+    # the monitor's default window (500 rows) then spans two simulated days, enough to see whole daily
+    # cycles (hour of day, 24-hour counts) and to average out single days of fraud bursts.
+    rate: float = 50.0
     # Simulated days generated only so the 30-day aggregates start in their steady state (never published).
-    warmup_days: int = 7
+    warmup_days: int = 30
     # Simulated days published at bootstrap and trained on.
-    history_days: int = 3
+    history_days: int = 10
     # Live simulated days before the drift starts, then drifted days; the driver idles after the last.
-    stable_days: int = 3
-    drift_days: int = 30
+    stable_days: int = 12
+    drift_days: int = 120
     # Measured (gradient boosting with a max-F1 threshold, 6 days of training each side): on `both` with
     # cloned_card_rate 0.06 the stable-trained model falls from accuracy 0.967 / F1 0.29 to 0.894 / 0.04,
     # a model retrained on drifted days gets 0.945 / 0.46; concept_shift alone hurts less (0.950 / 0.04).
