@@ -6,8 +6,8 @@ button. Stable traffic raises no alert; the drift onset makes the monitor emit d
 within a few windows, then retrain.requests once labels of drifted payments have joined; the
 trainer trains on that window, the evaluator passes the candidate against the champion, the
 registry promotes it, inference answers with it, and the detection quality on drifted traffic
-(fraud F1, see RECOVERED_F1) recovers. Each event carries the same lineage, which the registry returns in one call. Then the
-negative case: a worse candidate is rejected and the champion stays.
+(fraud F1, see RECOVERED_F1) recovers. Each event carries the same lineage, which the registry
+returns in one call. Then the negative case: a worse candidate is rejected and the champion stays.
 """
 
 from __future__ import annotations

@@ -89,11 +89,12 @@ def test_time_buckets_align() -> None:
 
 
 def test_evidently_telemetry_is_off() -> None:
-    import flywheel.monitor  # noqa: F401  (sets DO_NOT_TRACK before evidently is imported)
+    # Importing flywheel.monitor sets DO_NOT_TRACK; evidently must be imported after it.
     import flywheel.monitor.analysis  # noqa: F401
-    from evidently.telemetry import event_logger
 
     assert os.environ.get("DO_NOT_TRACK")
+    from evidently.telemetry import event_logger
+
     assert not event_logger.is_enabled()
 
 
