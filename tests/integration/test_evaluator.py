@@ -131,7 +131,9 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
             for view in ("transactions", "customer_stats", "merchant_stats"):
                 stored += await scalar(store, f"SELECT count(*) FROM {view}_source")
             return stored == feature_rows and await scalar(
-                app, "SELECT count(*) FROM labels WHERE event_time >= %s", START) == labels
+                # Only this test's days: other tests of the session publish labels of their own (e.g. at now).
+                app, "SELECT count(*) FROM labels WHERE event_time >= %s AND event_time < %s", START,
+                START + timedelta(days=DAYS)) == labels
         await eventually(consumed, timeout=300, what="feature rows and labels consumed")
 
         # Train two real models on the labelled rows, with features fetched point-in-time over gRPC.

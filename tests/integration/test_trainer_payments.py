@@ -109,7 +109,9 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
             stored = 0
             for view in ("transactions", "customer_stats", "merchant_stats"):
                 stored += await count(store, f"SELECT count(*) FROM {view}_source")
-            return stored == feature_rows and await count(trainer, "SELECT count(*) FROM labels") == labels
+            # Only this test's days: other tests of the session publish labels of their own.
+            return stored == feature_rows and await count(
+                trainer, "SELECT count(*) FROM labels WHERE event_time >= %s AND event_time < %s", START, END) == labels
         # Generous: ~15k events through two consumers; seconds on an idle machine, more on a busy one.
         await eventually(consumed, timeout=300, what="feature rows and labels consumed")
 
