@@ -121,3 +121,10 @@ async def producer(infra) -> AsyncIterator:  # type: ignore[no-untyped-def]
     await p.start()
     yield p
     await p.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests run last: the loop test floods the session's topics (tens of thousands of
+    predictions, labels and features), which integration tests reading a topic from the start
+    would otherwise have to wade through first."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path).replace("\\", "/"))
