@@ -140,7 +140,9 @@ async def online(stub: pb_grpc.FeatureStoreServiceStub, selection: pb.FeatureSel
     return await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(features=selection, entity_rows=list(rows)))
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 180.0, what: str = "condition") -> Any:
+    # Generous: the session's features.updates also holds other tests' rows (e.g. the evaluator's 14 days),
+    # which a consumer reading from the start applies first.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
