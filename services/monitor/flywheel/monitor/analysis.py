@@ -92,6 +92,24 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def metric_standard_error(metric: str, value: float, positives: int, negatives: int) -> float:
+    """Sampling standard error of a window's measured `metric`. ROC AUC: Hanley & McNeil (1982), which
+    grows with the rarer class (a 500-row window with 25 frauds at AUC 0.85 has SE ~0.04). Ratios:
+    the binomial error over the rows they count (recall: positives, precision: roughly positives
+    too, accuracy: all rows), conservative for F1."""
+    n = positives + negatives
+    if positives == 0 or negatives == 0:
+        return math.inf
+    if metric == "roc_auc" or metric == "pr_auc":
+        a = min(max(value, 1e-6), 1 - 1e-6)
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        variance = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (
+            positives * negatives)
+        return math.sqrt(max(variance, 0.0))
+    rows = n if metric == "accuracy" else positives
+    return math.sqrt(max(value * (1 - value), 1.0 / rows) / rows)
+
+
 def _ratios(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
     n = tp + fp + fn + tn
     precision = tp / (tp + fp) if tp + fp > 0 else 0.0
@@ -159,6 +177,7 @@ class DriftSettings:
     performance_tolerance: float = 0.05
     performance_metric: str = "roc_auc"
     min_class_labels: int = 20
+    performance_z: float = 3.0
 
 
 @dataclass
@@ -191,6 +210,8 @@ class Analysis:
     performance: dict[str, float] = field(default_factory=dict)
     estimated_performance: dict[str, float] = field(default_factory=dict)
     performance_drop: dict[str, float] = field(default_factory=dict)
+    # The measured metric fell significantly below training (see `analyze`).
+    performance_degraded: bool = False
     drifted: bool = False
     reasons: list[str] = field(default_factory=list)
     labelled_rows: int = 0
@@ -203,7 +224,8 @@ class Analysis:
             "prediction_drift": self.prediction_drift.as_dict() if self.prediction_drift else None,
             "target_drift": self.target_drift.as_dict() if self.target_drift else None,
             "performance": self.performance, "estimated_performance": self.estimated_performance,
-            "performance_drop": self.performance_drop, "drifted": self.drifted, "reasons": self.reasons,
+            "performance_drop": self.performance_drop, "performance_degraded": self.performance_degraded,
+            "drifted": self.drifted, "reasons": self.reasons,
             "labelled_rows": self.labelled_rows, "error": self.error,
         }
 
@@ -239,19 +261,24 @@ def analyze(ref: Reference, data: WindowData, settings: DriftSettings, *, with_d
     if result.labelled_rows:
         truth = data.labels[have] > 0.5
         result.performance = measured_performance(p[have], truth, ref.threshold)
-        # Judge one metric, and only when the window holds enough of both classes: with a rare label
-        # (fraud ~2%) a window of a few hundred rows has a handful of positives, and its recall or F1
-        # swing by more than any useful tolerance from sampling noise alone.
+        # Judge one metric, only when the window holds enough of both classes, and only on a drop that
+        # is both larger than the tolerance and statistically significant: with a rare label (fraud
+        # ~2-6%) a window of a few hundred rows has a few dozen positives, and its ROC AUC swings by
+        # +-0.1 from sampling noise alone (recall and F1 by more), which raised false alarms.
         metric = settings.performance_metric
         positives = int(truth.sum())
-        enough = min(positives, len(truth) - positives) >= settings.min_class_labels
+        negatives = len(truth) - positives
+        enough = min(positives, negatives) >= settings.min_class_labels
         trained = ref.metrics.get(metric)
         if enough and trained is not None and metric in result.performance:
-            drop = trained - result.performance[metric]
+            measured = result.performance[metric]
+            drop = trained - measured
+            error = metric_standard_error(metric, measured, positives, negatives)
             result.performance_drop[metric] = drop
-            if drop > settings.performance_tolerance:
-                result.reasons.append(f"{metric} {result.performance[metric]:.3f} is {drop:.3f} below "
-                                      f"training ({trained:.3f})")
+            if drop > settings.performance_tolerance and drop > settings.performance_z * error:
+                result.performance_degraded = True
+                result.reasons.append(f"{metric} {measured:.3f} is {drop:.3f} below training ({trained:.3f}), "
+                                      f"{drop / error:.1f} standard errors")
     if ref.sample is None:
         result.error = "the version's artifact has no reference sample: no drift tests"
     elif with_drift:

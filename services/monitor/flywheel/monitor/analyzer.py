@@ -51,7 +51,8 @@ class Analyzer:
         self.references = references
         self.drift = DriftSettings(settings.drift_share, settings.num_method, settings.cat_method,
                                    settings.num_threshold, settings.cat_threshold, settings.performance_tolerance,
-                                   settings.performance_metric, settings.min_class_labels)
+                                   settings.performance_metric, settings.min_class_labels,
+                                   settings.performance_z)
         self._task: asyncio.Task | None = None
         self._janitor_at = 0.0
 
@@ -190,8 +191,7 @@ class Analyzer:
         if not decision.alert or recent[0].window_id != window["window_id"]:
             return
         drift_id = str(uuid.uuid4())
-        performance_based = bool(result.performance_drop) and any(
-            d > s.performance_tolerance for d in result.performance_drop.values())
+        performance_based = result.performance_degraded
         measured = bool(result.performance)
         event = monitoring_pb2.DriftDetected(
             drift_id=drift_id, model=common_pb2.ModelRef(name=model, version=version), window_id=window["window_id"],

@@ -60,7 +60,10 @@ class MonitorSettings(ServiceSettings):
                          "same-distribution windows of 200 rows score up to ~0.13; 0.2+ is a real shift.")
     cat_threshold: float | None = Field(None, description="Threshold of the categorical method (None = default).")
     performance_tolerance: float = Field(
-        0.05, ge=0, description="A window drifted when a measured metric falls more than this below training.")
+        0.05, ge=0, description="A window drifted when the measured metric falls more than this below training...")
+    performance_z: float = Field(
+        3.0, ge=0, description="...and the fall is more than this many sampling standard errors of the window's "
+                               "metric (ROC AUC: Hanley & McNeil), so label noise in small windows is not drift.")
     performance_metric: Literal["roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall"] = Field(
         "roc_auc", description="The measured metric compared with the version's training metric.")
     min_class_labels: int = Field(
