@@ -164,11 +164,10 @@ def feedback(row: Any, observed_at: datetime, *, source: int = predictions_pb2.F
     return Event(FEEDBACK_RECEIVED, row.transaction_id, message, "tests/trainer")
 
 
-async def labelled_window(stack: Stack, rows: int = 1500, *, late: int = 0, one_class: bool = False,
-                          seed: int = 0) -> tuple[datetime, datetime, pd.DataFrame]:
-    """Publish `rows` labelled transactions spread over a fresh window (the last `late` of them labelled
-    only after the window end), register their features, and wait until the trainer stored the labels.
-    Returns the window and the transactions (column `late` marks the late ones)."""
+def window_of_transactions(stack: Stack, rows: int, *, late: int = 0, one_class: bool = False,
+                           seed: int = 0) -> tuple[datetime, datetime, pd.DataFrame, list[Event]]:
+    """`rows` transactions spread over a fresh window (the last `late` of them labelled only after the
+    window end), their features registered in the feature store, and their label events (not sent)."""
     start, end = new_window()
     frame = synthetic(rows, seed=seed)
     prefix = uuid.uuid4().hex[:6]
@@ -180,6 +179,14 @@ async def labelled_window(stack: Stack, rows: int = 1500, *, late: int = 0, one_
     stack.features.add(frame)
     events = [feedback(row, end + timedelta(hours=1) if row.late else row.event_time + timedelta(seconds=30))
               for row in frame.itertuples(index=False)]
+    return start, end, frame, events
+
+
+async def labelled_window(stack: Stack, rows: int = 1500, *, late: int = 0, one_class: bool = False,
+                          seed: int = 0) -> tuple[datetime, datetime, pd.DataFrame]:
+    """A fresh window of transactions (see `window_of_transactions`) whose labels are published and
+    stored by the trainer. Returns the window and the transactions (column `late` marks the late ones)."""
+    start, end, frame, events = window_of_transactions(stack, rows, late=late, one_class=one_class, seed=seed)
     await send_events(stack.producer, events)
 
     async def stored() -> bool:
@@ -208,6 +215,17 @@ def start_request(model: str, start: datetime, end: datetime, **params: str) -> 
     request.window_start.FromDatetime(start)
     request.window_end.FromDatetime(end)
     return request
+
+
+def retrain_request(request_id: str, model: str, start: datetime, end: datetime, *,
+                    drift_event_id: str) -> models_pb2.RetrainRequested:
+    """What the monitor sends: retrain `model` on [start, end) because of `drift_event_id`."""
+    message = models_pb2.RetrainRequested(
+        request_id=request_id, model_name=model, kind=common_pb2.MODEL_KIND_PREDICTIVE,
+        reason=models_pb2.RETRAIN_REASON_DRIFT, drift_event_id=drift_event_id, parameters={"epochs": "4"})
+    message.window_start.FromDatetime(start)
+    message.window_end.FromDatetime(end)
+    return message
 
 
 async def watch(stack: Stack, run_id: str) -> list[pb.WatchRunResponse]:
@@ -355,12 +373,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(stack: Stack, un
     start, end, _ = await labelled_window(stack, 1200, seed=4)
 
     def request(request_id: str, model_name: str = model) -> models_pb2.RetrainRequested:
-        message = models_pb2.RetrainRequested(
-            request_id=request_id, model_name=model_name, kind=common_pb2.MODEL_KIND_PREDICTIVE,
-            reason=models_pb2.RETRAIN_REASON_DRIFT, drift_event_id=f"drift-{unique}", parameters={"epochs": "4"})
-        message.window_start.FromDatetime(start)
-        message.window_end.FromDatetime(end)
-        return message
+        return retrain_request(request_id, model_name, start, end, drift_event_id=f"drift-{unique}")
 
     first = Event(RETRAIN_REQUESTS, model, request(f"rr-1-{unique}"), "tests/monitor")
     # The same event twice, the same request under another event id, and a second request meanwhile.
@@ -408,6 +421,36 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(stack: Stack, un
         return row is not None
     await eventually(handled, what="the LLM request handled")
     assert (await stack.stub.ListRuns(pb.ListRunsRequest(model_name=f"assistant-{unique}"))).runs == []
+
+
+async def test_a_retrain_request_waits_for_labels_still_on_their_way(stack: Stack, unique: str) -> None:
+    """The monitor asks for retraining once it has joined enough labels; the trainer's own copy of those
+    labels (its feedback.received consumer) can lag behind. A run started by a retrain request waits for
+    them (up to label_wait_seconds) instead of failing on an empty window."""
+    assert stack.app.settings.label_wait_seconds >= 60
+    model = write_spec(stack, f"waits-{unique}")
+    start, end, frame, labels = window_of_transactions(stack, 1200, seed=6)
+    request = retrain_request(f"rr-wait-{unique}", model, start, end, drift_event_id=f"drift-wait-{unique}")
+    await send_events(stack.producer, [Event(RETRAIN_REQUESTS, model, request, "tests/monitor")])
+
+    async def started() -> pb.Run | None:
+        runs = (await stack.stub.ListRuns(pb.ListRunsRequest(model_name=model))).runs
+        return runs[0] if runs else None
+    run = await eventually(started, what="the run started by the request")
+
+    stages: list[str] = []
+    async for update in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=180):
+        waiting = update.stage.startswith("waiting for labels")
+        if waiting and not any(stage.startswith("waiting for labels") for stage in stages):
+            assert update.run.status == pb.RUN_STATUS_RUNNING and "no labelled rows" in update.stage
+            await send_events(stack.producer, labels)  # the labels arrive while the run waits
+        stages.append(update.stage)
+        run = update.run
+    assert any(stage.startswith("waiting for labels") for stage in stages), stages
+    assert run.status == pb.RUN_STATUS_SUCCEEDED, run.failure_reason
+    assert run.train_rows + run.validation_rows + run.test_rows == len(frame)
+    (version,) = await versions(stack, model)
+    assert version.lineage.retrain_request_id == f"rr-wait-{unique}"
 
 
 async def test_runs_left_running_by_a_crash_fail_on_restart(stack: Stack, unique: str) -> None:
