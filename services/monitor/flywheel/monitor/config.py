@@ -72,9 +72,10 @@ class MonitorSettings(ServiceSettings):
     hysteresis_m: int = Field(3, gt=0, description="See hysteresis_n.")
     cooldown_seconds: float = Field(3600.0, ge=0, description="No new alert for a version this long after one.")
     retrain_min_labels: int = Field(
-        1000, ge=0, description="Emit the retrain request once this many labels joined rows since the onset (a "
+        2000, ge=0, description="Emit the retrain request once this many labels joined rows since the onset (a "
                                 "rare label needs about this many rows for train, validation and test slices "
-                                "that each hold positives)...")
+                                "that each hold enough positives; the payments demo, one run each, at ~7% fraud: "
+                                "retrained on 1000 rows, F1 0.28 on drifted traffic; on 2000 rows, 0.36)...")
     retrain_max_wait_seconds: float = Field(3600.0, ge=0, description="...or this long after the alert.")
     analysis_poll_seconds: float = Field(0.5, gt=0, description="How often the analysis worker looks for windows.")
 
