@@ -45,6 +45,9 @@ MiB = 1024 * 1024
 STEPS = ("drift.detected", "retrain.requests", "models.registered", "evaluations.completed", "models.promoted")
 # The monitor's default window (predictions); the driver's defaults put two simulated days in one.
 WINDOW_ROWS = 500
+# Drifted payments scored by the new champion before its recovery is measured: F1 of a ~7% label
+# over fewer rows swings by +-0.1.
+RECOVERY_ROWS = 3000
 
 
 @dataclass
@@ -226,16 +229,18 @@ def drift_run(ctx: Context) -> dict[str, Any]:
                                  "a payment answered by a new champion")
         served = answered_by_new(status, champion, onset)
         assert served is not None
-        with ctx.steps.step("drift run: accuracy of the new champion on drifted traffic"):
+        with ctx.steps.step("drift run: the new champion on drifted traffic"):
             new = status["serving"]["answered_by"]
             status = wait_status(launch, lambda s: (s["accuracy"]["by_version"].get(str(new)) or {}).get("n", 0)
-                                 >= 2 * WINDOW_ROWS, 300, "drifted payments scored by the new champion")
+                                 >= RECOVERY_ROWS, 600, "drifted payments scored by the new champion")
         steps = {topic: first_event(status, topic, onset) for topic in STEPS}
-        stable_alarms = len([e for e in status.get("alerts", []) if e["at"] < onset])
+        stable_alarms = [e["text"] for e in status.get("alerts", []) if e["at"] < onset]
         return {"onset_wall": onset, "seconds_to": {t: rounded(v - onset, 1) if v else None for t, v in steps.items()},
                 "onset_to_new_champion_serving_s": rounded(served - onset, 1), "memory_mib": memory,
-                "false_alarms_before_onset": stable_alarms, "old_champion": champion, "new_champion": new,
+                "false_alarms_before_onset": len(stable_alarms),
+                "alarms": [e["text"] for e in status.get("alerts", [])], "old_champion": champion, "new_champion": new,
                 "accuracy_by_phase": status["accuracy"]["by_phase"],
+                "accuracy_by_phase_version": status["accuracy"]["by_phase_version"],
                 "accuracy_by_version": status["accuracy"]["by_version"]}
 
 
@@ -258,7 +263,22 @@ def stable_run(ctx: Context, windows: int) -> dict[str, Any]:
             status = launch.status() or {}
         alarms = status.get("alerts", [])
         return {"windows": analyzed, "false_alarms": len(alarms),
-                "false_alarms_per_100_windows": rounded(100 * len(alarms) / max(analyzed, 1), 2)}
+                "false_alarms_per_100_windows": rounded(100 * len(alarms) / max(analyzed, 1), 2),
+                "alarms": [alarm["text"] for alarm in alarms]}
+
+
+RECOVERY_METRICS = ("f1", "recall", "precision", "accuracy")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _f1_ratio(drift: dict[str, Any]) -> float:
+    by = drift["accuracy_by_phase_version"]
+    old = (by.get(f"drift/v{drift['old_champion']}") or {}).get("f1") or 0.0
+    new = (by.get(f"drift/v{drift['new_champion']}") or {}).get("f1") or 0.0
+    return rounded(new / old) if old else 0.0
 
 
 async def run(ctx: Context) -> BenchResult:
@@ -270,9 +290,15 @@ async def run(ctx: Context) -> BenchResult:
     stack = sum(v for k, v in drift["memory_mib"].items() if k.startswith(("broker", "database")))
     steps_rows = [[topic, "" if s is None else f"{s:.1f}"] for topic, s in drift["seconds_to"].items()]
     steps_rows.append(["first payment answered by the new champion", f"{drift['onset_to_new_champion_serving_s']:.1f}"])
+    recovery_rows = []
+    for label, version in (("old champion", drift["old_champion"]), ("new champion", drift["new_champion"])):
+        m = drift["accuracy_by_phase_version"].get(f"drift/v{version}") or {}
+        recovery_rows.append([f"{label} (v{version})", m.get("n", 0), *(_fmt(m.get(k)) for k in RECOVERY_METRICS)])
     tables = [
         "## Drift onset -> new champion (seconds after the onset, target < 120)\n\n"
         + markdown_table(["step", "s"], steps_rows, right=[1]),
+        "## Drifted traffic: old vs new champion (as the driver scored it)\n\n"
+        + markdown_table(["model", "payments", *RECOVERY_METRICS], recovery_rows, right=[1, 2, 3, 4, 5]),
         "## False alarms on a stable run (target < 1 per 100 windows)\n\n"
         + markdown_table(["windows", "drift.detected", "per 100 windows"],
                          [[stable["windows"], stable["false_alarms"], stable["false_alarms_per_100_windows"]]],
@@ -284,6 +310,7 @@ async def run(ctx: Context) -> BenchResult:
         name=NAME, title="Closed loop: drift onset to new champion, false alarms, memory of make run",
         results=[{"run": "drift", **drift}, {"run": "stable", **stable}],
         ratios={"onset_to_champion_vs_target_120s": rounded(drift["onset_to_new_champion_serving_s"] / 120.0),
+                "new_vs_old_champion_f1_on_drifted_traffic": _f1_ratio(drift),
                 "false_alarms_per_100_windows": stable["false_alarms_per_100_windows"],
                 "memory_total_vs_broker_and_database": rounded(total / stack) if stack else 0.0},
         notes=("Two launches of the real launcher (every service in its own process, embedded broker + database) "
