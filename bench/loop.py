@@ -69,14 +69,19 @@ class Launch:
             return None
 
     def processes(self) -> list[psutil.Process]:
-        found: list[psutil.Process] = []
-        for root in (self.launcher, self.driver):
-            if root is None or root.poll() is not None:
-                continue
+        """The launcher, the driver and everything they started, plus the embedded PostgreSQL: `pg_ctl`
+        daemonizes it, so its postmaster (found by its data directory in this launch's home) and
+        backends are not the launcher's children."""
+        roots = [psutil.Process(p.pid) for p in (self.launcher, self.driver) if p is not None and p.poll() is None]
+        for process in psutil.process_iter(["cmdline"]):
+            if str(self.home) in " ".join(process.info["cmdline"] or []) and process.pid not in {r.pid for r in roots}:
+                roots.append(process)
+        found: dict[int, psutil.Process] = {}
+        for root in roots:
             with contextlib.suppress(psutil.NoSuchProcess):
-                parent = psutil.Process(root.pid)
-                found += [parent, *parent.children(recursive=True)]
-        return found
+                for process in (root, *root.children(recursive=True)):
+                    found[process.pid] = process
+        return list(found.values())
 
 
 def _environment(home: Path) -> tuple[dict[str, str], int]:
@@ -148,19 +153,26 @@ def role(process: psutil.Process) -> str:
     return process.name()
 
 
-def resident_memory(launch: Launch, samples: int = 5, every: float = 2.0) -> dict[str, float]:
-    """Median RSS per role over a few samples (postgres backends summed), MiB."""
-    series: dict[str, list[float]] = {}
+def resident_memory(launch: Launch, samples: int = 5, every: float = 2.0) -> dict[str, dict[str, float]]:
+    """Per role, the median over a few samples of RSS and PSS (MiB), summed over the role's processes.
+    RSS counts shared pages in every process that maps them (PostgreSQL's shared buffers once per
+    backend), so only PSS (each shared page split among its users) adds up to a true total."""
+    series: dict[str, dict[str, list[float]]] = {}
     for i in range(samples):
-        totals: dict[str, float] = {}
+        totals: dict[str, dict[str, float]] = {}
         for process in launch.processes():
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                totals[role(process)] = totals.get(role(process), 0.0) + process.memory_info().rss / MiB
-        for name, value in totals.items():
-            series.setdefault(name, []).append(value)
+                info = process.memory_full_info()
+                row = totals.setdefault(role(process), {"rss": 0.0, "pss": 0.0})
+                row["rss"] += info.rss / MiB
+                row["pss"] += info.pss / MiB
+        for name, row in totals.items():
+            for kind, value in row.items():
+                series.setdefault(name, {}).setdefault(kind, []).append(value)
         if i + 1 < samples:
             time.sleep(every)
-    return {name: rounded(median(values), 1) for name, values in sorted(series.items())}
+    return {name: {kind: rounded(median(values), 1) for kind, values in kinds.items()}
+            for name, kinds in sorted(series.items())}
 
 
 def wait_status(launch: Launch, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -238,7 +250,9 @@ def drift_run(ctx: Context) -> dict[str, Any]:
         return {"onset_wall": onset, "seconds_to": {t: rounded(v - onset, 1) if v else None for t, v in steps.items()},
                 "onset_to_new_champion_serving_s": rounded(served - onset, 1), "memory_mib": memory,
                 "false_alarms_before_onset": len(stable_alarms),
-                "alarms": [e["text"] for e in status.get("alerts", [])], "old_champion": champion, "new_champion": new,
+                "alarms": [e["text"] for e in status.get("alerts", [])],
+                "events": sorted(({"topic": e["topic"], "at": e["at"], "text": e["text"]} for e in loop_events(status)),
+                                 key=lambda e: e["at"]), "old_champion": champion, "new_champion": new,
                 "accuracy_by_phase": status["accuracy"]["by_phase"],
                 "accuracy_by_phase_version": status["accuracy"]["by_phase_version"],
                 "accuracy_by_version": status["accuracy"]["by_version"]}
@@ -285,9 +299,10 @@ async def run(ctx: Context) -> BenchResult:
     ctx.steps.begin(NAME, 5)
     drift = await asyncio.to_thread(drift_run, ctx)
     stable = await asyncio.to_thread(stable_run, ctx, 30 if ctx.quick else 100)
-    memory_rows = [[name, f"{mib:.0f}"] for name, mib in drift["memory_mib"].items()]
-    total = sum(drift["memory_mib"].values())
-    stack = sum(v for k, v in drift["memory_mib"].items() if k.startswith(("broker", "database")))
+    memory = drift["memory_mib"]
+    memory_rows = [[name, f"{m['rss']:.0f}", f"{m['pss']:.0f}"] for name, m in memory.items()]
+    total = sum(m["pss"] for m in memory.values())
+    stack = sum(m["pss"] for name, m in memory.items() if name.startswith(("broker", "database")))
     steps_rows = [[topic, "" if s is None else f"{s:.1f}"] for topic, s in drift["seconds_to"].items()]
     steps_rows.append(["first payment answered by the new champion", f"{drift['onset_to_new_champion_serving_s']:.1f}"])
     recovery_rows = []
@@ -303,8 +318,10 @@ async def run(ctx: Context) -> BenchResult:
         + markdown_table(["windows", "drift.detected", "per 100 windows"],
                          [[stable["windows"], stable["false_alarms"], stable["false_alarms_per_100_windows"]]],
                          right=[0, 1, 2]),
-        "## Resident memory of `make run` at steady state (MiB, median of 5 samples)\n\n"
-        + markdown_table(["process", "MiB"], [*memory_rows, ["total", f"{total:.0f}"]], right=[1]),
+        "## Resident memory of `make run` at steady state (MiB, median of 5 samples; PSS shares shared pages "
+        "among the processes that map them, so it adds up)\n\n"
+        + markdown_table(["process", "RSS MiB", "PSS MiB"], [*memory_rows, ["total (PSS)", "", f"{total:.0f}"]],
+                         right=[1, 2]),
     ]
     return BenchResult(
         name=NAME, title="Closed loop: drift onset to new champion, false alarms, memory of make run",
