@@ -230,13 +230,16 @@ def drift_run(ctx: Context) -> dict[str, Any]:
     args = ["--status-every", "0"]
     with launched(args) as launch:
         with ctx.steps.step("drift run: bootstrap (history, first training, champion)"):
-            status = wait_status(launch, lambda s: s.get("phase") == "stable", 600, "live stable traffic")
+            # The champion is the version that answered the first stable payments (the status page's own
+            # view of the registry is refreshed in the background and may still be empty).
+            status = wait_status(launch, lambda s: s.get("phase") == "stable" and s["serving"]["answered_by"],
+                                 600, "live stable traffic answered by the first champion")
         with ctx.steps.step("drift run: resident memory at steady state"):
             time.sleep(10)
             memory = resident_memory(launch)
         with ctx.steps.step("drift run: onset -> new champion serving"):
             onset = status["time"]["onset_wall"]
-            champion = status["serving"]["champion"] or 0
+            champion = int(status["serving"]["answered_by"])
             status = wait_status(launch, lambda s: answered_by_new(s, champion, onset) is not None, 900,
                                  "a payment answered by a new champion")
         served = answered_by_new(status, champion, onset)
