@@ -171,7 +171,7 @@ def resident_memory(launch: Launch, samples: int = 5, every: float = 2.0) -> dic
                 series.setdefault(name, {}).setdefault(kind, []).append(value)
         if i + 1 < samples:
             time.sleep(every)
-    return {name: {kind: rounded(median(values), 1) for kind, values in kinds.items()}
+    return {name: {kind: rounded(median(values)) for kind, values in kinds.items()}
             for name, kinds in sorted(series.items())}
 
 
@@ -250,8 +250,8 @@ def drift_run(ctx: Context) -> dict[str, Any]:
                                  >= RECOVERY_ROWS, 600, "drifted payments scored by the new champion")
         steps = {topic: first_event(status, topic, onset) for topic in STEPS}
         stable_alarms = [e["text"] for e in status.get("alerts", []) if e["at"] < onset]
-        return {"onset_wall": onset, "seconds_to": {t: rounded(v - onset, 1) if v else None for t, v in steps.items()},
-                "onset_to_new_champion_serving_s": rounded(served - onset, 1), "memory_mib": memory,
+        return {"onset_wall": onset, "seconds_to": {t: rounded(v - onset) if v else None for t, v in steps.items()},
+                "onset_to_new_champion_serving_s": rounded(served - onset), "memory_mib": memory,
                 "false_alarms_before_onset": len(stable_alarms),
                 "alarms": [e["text"] for e in status.get("alerts", [])],
                 "events": sorted(({"topic": e["topic"], "at": e["at"], "text": e["text"]} for e in loop_events(status)),
