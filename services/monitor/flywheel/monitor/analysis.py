@@ -94,13 +94,13 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 def metric_standard_error(metric: str, value: float, positives: int, negatives: int) -> float:
     """Sampling standard error of a window's measured `metric`. ROC AUC: Hanley & McNeil (1982), which
-    grows with the rarer class (a 500-row window with 25 frauds at AUC 0.85 has SE ~0.04). Ratios:
-    the binomial error over the rows they count (recall: positives, precision: roughly positives
-    too, accuracy: all rows), conservative for F1."""
+    grows with the rarer class (a 500-row window with 25 frauds at AUC 0.85 has SE ~0.04). The others
+    are approximated by a binomial error over the rows they mostly depend on (accuracy: all rows;
+    recall, precision, F1 and PR AUC: the positives)."""
     n = positives + negatives
     if positives == 0 or negatives == 0:
         return math.inf
-    if metric == "roc_auc" or metric == "pr_auc":
+    if metric == "roc_auc":
         a = min(max(value, 1e-6), 1 - 1e-6)
         q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
         variance = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (
