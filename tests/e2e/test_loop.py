@@ -16,11 +16,10 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
-import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flywheel.common import rpc
@@ -32,6 +31,8 @@ from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as mpb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as tpb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as tpb_grpc
+from tests import polling
+from tests.service_helpers import fraud_spec_dir, shared_settings
 
 payments_demo = pytest.importorskip("payments_demo")
 monitor_main = pytest.importorskip("flywheel.monitor.main")
@@ -62,32 +63,16 @@ WINDOW_ROWS = 2 * PER_DAY
 # (recall 0.70, accuracy 0.89: it flags more, so more false alarms at the max-F1 threshold).
 RECOVERED_F1 = 0.35
 LOOP_TIMEOUT = 420.0
-
-
-async def eventually(check, timeout: float, what: str, state=None):  # type: ignore[no-untyped-def]
-    """`check()` until truthy; on timeout the error says what was seen (`state()`, when given)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            seen = f"\n{await state()}" if state is not None else ""
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r}){seen}")
-        await asyncio.sleep(0.5)
+# Every check is a few gRPC or database calls: twice a second is enough.
+eventually = partial(polling.eventually, every=0.5)
 
 
 @pytest.fixture(scope="module")
 async def platform(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    common = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-                  grpc_port=0, metrics_port=0)
+    common = shared_settings(infra)
     model = f"fraud-loop-{suffix}"
-    spec = yaml.safe_load(payments_demo.FRAUD_MODEL_SPEC.read_text())
-    spec["name"] = model
-    specs: Path = tmp_path_factory.mktemp("loop-specs")
-    (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
+    specs = fraud_spec_dir(tmp_path_factory, model)
     started: list[Any] = []
 
     async def start(app: Any) -> Any:
@@ -204,7 +189,7 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
                         "SELECT count(*), min(event_time), max(event_time), max(observed_at), max(received_at)"
                         " FROM labels")).fetchone()
             v2 = await eventually(new_champion_serving, LOOP_TIMEOUT, "a new champion answering drifted traffic",
-                                  loop_state)
+                                  state=loop_state)
             assert driver.phase == DRIFT
 
             [alert] = events_of(driver, "drift.detected", model)

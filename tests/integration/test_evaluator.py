@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.spec import parse_spec
 from flywheel.trainer.store import LabelRow
 from flywheel.trainer.trainer import holdout_start, training_frame
+from tests import polling
 from tests.kafka_helpers import read_records
 
 payments_demo = pytest.importorskip("payments_demo")
@@ -69,16 +71,7 @@ class World:
     producer: Any
 
 
-async def eventually(check, timeout: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r})")
-        await asyncio.sleep(0.25)
+eventually = partial(polling.eventually, timeout=120.0)
 
 
 async def scalar(app: Any, query: str, *args: Any) -> int:

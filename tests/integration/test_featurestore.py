@@ -7,10 +7,10 @@ redelivery; the dead-letter topic; PushFeatures, Materialize, ListFeatureViews; 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from flywheel.featurestore.repo import feast_config
 from flywheel.proto.events.v1.features_pb2 import FeaturesUpdated, FeatureValue
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as pb
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as pb_grpc
+from tests import polling
 from tests.kafka_helpers import header, read_records
 
 pytestmark = pytest.mark.integration
@@ -140,18 +141,9 @@ async def online(stub: pb_grpc.FeatureStoreServiceStub, selection: pb.FeatureSel
     return await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(features=selection, entity_rows=list(rows)))
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 180.0, what: str = "condition") -> Any:
-    # Generous: the session's features.updates also holds other tests' rows (e.g. the evaluator's 14 days),
-    # which a consumer reading from the start applies first.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r})")
-        await asyncio.sleep(0.1)
+# Generous: the session's features.updates also holds other tests' rows (e.g. the evaluator's 14 days),
+# which a consumer reading from the start applies first.
+eventually = partial(polling.eventually, timeout=180.0)
 
 
 async def offline_rows(app: FeatureStoreApp, customer: str) -> list[tuple[Any, ...]]:

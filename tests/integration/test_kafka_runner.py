@@ -7,7 +7,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from flywheel.common.kafka import BoundedPublisher, ConsumerRunner, ensure_topic
 from flywheel.common.outbox import OutboxRelay, enqueue
 from flywheel.common.topics import Topic
 from flywheel.proto.events.v1 import models_pb2
+from tests import polling
 from tests.kafka_helpers import header, read_records
 
 pytestmark = pytest.mark.integration
@@ -33,17 +35,7 @@ pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 3
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r})")
-        await asyncio.sleep(0.05)
+eventually = partial(polling.eventually, timeout=30.0)
 
 
 async def scalar(db: Database, query: str, *args: object) -> Any:

@@ -12,6 +12,7 @@ import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 
 import grpc
 import numpy as np
@@ -28,6 +29,7 @@ from flywheel.monitor.main import MonitorApp
 from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
+from tests import polling
 from tests.kafka_helpers import header, read_records
 
 NUMERIC = ["x0", "x1", "x2"]
@@ -122,16 +124,7 @@ async def monitor(infra, registry_app, unique) -> AsyncIterator[MonitorApp]:  # 
     await app.stop()
 
 
-async def wait_for(predicate, timeout: float = 60.0, what: str = ""):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+eventually = partial(polling.eventually, timeout=60.0)
 
 
 async def analyzed(stub: pb_grpc.MonitorServiceStub, name: str, count: int) -> list[pb.Window]:
@@ -139,7 +132,7 @@ async def analyzed(stub: pb_grpc.MonitorServiceStub, name: str, count: int) -> l
         response = await stub.ListWindows(pb.ListWindowsRequest(model_name=name, page_size=100))
         done = [w for w in response.windows if w.state == pb.WINDOW_STATE_ANALYZED]
         return done if len(done) >= count else None
-    return sorted(await wait_for(check, what=f"{count} analyzed windows of {name}"), key=lambda w: w.sequence)
+    return sorted(await eventually(check, what=f"{count} analyzed windows of {name}"), key=lambda w: w.sequence)
 
 
 async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, registry, producer, infra, unique):  # type: ignore[no-untyped-def]
@@ -208,7 +201,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
                                                                   for w in ws)
             return ws if done else None
         # Windows hold rows in arrival order (6 partitions), so the 200 labelled stable rows spread over them.
-        windows = await wait_for(labelled, what="performance of late-labelled windows")
+        windows = await eventually(labelled, what="performance of late-labelled windows")
         assert sum(w.labelled_rows for w in windows[:3]) == 200
         assert [w.labelled_rows for w in windows[3:]] == [200, 200, 200]
         most = max(windows[:3], key=lambda w: w.labelled_rows)
@@ -235,7 +228,7 @@ async def test_disputed_feedback_requests_review(monitor, registry, producer, in
     predicted = list(prediction.outputs[1].bool_contents)
     entity = prediction.entity_ids[0]
     # The prediction is stored before its disputing feedback arrives (feedback of an unknown row has no prediction).
-    await wait_for(lambda: _status_seen(monitor, name), what="the prediction stored")
+    await eventually(lambda: _status_seen(monitor, name), what="the prediction stored")
     await send_events(producer, feedback_events(name, [(prediction.request_id, entity, not predicted[0])],
                                                 source=predictions_pb2.FEEDBACK_SOURCE_END_USER))
 
@@ -244,7 +237,7 @@ async def test_disputed_feedback_requests_review(monitor, registry, producer, in
         found = [reviews_pb2.ReviewRequested.FromString(r.value) for r in records]
         return [r for r in found if r.request_id == prediction.request_id
                 and r.reason == reviews_pb2.REVIEW_REASON_DISPUTED]
-    found = await wait_for(dispute, what="a disputed review")
+    found = await eventually(dispute, what="a disputed review")
     assert len(found) == 1
     assert found[0].context["entity_id"] == entity and found[0].model.version == version
 
@@ -272,7 +265,7 @@ async def test_restart_poison_no_loss_no_double_count(infra, registry_app, regis
         await producer.send_and_wait("predictions.logged", value=b"\x00not protobuf", key=b"poison",
                                      headers=[("ce_id", b"poison-" + unique.encode())])
         await send_events(producer, first)
-        await wait_for(lambda: _at_least(rows_stored, 200), what="some rows ingested")
+        await eventually(lambda: _at_least(rows_stored, 200), what="some rows ingested")
     finally:
         await app.stop()  # mid-stream
     await send_events(producer, second)
@@ -280,7 +273,7 @@ async def test_restart_poison_no_loss_no_double_count(infra, registry_app, regis
     app = MonitorApp(settings)
     await app.start()
     try:
-        await wait_for(lambda: _at_least(rows_stored, 970), what="every row ingested")
+        await eventually(lambda: _at_least(rows_stored, 970), what="every row ingested")
         await asyncio.sleep(1.5)  # a double count would show up now
         assert await rows_stored() == 970
         async with await psycopg.AsyncConnection.connect(url) as conn:

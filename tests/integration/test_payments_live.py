@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from flywheel.common.topics import FEEDBACK_RECEIVED
 from flywheel.proto.events.v1 import predictions_pb2
@@ -30,6 +28,7 @@ from payments_demo.status import StatusPage  # noqa: E402
 
 from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
 from flywheel.inference.config import InferenceSettings  # noqa: E402
+from tests.service_helpers import fraud_spec_dir, shared_settings  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    common = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-                  grpc_port=0, metrics_port=0)
+    common = shared_settings(infra)
     model = f"fraud-live-{suffix}"
-    spec = yaml.safe_load(payments_demo.FRAUD_MODEL_SPEC.read_text())
-    spec["name"] = model
-    specs: Path = tmp_path_factory.mktemp("live-specs")
-    (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
+    specs = fraud_spec_dir(tmp_path_factory, model)
     started: list[Any] = []
     try:
         store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(

@@ -3,8 +3,8 @@ idempotently, poison messages dead-lettered, and nothing lost across a broker ou
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+from functools import partial
 
 import grpc
 import pytest
@@ -15,6 +15,7 @@ from flywheel.common.kafka import send_events
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODELS_REGISTERED
 from flywheel.proto.events.v1 import models_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
+from tests import polling
 from tests.integration.registry_client import ref, register
 from tests.kafka_helpers import header, read_records
 
@@ -91,13 +92,7 @@ async def decisions(app, name: str) -> dict[str, str]:  # type: ignore[no-untype
     return {r["evaluation_id"]: r["decision"] for r in rows}
 
 
-async def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await predicate()
-        if value or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.1)
+eventually = partial(polling.eventually, timeout=30.0)
 
 
 async def test_passing_evaluation_promotes_once_even_when_redelivered(
@@ -110,7 +105,7 @@ async def test_passing_evaluation_promotes_once_even_when_redelivered(
 
     first = await evaluation(producer, name, 2, 1, models_pb2.EVALUATION_VERDICT_PASSED)
     await evaluation(producer, name, 2, 1, models_pb2.EVALUATION_VERDICT_PASSED, event_id=first.id)  # redelivery
-    assert await wait_for(lambda: decisions(registry_app, name)) == {first.payload.evaluation_id: "promoted"}
+    assert await eventually(lambda: decisions(registry_app, name)) == {first.payload.evaluation_id: "promoted"}
 
     champion = await registry.GetModelVersion(pb.GetModelVersionRequest(ref=ref(name, alias="champion")))
     previous = await registry.GetModelVersion(pb.GetModelVersionRequest(ref=ref(name, alias="previous")))
@@ -148,12 +143,13 @@ async def test_failed_stale_and_manual_evaluations_do_not_promote(
         await register(registry, name, f"w{i}".encode())
     await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=1))
     manual = await evaluation(producer, name, 2, 1, models_pb2.EVALUATION_VERDICT_PASSED)
-    assert (await wait_for(lambda: decisions(registry_app, name))).get(manual.payload.evaluation_id) == "manual_policy"
+    decided = await eventually(lambda: decisions(registry_app, name))
+    assert decided.get(manual.payload.evaluation_id) == "manual_policy"
 
     await registry.SetPromotionPolicy(pb.SetPromotionPolicyRequest(model_name=name, mode=pb.PROMOTION_MODE_AUTOMATIC))
     failed = await evaluation(producer, name, 2, 1, models_pb2.EVALUATION_VERDICT_FAILED)
     stale = await evaluation(producer, name, 3, 2, models_pb2.EVALUATION_VERDICT_PASSED)  # champion is 1, not 2
-    seen = await wait_for(lambda: _has(registry_app, name, 3))
+    seen = await eventually(lambda: _has(registry_app, name, 3))
     assert seen[failed.payload.evaluation_id] == "failed"
     assert seen[stale.payload.evaluation_id] == "stale_baseline"
     champion = await registry.GetModelVersion(pb.GetModelVersionRequest(ref=ref(name, alias="champion")))
@@ -183,7 +179,7 @@ async def test_poison_message_goes_to_dlq_and_consumer_goes_on(
     unknown = await evaluation(producer, f"ghost-{unique}", 5, 0, models_pb2.EVALUATION_VERDICT_PASSED)
     good = await evaluation(producer, name, 2, 1, models_pb2.EVALUATION_VERDICT_PASSED)
 
-    assert (await wait_for(lambda: decisions(registry_app, name))) == {good.payload.evaluation_id: "promoted"}
+    assert (await eventually(lambda: decisions(registry_app, name))) == {good.payload.evaluation_id: "promoted"}
 
     def dead(rs):  # type: ignore[no-untyped-def]  # dead-lettered by this registry (not another consumer)
         return [r for r in rs if r.key in (name.encode(), f"ghost-{unique}".encode())

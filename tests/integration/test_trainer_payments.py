@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from flywheel.trainer.artifact import load_model
 from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
+from tests import polling
 
 payments_demo = pytest.importorskip("payments_demo")
 featurestore_main = pytest.importorskip("flywheel.featurestore.main")
@@ -59,16 +61,7 @@ class Demo:
     producer: Any
 
 
-async def eventually(check, timeout: float = 90.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r})")
-        await asyncio.sleep(0.25)
+eventually = partial(polling.eventually, timeout=90.0)
 
 
 async def count(app: Any, query: str, *args: Any) -> int:

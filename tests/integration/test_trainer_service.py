@@ -10,9 +10,10 @@ import itertools
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.artifact import load_model
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
+from tests import polling
 from tests.kafka_helpers import header, read_records
 from tests.unit.test_trainer_pipeline import CATEGORY, NUMERIC, SPEC, synthetic
 
@@ -198,16 +200,7 @@ async def labelled_window(stack: Stack, rows: int = 1500, *, late: int = 0, one_
     return start, end, frame
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0, what: str = "condition") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {value!r})")
-        await asyncio.sleep(0.1)
+eventually = partial(polling.eventually, timeout=60.0)
 
 
 def start_request(model: str, start: datetime, end: datetime, **params: str) -> pb.StartRunRequest:

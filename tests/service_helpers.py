@@ -1,0 +1,26 @@
+"""Starting real services in a test: the settings every one shares, and the payments demo's model spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+
+def shared_settings(infra: Any) -> dict[str, Any]:
+    """Settings every service takes on the session's embedded stack: free ports, no metrics server."""
+    return dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+                grpc_port=0, metrics_port=0)
+
+
+def fraud_spec_dir(tmp_path_factory: pytest.TempPathFactory, model: str) -> Path:
+    """A specs directory holding the payments demo's fraud model spec under the name `model`."""
+    import payments_demo
+
+    spec = yaml.safe_load(payments_demo.FRAUD_MODEL_SPEC.read_text())
+    spec["name"] = model
+    specs = tmp_path_factory.mktemp(f"specs-{model}")
+    (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
+    return specs
