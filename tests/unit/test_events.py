@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -163,3 +164,30 @@ def test_unknown_topic_raises_key_error_listing_known_topics() -> None:
     assert "'nope'" in message
     for t in ALL_TOPICS:
         assert t.name in message
+
+
+class _ConsumerWhoseStopRaisesCancelled:
+    """Stands in for an AIOKafkaConsumer hit by aio-libs/aiokafka#647: stop() closes it, then raises."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+        raise asyncio.CancelledError()
+
+
+async def test_stop_consumer_drops_aiokafkas_own_cancellation_but_not_a_real_one() -> None:
+    from flywheel.common.kafka import stop_consumer
+
+    consumer = _ConsumerWhoseStopRaisesCancelled()
+    await stop_consumer(consumer)  # type: ignore[arg-type]
+    assert consumer.stopped
+
+    # A cancellation of the caller itself still propagates.
+    async def cancelled_during_stop() -> None:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        await stop_consumer(_ConsumerWhoseStopRaisesCancelled())  # type: ignore[arg-type]
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(cancelled_during_stop())

@@ -852,6 +852,7 @@ class DemoDriver:
 
         from flywheel.common.errors import PoisonEvent
         from flywheel.common.events import decode
+        from flywheel.common.kafka import stop_consumer
         from flywheel.common.topics import topic
 
         consumer = AIOKafkaConsumer(*WATCHED_TOPICS, bootstrap_servers=self.addresses.kafka_bootstrap,
@@ -877,7 +878,7 @@ class DemoDriver:
                         self.on_event(record.topic, event.payload)
         finally:
             ready.set()
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     def on_event(self, topic_name: str, payload: Any) -> None:
         """Narrate one platform event and keep it for the status page (promotions become plot markers)."""

@@ -182,6 +182,20 @@ class BoundedPublisher:
                     await producer.stop()
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, minus a known aiokafka quirk (aio-libs/aiokafka#647): when a fetch is in its
+    retry back-off (e.g. after a request timed out on a busy broker), closing the fetcher cancels it and
+    the CancelledError escapes `stop()` although nobody cancelled the caller. The consumer is closed by
+    then, so that error is logged and dropped; a real cancellation of this task still propagates."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("consumer stop: aiokafka's fetcher raised CancelledError while closing; the consumer is closed")
+
+
 class ConsumerRunner:
     """Consumes topics in a consumer group and applies each event exactly once in effect.
 
@@ -243,7 +257,7 @@ class ConsumerRunner:
                 await self._task
             self._task = None
         if self.consumer is not None:
-            await self.consumer.stop()
+            await stop_consumer(self.consumer)
         if self.dlq_producer is not None:
             await self.dlq_producer.stop()
 
