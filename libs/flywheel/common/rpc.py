@@ -11,6 +11,8 @@ import logging
 import signal
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -142,51 +144,85 @@ async def wait_for_shutdown_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-class DefaultDeadline:
-    """Gives every call without an explicit timeout a default one: no call waits forever.
+@dataclass(frozen=True)
+class ClientAuth:
+    """Who this process is when it calls another Flywheel service, and how it trusts the server.
 
-    grpc.aio files an interceptor under the first call kind it implements only (an
-    if/elif chain), so one object cannot cover all four kinds: `for_all_calls` returns
-    one interceptor per kind.
+    `token` goes out as `authorization: Bearer <token>` on every call. With `ca_file` the channel
+    uses TLS and verifies the server against that CA; `cert_file` + `key_file` add a client
+    certificate (mutual TLS). Empty fields mean: no token / plaintext on loopback.
     """
 
-    def __init__(self, seconds: float) -> None:
+    token: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_file),
+                                            private_key=read(self.key_file), certificate_chain=read(self.cert_file))
+
+
+class _CallDefaults:
+    """Gives every call a default deadline (no call waits forever) and this process's credentials.
+
+    grpc.aio files an interceptor under the first call kind it implements only (an if/elif
+    chain), so one object cannot cover all four kinds: `for_all_calls` returns one per kind.
+    """
+
+    def __init__(self, seconds: float, metadata: tuple[tuple[str, str], ...]) -> None:
         self.seconds = seconds
+        self.metadata = metadata
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        changes: dict[str, Any] = {}
         if details.timeout is None:
-            return details._replace(timeout=self.seconds)  # type: ignore[attr-defined]
-        return details
+            changes["timeout"] = self.seconds
+        if self.metadata:
+            given = tuple(details.metadata or ())
+            if not any(key == "authorization" for key, _ in given):
+                changes["metadata"] = grpc.aio.Metadata(*given, *self.metadata)
+        return details._replace(**changes) if changes else details  # type: ignore[attr-defined]
 
     @staticmethod
-    def for_all_calls(seconds: float) -> list[grpc.aio.ClientInterceptor]:
-        return [kind(seconds) for kind in (_UnaryUnaryDeadline, _UnaryStreamDeadline,
-                                           _StreamUnaryDeadline, _StreamStreamDeadline)]
+    def for_all_calls(seconds: float, metadata: tuple[tuple[str, str], ...] = ()) -> list[grpc.aio.ClientInterceptor]:
+        return [kind(seconds, metadata) for kind in (_UnaryUnaryDefaults, _UnaryStreamDefaults,
+                                                     _StreamUnaryDefaults, _StreamStreamDefaults)]
 
 
-class _UnaryUnaryDeadline(DefaultDeadline, grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request)
 
 
-class _UnaryStreamDeadline(DefaultDeadline, grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request)
 
 
-class _StreamUnaryDeadline(DefaultDeadline, grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnaryDefaults(_CallDefaults, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request_iterator)
 
 
-class _StreamStreamDeadline(DefaultDeadline, grpc.aio.StreamStreamClientInterceptor):
+class _StreamStreamDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request_iterator)
 
 
-def channel(address: str, *, default_timeout: float = 10.0) -> grpc.aio.Channel:
-    """An insecure aio channel to a Flywheel service; calls default to `default_timeout` seconds."""
-    return grpc.aio.insecure_channel(
-        address, options=CHANNEL_OPTIONS,
-        interceptors=[*DefaultDeadline.for_all_calls(default_timeout), *aio_client_interceptors()],
-    )
+def channel(address: str, *, default_timeout: float = 10.0, auth: ClientAuth | None = None) -> grpc.aio.Channel:
+    """An aio channel to a Flywheel service: calls default to `default_timeout` seconds and carry
+    `auth`'s bearer token; TLS (mutual with a client certificate) when `auth` names a CA."""
+    auth = auth or ClientAuth()
+    metadata = (("authorization", f"Bearer {auth.token}"),) if auth.token else ()
+    interceptors = [*_CallDefaults.for_all_calls(default_timeout, metadata), *aio_client_interceptors()]
+    if auth.tls:
+        return grpc.aio.secure_channel(address, auth.channel_credentials(), options=CHANNEL_OPTIONS,
+                                       interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)

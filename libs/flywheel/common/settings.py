@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flywheel.common.rpc import ClientAuth
+
 STACK_FILE = "stack.json"
 
 
@@ -43,6 +45,15 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str = shared("otlp_endpoint", "", "OTLP/gRPC endpoint for traces; empty = no export.")  # type: ignore[assignment]
     log_level: str = shared("log_level", "INFO", "Log level of the JSON logs.")  # type: ignore[assignment]
     log_json: bool = shared("log_json", True, "Log as JSON lines (false = plain text for a terminal).")  # type: ignore[assignment]
+    token: str = shared(  # type: ignore[assignment]
+        "token", "", "Bearer token this process presents when it calls other services (a `service` token).")
+    tls_ca_file: str = shared(  # type: ignore[assignment]
+        "tls_ca_file", "", "CA (PEM) that signs the services' certificates; set = gRPC over TLS both ways.")
+    tls_cert_file: str = shared(  # type: ignore[assignment]
+        "tls_cert_file", "", "This process's certificate (PEM): served by its gRPC/HTTP servers, shown as client.")
+    tls_key_file: str = shared("tls_key_file", "", "Private key (PEM) of tls_cert_file.")  # type: ignore[assignment]
+    tls_client_auth: bool = shared(  # type: ignore[assignment]
+        "tls_client_auth", False, "Servers require a client certificate signed by tls_ca_file (mutual TLS).")
 
     @model_validator(mode="after")
     def _fill_from_embedded_stack(self) -> ServiceSettings:
@@ -54,6 +65,11 @@ class ServiceSettings(BaseSettings):
         if not self.database_url:
             self.database_url = stack.get("database_url", "")
         return self
+
+    def client_auth(self) -> ClientAuth:
+        """How this process authenticates to other services (token, TLS)."""
+        return ClientAuth(token=self.token, ca_file=self.tls_ca_file, cert_file=self.tls_cert_file,
+                          key_file=self.tls_key_file)
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when no broker or database is configured."""
