@@ -116,7 +116,7 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     fake = FakeFeatureStore()
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(fs_grpc.add_FeatureStoreServiceServicer_to_server, fake, "flywheel.featurestore.v1.FeatureStoreService")
     await server.start()
     specs = tmp_path_factory.mktemp("specs")

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
-from flywheel.evaluator.api import EvaluatorServicer
+from flywheel.evaluator.api import ROLES, EvaluatorServicer
 from flywheel.evaluator.clients import GrpcRegistry
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.evaluator import SOURCE, Evaluator
@@ -52,8 +53,10 @@ class EvaluatorApp:
                                        batch_handlers=batch_handlers(self.evaluator), source=SOURCE)
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
                                  idempotent=settings.kafka_enable_idempotence)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
-        self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME,
+                     ROLES)
 
     @property
     def address(self) -> str:
@@ -62,6 +65,7 @@ class EvaluatorApp:
     async def start(self) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.relay.start()
         await self.evaluator.start()
         await self.consumer.start()

@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import ensure_topics, new_producer
 from flywheel.common.outbox import OutboxRelay
@@ -20,7 +21,7 @@ from flywheel.common.topics import (
     REVIEWS_REQUESTED,
 )
 from flywheel.monitor.analyzer import Analyzer
-from flywheel.monitor.api import MonitorServicer
+from flywheel.monitor.api import ROLES, MonitorServicer
 from flywheel.monitor.config import MonitorSettings
 from flywheel.monitor.handlers import DeadLetters, MonitorStream
 from flywheel.monitor.ingest import SOURCE, Ingest
@@ -52,8 +53,9 @@ class MonitorApp:
                                  idempotent=settings.kafka_enable_idempotence)
         self.store = MonitorStore(self.db, hysteresis_n=settings.hysteresis_n, hysteresis_m=settings.hysteresis_m,
                                   cooldown_seconds=settings.cooldown_seconds)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
-        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:
@@ -61,6 +63,7 @@ class MonitorApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await ensure_topics(self.settings.kafka_bootstrap, TOPICS)
         await self.dlq_producer.start()
         await self.relay.start()

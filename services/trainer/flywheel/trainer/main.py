@@ -10,13 +10,14 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer.api import TrainerServicer
+from flywheel.trainer.api import ROLES, TrainerServicer
 from flywheel.trainer.clients import GrpcFeatureStore, GrpcRegistry
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.handlers import batch_handlers, handlers
@@ -64,8 +65,9 @@ class TrainerApp:
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.trainer), batch_handlers=batch_handlers(self.trainer),
                                        source=SOURCE)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
-        self.rpc.add(pb_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(self.trainer), SERVICE_NAME)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        self.rpc.add(pb_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(self.trainer), SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:
@@ -73,6 +75,7 @@ class TrainerApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.trainer.start()
         await self.consumer.start()
         await self.rpc.start()
