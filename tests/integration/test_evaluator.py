@@ -162,8 +162,7 @@ async def register(world: World, name: str, data: bytes, *, champion: bool = Fal
     tags = {"holdout_start": world.holdout, **spec.pop("tags", {})}
     mv = await register_artifact(world.registry, name, data, framework="pytorch", tags=tags, **spec)
     if champion:
-        await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
-                                                          actor="tests"))
+        await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
     return mv.version
 
 

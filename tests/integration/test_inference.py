@@ -43,7 +43,7 @@ def settings(infra, registry_app, models, **overrides) -> InferenceSettings:  # 
 
 
 async def promote(registry, name: str, version: int, alias: str = "champion") -> None:  # type: ignore[no-untyped-def]
-    await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias=alias, version=version, actor="tests"))
+    await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias=alias, version=version))
 
 
 async def constant_versions(registry, name: str, *constants: float) -> list[int]:  # type: ignore[no-untyped-def]

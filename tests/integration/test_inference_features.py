@@ -112,8 +112,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
                                      name=CUST, feature_service="customer_features", entity_keys=["customer_id"])
     for name, data in ((FRAUD, fraud), (CUST, cust)):
         mv = await register_artifact(registry, name, data)
-        await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
-                                                    actor="tests"))
+        await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
 
     c1, c2, nobody = f"c1-{U}", f"c2-{U}", f"nobody-{U}"
     m1, m2, no_merchant = (int(uuid.uuid4().int % 10**12) + k for k in (1, 2, 3))

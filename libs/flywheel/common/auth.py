@@ -48,7 +48,8 @@ class Role(StrEnum):
 
 Roles = frozenset[Role]
 
-# What an RPC or route may require; `admin` passes every check.
+# What an RPC or route may require; `admin` passes every check. OPEN: no token needed (probes).
+OPEN: Roles = frozenset()
 READ: Roles = frozenset({Role.READER, Role.OPERATOR, Role.SERVICE})
 OPERATE: Roles = frozenset({Role.OPERATOR})
 SERVICE: Roles = frozenset({Role.SERVICE})

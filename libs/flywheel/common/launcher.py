@@ -20,6 +20,7 @@ service and demo a token of its own (`<home>/tokens/<name>.token`, role `service
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -61,35 +62,30 @@ SERVICE_ROLES = (Role.SERVICE,)
 DEMO_ROLES = (Role.SERVICE, Role.OPERATOR, Role.PREDICT)
 
 
-def provision_tokens(home: Path, database_url: str, principals: dict[str, tuple[Role, ...]]) -> dict[str, str]:
+async def provision_tokens(home: Path, database_url: str, principals: dict[str, tuple[Role, ...]]) -> dict[str, str]:
     """The admin token (written to <home>/admin.token) and one token per principal
     (<home>/tokens/<name>.token), each created on first use and reused while it stays valid."""
-    import asyncio
-
-    async def provision() -> dict[str, str]:
-        store = TokenStore(Database(database_url, "auth", min_size=1, max_size=1))
-        await store.db.pool.open(wait=True, timeout=30)
-        try:
-            await store.migrate()
-            wanted = {"admin": (home / ADMIN_TOKEN_FILE, (Role.ADMIN,))}
-            wanted |= {name: (home / "tokens" / f"{name}.token", roles) for name, roles in principals.items()}
-            tokens = {}
-            for name, (path, roles) in wanted.items():
-                token = path.read_text().strip() if path.is_file() else ""
-                principal = await store.lookup(token) if token else None
-                if principal is None or principal.roles != frozenset(roles):
-                    token, _ = await store.create(name, roles, created_by="make run",
-                                                  description=f"created by make run for {name}")
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.touch(mode=0o600)
-                    path.chmod(0o600)
-                    path.write_text(token + "\n")
-                tokens[name] = token
-            return tokens
-        finally:
-            await store.db.close()
-
-    return asyncio.run(provision())
+    store = TokenStore(Database(database_url, "auth", min_size=1, max_size=1))
+    await store.db.pool.open(wait=True, timeout=30)
+    try:
+        await store.migrate()
+        wanted = {"admin": (home / ADMIN_TOKEN_FILE, (Role.ADMIN,))}
+        wanted |= {name: (home / "tokens" / f"{name}.token", roles) for name, roles in principals.items()}
+        tokens = {}
+        for name, (path, roles) in wanted.items():
+            token = path.read_text().strip() if path.is_file() else ""
+            principal = await store.lookup(token) if token else None
+            if principal is None or principal.roles != frozenset(roles):
+                token, _ = await store.create(name, roles, created_by="make run",
+                                              description=f"created by make run for {name}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o600)
+                path.chmod(0o600)  # before the secret is written
+                path.write_text(token + "\n")
+            tokens[name] = token
+        return tokens
+    finally:
+        await store.db.close()
 
 
 def wait_serving(child: Child, timeout: float) -> None:
@@ -160,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                "FLYWHEEL_DATABASE_URL": stack.postgres.url}
         env.setdefault("FLYWHEEL_LOG_JSON", "true" if args.json_logs else "false")
         demos_wanted = {} if args.no_demo or args.only else installed_demos()
-        tokens = provision_tokens(home, stack.postgres.url, {**{n: SERVICE_ROLES for n in services},
-                                                            **{f"demo-{n}": DEMO_ROLES for n in demos_wanted}})
+        tokens = asyncio.run(provision_tokens(home, stack.postgres.url, {
+            **{n: SERVICE_ROLES for n in services}, **{f"demo-{n}": DEMO_ROLES for n in demos_wanted}}))
         print(f"  admin token {home / ADMIN_TOKEN_FILE} (the flywheel CLI uses it; role admin)", flush=True)
         # Stock OIP clients (tritonclient, load tools) send no token: on loopback, predictions are open.
         env.setdefault("FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT", "true")

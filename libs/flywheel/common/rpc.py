@@ -124,6 +124,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.split("/")[1] in OPEN_SERVICES:
             return handler
         allowed = self.policy.get(method)
+        if allowed is not None and not allowed:  # declared open (e.g. OIP's ServerLive / ServerReady)
+            return handler
         action = f"call {method.rsplit('/', 1)[-1]}"
 
         async def check(context: grpc.aio.ServicerContext) -> Any:
@@ -211,7 +213,8 @@ class RpcServer:
     def __init__(self, host: str, port: int, *, auth: Authenticator | None,
                  tls: ServerTls | None = None, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
         """`auth`: every call of an added service is authenticated and checked against the roles its RPC
-        declares (see `add`); None only where nothing but plumbing is served (tests of this module)."""
+        declares (see `add`; `auth.OPEN` = no token needed); None only where nothing but plumbing is
+        served (tests of this module)."""
         self.address = f"{host}:{port}"
         self.tls = tls
         # No spans for health checks: besides being noise, the OpenTelemetry aio interceptor breaks

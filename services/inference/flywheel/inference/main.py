@@ -9,11 +9,12 @@ import argparse
 import asyncio
 import logging
 
+from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
-from flywheel.inference.api import InferenceServicer
+from flywheel.inference.api import ROLES, InferenceServicer
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
@@ -50,9 +51,11 @@ class InferenceApp:
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
                                        db=self.db, handlers=handlers(self.repository), source=SOURCE)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db),
+                                  anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
-                     SERVICE_NAME)
+                     SERVICE_NAME, ROLES)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port)
 
     @property
@@ -67,6 +70,7 @@ class InferenceApp:
 
     async def start(self) -> None:
         await self.db.open()  # the common migrations only (processed_events for the consumer)
+        await self.auth.start()
         await self.publisher.start()
         await self.repository.start()
         # Consumer first, then a reconcile per model: a promotion is never missed in between.
