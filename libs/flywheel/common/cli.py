@@ -111,12 +111,33 @@ def _run(coro):  # type: ignore[no-untyped-def]
               help="Register the token read from stdin (e.g. a Kubernetes Secret's value) instead of a random one.")
 def create_token(principal: str, role_names: tuple[str, ...], expires_in_days: float | None, description: str,
                  from_stdin: bool) -> None:
-    """Create a token and print it (only now: the database keeps its sha256)."""
+    """Create a token and print it (only now: the database keeps its sha256).
+
+    With --from-stdin the given token is registered, and running it again is a no-op as long as the
+    token exists for the same principal and roles (deployment jobs rerun it on every rollout).
+    """
+    from flywheel.common.auth import roles
+    from flywheel.common.errors import AlreadyExists
+
     given = sys.stdin.read().strip() if from_stdin else None
     expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-    secret, info = _run(_with_store(lambda store: store.create(
-        principal, role_names, created_by=f"cli:{os.environ.get('USER', 'unknown')}", expires_at=expires,
-        description=description, token=given)))
+
+    async def create(store):  # type: ignore[no-untyped-def]
+        try:
+            return await store.create(principal, role_names, created_by=f"cli:{os.environ.get('USER', 'unknown')}",
+                                      expires_at=expires, description=description, token=given)
+        except AlreadyExists:
+            existing = await store.lookup(given) if given else None
+            if existing is None or existing.name != principal or existing.roles != roles(*role_names):
+                raise AlreadyExists("this token is registered already, for another principal or other roles, "
+                                    "or revoked: issue a new secret") from None
+            click.echo(f"token {existing.token_id} for {principal} exists already", err=True)
+            return None
+
+    created = _run(_with_store(create))
+    if created is None:
+        return
+    secret, info = created
     click.echo(f"token {info.id} for {info.principal} ({', '.join(sorted(info.roles))})", err=True)
     if not from_stdin:
         click.echo(secret)
