@@ -6,7 +6,14 @@ import grpc
 
 from flywheel.common import auth
 from flywheel.common.rpc import map_errors
-from flywheel.inference.convert import metadata_to_grpc, request_from_grpc, response_to_grpc
+from flywheel.inference.convert import (
+    config_to_grpc,
+    index_to_grpc,
+    metadata_to_grpc,
+    request_from_grpc,
+    response_to_grpc,
+    stats_to_grpc,
+)
 from flywheel.inference.dataplane import DataPlane
 from flywheel.proto.inference import grpc_service_pb2 as pb
 from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -54,3 +61,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         return response_to_grpc(await self.dp.infer(request_from_grpc(request)))
+
+    # Triton's extensions (model repository index, model configuration, statistics).
+
+    @map_errors
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        return index_to_grpc(self.dp.repository_index(ready=request.ready))
+
+    @map_errors
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        return config_to_grpc(self.dp.model_config(request.name, request.version))
+
+    @map_errors
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        return stats_to_grpc(self.dp.model_statistics(request.name, request.version))

@@ -9,28 +9,37 @@ waits at most `max_wait_s`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import numpy as np
+
+from flywheel.inference.stats import ModelStats
 
 Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class Batcher:
-    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float) -> None:
+    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float, stats: ModelStats | None = None) -> None:
         self.score = score
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
-        self._pending: list[tuple[np.ndarray, np.ndarray, asyncio.Future[np.ndarray]]] = []
+        # Executions, queue and compute times are counted here (the data plane counts the rest).
+        self.stats = stats if stats is not None else ModelStats()
+        # (numeric, categorical, future, perf_counter_ns when submitted)
+        self._pending: list[tuple[np.ndarray, np.ndarray, asyncio.Future[np.ndarray], int]] = []
         self._rows = 0
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def submit(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         if numeric.shape[0] >= self.max_rows:  # already a full batch on its own
-            return await asyncio.to_thread(self.score, numeric, categorical)
+            begin = time.perf_counter_ns()
+            scores = await asyncio.to_thread(self.score, numeric, categorical)
+            self.stats.executed(1, 0, time.perf_counter_ns() - begin)
+            return scores
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._pending.append((numeric, categorical, future))
+        self._pending.append((numeric, categorical, future, time.perf_counter_ns()))
         self._rows += numeric.shape[0]
         if self._rows >= self.max_rows:
             self._full.set()
@@ -56,9 +65,11 @@ class Batcher:
             try:
                 numeric = np.concatenate([b[0] for b in batch]) if len(batch) > 1 else batch[0][0]
                 categorical = np.concatenate([b[1] for b in batch]) if len(batch) > 1 else batch[0][1]
+                begin = time.perf_counter_ns()
                 scores = await asyncio.to_thread(self.score, numeric, categorical)
+                self.stats.executed(len(batch), sum(begin - b[3] for b in batch), time.perf_counter_ns() - begin)
             except Exception as exc:  # every request of the batch gets the error
-                for _, _, future in batch:
+                for _, _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue

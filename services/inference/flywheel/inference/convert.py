@@ -1,5 +1,6 @@
 """Wire formats <-> the data plane's types: OIP v2 gRPC messages and OIP v2 REST JSON (with the
-Triton binary-data extension that tritonclient uses by default)."""
+Triton binary-data extension that tritonclient uses by default), and the answers of Triton's model
+repository, model configuration and statistics extensions."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import struct
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from flywheel.common.errors import InvalidArgument
-from flywheel.inference.dataplane import InferRequest, InferResponse, InputTensor
+from flywheel.inference.dataplane import IndexEntry, InferRequest, InferResponse, InputTensor, ModelConfig, TensorSpec
+from flywheel.inference.stats import Duration, StatsSnapshot
 from flywheel.proto.inference import grpc_service_pb2 as pb
 
 DTYPES: dict[str, np.dtype] = {
@@ -209,3 +212,101 @@ def response_to_rest(response: InferResponse, binary: set[str] | frozenset[str] 
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+# -- Triton's extensions: repository index, model configuration, statistics ------------------------
+# Each answer is built once as the JSON Triton's HTTP/REST API returns; the gRPC message is parsed from
+# that same JSON (strictly: an unknown field fails), so both front doors always say the same thing.
+
+def index_request_from_rest(body: bytes) -> bool:
+    """The `ready` flag of a POST /v2/repository/index body (tritonclient sends an empty body)."""
+    if not body.strip():
+        return False
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument('request body must be a JSON object, e.g. {"ready": true}')
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidArgument(f"'ready' must be true or false, got {ready!r}")
+    return ready
+
+
+def index_to_rest(entries: list[IndexEntry]) -> list[dict[str, str]]:
+    """Triton's index JSON: a list of {name, version (when there is one), state, reason}."""
+    return [{"name": e.name, **({"version": e.version} if e.version else {}), "state": e.state,
+             "reason": e.reason} for e in entries]
+
+
+def index_to_grpc(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
+    return json_format.ParseDict({"models": index_to_rest(entries)}, pb.RepositoryIndexResponse())
+
+
+def triton_data_type(datatype: str) -> str:
+    """An OIP datatype as Triton's model configuration names it: FP32 -> TYPE_FP32, BYTES -> TYPE_STRING."""
+    if datatype == "BYTES":
+        return "TYPE_STRING"
+    if datatype not in DTYPES and datatype != "BF16":
+        raise ValueError(f"no Triton data type for {datatype!r}")
+    return f"TYPE_{datatype}"
+
+
+def _dims(shape: list[int], batching: bool) -> dict[str, Any]:
+    """Triton's `dims` of a tensor whose full shape (batch dimension first) is `shape`. With batching
+    (max_batch_size > 0) the batch dimension is implied and left out; a tensor that is nothing but the
+    batch dimension is then declared as dims [1] reshaped to [] (Triton's idiom), so a client that adds
+    the batch dimension back gets [-1]."""
+    if not batching:
+        return {"dims": list(shape)}
+    rest = list(shape[1:])
+    return {"dims": rest} if rest else {"dims": [1], "reshape": {"shape": []}}
+
+
+def _tensor_config(t: TensorSpec, batching: bool, *, is_input: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": t.name, "data_type": triton_data_type(t.datatype), **_dims(t.shape, batching)}
+    if is_input:
+        out["optional"] = t.optional
+    return out
+
+
+def config_to_rest(config: ModelConfig) -> dict[str, Any]:
+    """Triton's model configuration JSON (the ModelConfig message, field names as in the proto)."""
+    batching = config.max_batch_size > 0
+    out: dict[str, Any] = {
+        "name": config.name, "platform": config.platform, "backend": config.backend,
+        "version_policy": {"specific": {"versions": list(config.versions)}},
+        "max_batch_size": config.max_batch_size,
+        "input": [_tensor_config(t, batching, is_input=True) for t in config.inputs],
+        "output": [_tensor_config(t, batching, is_input=False) for t in config.outputs],
+    }
+    if batching:
+        out["dynamic_batching"] = {"max_queue_delay_microseconds": config.max_batch_wait_us}
+    out["parameters"] = {k: {"string_value": v} for k, v in config.parameters.items()}
+    return out
+
+
+def config_to_grpc(config: ModelConfig) -> pb.ModelConfigResponse:
+    return json_format.ParseDict({"config": config_to_rest(config)}, pb.ModelConfigResponse())
+
+
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def stats_to_rest(stats: list[StatsSnapshot]) -> dict[str, Any]:
+    """Triton's statistics JSON: {"model_stats": [...]}, numbers as JSON numbers."""
+    return {"model_stats": [{
+        "name": s.name, "version": s.version, "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count, "execution_count": s.execution_count,
+        "inference_stats": {"success": _duration(s.success), "fail": _duration(s.fail),
+                            "queue": _duration(s.queue), "compute_input": _duration(s.compute_input),
+                            "compute_infer": _duration(s.compute_infer),
+                            "compute_output": _duration(s.compute_output)},
+        "batch_stats": [],
+    } for s in stats]}
+
+
+def stats_to_grpc(stats: list[StatsSnapshot]) -> pb.ModelStatisticsResponse:
+    return json_format.ParseDict(stats_to_rest(stats), pb.ModelStatisticsResponse())

@@ -24,6 +24,7 @@ from flywheel.inference.config import Route
 from flywheel.inference.features import FeatureClient, key_value, to_matrices
 from flywheel.inference.model import LoadedModel
 from flywheel.inference.predlog import PredictionLog, sampled, tensor
+from flywheel.inference.stats import StatsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ LATENCY = Histogram("flywheel_inference_latency_seconds", "Scoring time per requ
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 PROBABILITY, LABEL = "probability", "label"
 OUTPUTS = (PROBABILITY, LABEL)
+# Triton's names for a TorchScript model run by libtorch, which is what a flywheel.predictive/v1 artifact is.
+PLATFORM, BACKEND = "pytorch_libtorch", "pytorch"
+# Triton's protocol extensions this server implements (ServerMetadata.extensions).
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics")
+READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 
 
 @dataclass
@@ -74,6 +80,45 @@ class InferResponse:
 
 
 @dataclass
+class TensorSpec:
+    """A tensor a model takes or returns: OIP datatype and full shape (batch dimension first, -1 = any)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    # True when a request may leave it out (the features when entity ids are given, or the reverse).
+    optional: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """One loaded version's configuration (what Triton's model configuration extension reports)."""
+
+    name: str
+    version: str
+    platform: str
+    backend: str
+    # Every loaded version of the model (champion, challenger).
+    versions: list[int]
+    # Most rows the adaptive batcher scores at once; 0 = batching off.
+    max_batch_size: int
+    max_batch_wait_us: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: dict[str, str]
+
+
+@dataclass
+class IndexEntry:
+    """One line of the repository index: a loaded (or loading) version, or a name with none ready."""
+
+    name: str
+    version: str  # "" for a name without a version
+    state: str  # READY, LOADING or UNAVAILABLE
+    reason: str = ""
+
+
+@dataclass
 class Prepared:
     """A request's model inputs, what the prediction log records of them and its entity ids."""
 
@@ -92,9 +137,18 @@ class ModelSlot:
         self.sample_rate = sample_rate
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
+        # Set by the repository: the version being downloaded and loaded (0 = none), and why the last
+        # reconcile failed ("" once one succeeds).
+        self.loading = 0
+        self.load_error = ""
 
     def versions(self) -> list[LoadedModel]:
         return [m for m in (self.champion, self.challenger) if m is not None]
+
+    def loaded(self) -> list[LoadedModel]:
+        """The distinct loaded versions, oldest first (both aliases may hold the same one)."""
+        by_version = {m.version: m for m in self.versions()}
+        return [by_version[v] for v in sorted(by_version)]
 
 
 def bucket(model: str, key: str) -> float:
@@ -154,47 +208,113 @@ class DataPlane:
         return True
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": self.server_name, "version": self.server_version, "extensions": []}
+        return {"name": self.server_name, "version": self.server_version, "extensions": list(EXTENSIONS)}
+
+    @staticmethod
+    def _signature(m: LoadedModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """(inputs, outputs) of a version. The entity id inputs, when the model's spec allows them,
+        replace the feature tensors: then both kinds are optional."""
+        by_ids = bool(m.feature_service and m.entity_keys)
+        inputs = [TensorSpec(NUMERIC, "FP32", [-1, m.n_numeric], by_ids)]
+        if m.n_categorical:
+            inputs.append(TensorSpec(CATEGORICAL, "BYTES", [-1, m.n_categorical], by_ids))
+        if by_ids:
+            inputs += [TensorSpec(k, "BYTES", [-1], True) for k in m.entity_keys]
+        return inputs, [TensorSpec(PROBABILITY, "FP32", [-1]), TensorSpec(LABEL, "INT64", [-1])]
+
+    @staticmethod
+    def _parameters(m: LoadedModel) -> dict[str, str]:
+        return {"version": str(m.version), "format": m.metadata.get("format", ""),
+                "numeric_features": ",".join(m.numeric_features),
+                "categorical_features": ",".join(m.categorical_features), "threshold": str(m.threshold)}
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         m = self.model(name, version)
-        inputs = [{"name": NUMERIC, "datatype": "FP32", "shape": [-1, m.n_numeric]}]
-        if m.n_categorical:
-            inputs.append({"name": CATEGORICAL, "datatype": "BYTES", "shape": [-1, m.n_categorical]})
+        inputs, outputs = self._signature(m)
         return {
-            "name": name, "versions": [str(v.version) for v in self.slot(name).versions()],
-            "platform": "pytorch_torchscript",
-            "inputs": inputs,
-            "outputs": [{"name": PROBABILITY, "datatype": "FP32", "shape": [-1]},
-                        {"name": LABEL, "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"version": str(m.version), "format": m.metadata.get("format", ""),
-                           "numeric_features": ",".join(m.numeric_features),
-                           "categorical_features": ",".join(m.categorical_features),
-                           "threshold": str(m.threshold)},
+            "name": name, "versions": [str(v.version) for v in self.slot(name).loaded()],
+            "platform": PLATFORM,
+            # The entity id alternative is not advertised here: metadata has no notion of optional inputs.
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in inputs
+                       if t.name in (NUMERIC, CATEGORICAL)],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in outputs],
+            "parameters": self._parameters(m),
         }
+
+    # -- Triton's extensions: repository index, model configuration, statistics ------------------
+
+    def repository_index(self, ready: bool = False) -> list[IndexEntry]:
+        """Every served model: its loaded versions (READY), the version being loaded (LOADING), or,
+        for a name without a champion, why not (UNAVAILABLE). `ready`: the READY versions only."""
+        entries: list[IndexEntry] = []
+        for name in sorted(self.slots):
+            slot = self.slots[name]
+            loaded = slot.loaded()
+            entries += [IndexEntry(name, str(m.version), READY) for m in loaded]
+            if ready:
+                continue
+            if slot.loading and all(m.version != slot.loading for m in loaded):
+                entries.append(IndexEntry(name, str(slot.loading), LOADING,
+                                          "downloading and warming it from the registry"))
+            elif slot.champion is None:
+                reason = (f"loading failed, retrying: {slot.load_error}" if slot.load_error
+                          else "no version is the champion in the registry yet")
+                entries.append(IndexEntry(name, "", UNAVAILABLE, reason))
+        return entries
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """The configuration of a loaded version (the champion when `version` is empty)."""
+        m = self.model(name, version)
+        inputs, outputs = self._signature(m)
+        return ModelConfig(
+            name=name, version=str(m.version), platform=PLATFORM, backend=BACKEND,
+            versions=[v.version for v in self.slot(name).loaded()], max_batch_size=self.max_batch_size,
+            max_batch_wait_us=round(self.max_batch_wait_s * 1_000_000), inputs=inputs, outputs=outputs,
+            parameters=self._parameters(m))
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[StatsSnapshot]:
+        """Statistics of the loaded versions: of every model when `name` is empty, of every loaded
+        version of `name` when `version` is empty. A version's counts start when it is loaded."""
+        if not name:
+            if version:
+                raise InvalidArgument(f"version {version!r} given without a model name")
+            models = [m for n in sorted(self.slots) for m in self.slots[n].loaded()]
+        elif version:
+            models = [self.model(name, version)]
+        else:
+            models = self.slot(name).loaded()
+        return [m.stats.snapshot(m.name, str(m.version)) for m in models]
 
     # -- inference ------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        start = time.perf_counter_ns()
         slot = self.slot(request.model_name)
         request_id = request.id or uuid.uuid4().hex
         try:
             primary, arm, shadow = self._route(slot, request, request_id)
-            wanted = self._wanted_outputs(request)
-            start = time.perf_counter()
-            fetched: dict[tuple, tuple[list[str], list[Any]]] = {}  # shared with the shadow: one fetch
-            prepared = await self._prepare(primary, request, fetched)
-            probability = await self._score(slot, primary, prepared.numeric, prepared.categorical)
-            latency = time.perf_counter() - start
-        except Exception as exc:
+        except Exception as exc:  # no version to charge it to: only the metric counts it
             REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
             raise
+        try:
+            wanted = self._wanted_outputs(request)
+            fetched: dict[tuple, tuple[list[str], list[Any]]] = {}  # shared with the shadow: one fetch
+            prepared = await self._prepare(primary, request, fetched)
+            inputs_done = time.perf_counter_ns()
+            probability = await self._score(slot, primary, prepared.numeric, prepared.categorical)
+            infer_done = time.perf_counter_ns()
+        except Exception as exc:
+            REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
+            primary.stats.failed(start, time.perf_counter_ns())
+            raise
+        latency = (infer_done - start) / 1e9
         REQUESTS.labels(slot.name, arm, "ok").inc()
         ROWS.labels(slot.name, arm).inc(prepared.numeric.shape[0])
         LATENCY.labels(slot.name, arm).observe(latency)
         label = (probability >= primary.threshold).astype(np.int64)
         outputs = {PROBABILITY: OutputTensor(PROBABILITY, "FP32", [len(probability)], probability),
                    LABEL: OutputTensor(LABEL, "INT64", [len(label)], label)}
+        primary.stats.succeeded(len(probability), start, inputs_done, infer_done, time.perf_counter_ns())
         logged = sampled(request_id, slot.sample_rate)
         inputs_log = self._inputs_log(prepared.inputs) if logged else None
         if logged:
@@ -360,26 +480,37 @@ class DataPlane:
             batcher = m.batcher
             if batcher is None:  # one batcher per loaded version, gone with it
                 batcher = m.batcher = Batcher(m.score, max_rows=self.max_batch_size,
-                                                         max_wait_s=self.max_batch_wait_s)
-            return await batcher.submit(numeric, categorical)
-        return await asyncio.to_thread(m.score, numeric, categorical)
+                                              max_wait_s=self.max_batch_wait_s, stats=m.stats)
+            return await batcher.submit(numeric, categorical)  # the batcher counts the executions
+        begin = time.perf_counter_ns()
+        probability = await asyncio.to_thread(m.score, numeric, categorical)
+        m.stats.executed(1, 0, time.perf_counter_ns() - begin)
+        return probability
 
     async def _shadow(self, slot: ModelSlot, m: LoadedModel, request: InferRequest, request_id: str,
                       inputs_log: list | None, logged: bool, entity_ids: list[str],
                       fetched: dict[tuple, tuple[list[str], list[Any]]]) -> None:
+        start = time.perf_counter_ns()
         try:
-            start = time.perf_counter()
             prepared = await self._prepare(m, request, fetched)
+            inputs_done = time.perf_counter_ns()
             probability = await self._score(slot, m, prepared.numeric, prepared.categorical)
-            latency = time.perf_counter() - start
-            REQUESTS.labels(slot.name, "shadow", "ok").inc()
-            if logged:
-                label = (probability >= m.threshold).astype(np.int64)
-                self._log(slot, request, request_id, m, "shadow", inputs_log, probability, label, latency,
-                          prepared.entity_ids or entity_ids)
+            infer_done = time.perf_counter_ns()
         except Exception as exc:  # a failing shadow never affects the caller
+            m.stats.failed(start, time.perf_counter_ns())
             REQUESTS.labels(slot.name, "shadow", type(exc).__name__).inc()
             log.warning("shadow scoring failed", extra={"model": slot.name, "version": m.version, "error": repr(exc)})
+            return
+        m.stats.succeeded(len(probability), start, inputs_done, infer_done, time.perf_counter_ns())
+        REQUESTS.labels(slot.name, "shadow", "ok").inc()
+        if logged:
+            try:
+                label = (probability >= m.threshold).astype(np.int64)
+                self._log(slot, request, request_id, m, "shadow", inputs_log, probability, label,
+                          (infer_done - start) / 1e9, prepared.entity_ids or entity_ids)
+            except Exception as exc:
+                log.warning("shadow prediction log failed",
+                            extra={"model": slot.name, "version": m.version, "error": repr(exc)})
 
     def _inputs_log(self, inputs: list[InputTensor]) -> list | None:
         if sum(len(t.data) for t in inputs) > self.predlog.max_input_values:

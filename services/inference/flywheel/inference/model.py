@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from flywheel.inference.stats import ModelStats
+
 MODEL_FORMAT = "flywheel.predictive/v1"
 
 
@@ -31,6 +33,7 @@ class LoadedModel:
     lookups: list[dict[bytes, int]] = field(default_factory=list)
     threshold: float = 0.5
     batcher: Any = None  # the adaptive batcher of this version, when batching is on
+    stats: ModelStats = field(default_factory=ModelStats)  # Triton-style statistics of this version
 
     @property
     def n_numeric(self) -> int:

@@ -70,7 +70,10 @@ class Repository:
             self._again.discard(name)
             try:
                 await self.reconcile(name)
+                self.slots[name].load_error = ""
             except Exception as exc:
+                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                self.slots[name].load_error = f"{type(exc).__name__}: {detail}"  # shown by the repository index
                 log.warning("model reconcile failed, retrying in 2s", extra={"model": name, "error": repr(exc)})
                 await asyncio.sleep(2.0)
                 self._again.add(name)
@@ -93,7 +96,14 @@ class Repository:
                     continue
                 # Reuse the other arm's copy when it is that version (e.g. challenger promoted to champion).
                 other = slot.challenger if alias == "champion" else slot.champion
-                model = other if other is not None and other.version == version else await self._load(name, version)
+                if other is not None and other.version == version:
+                    model = other
+                else:
+                    slot.loading = version  # the repository index reports it as LOADING meanwhile
+                    try:
+                        model = await self._load(name, version)
+                    finally:
+                        slot.loading = 0
                 setattr(slot, alias, model)  # the swap: one reference assignment
                 LOADED_VERSION.labels(name, alias).set(version)
                 log.info("model version live", extra={"model": name, "alias": alias, "version": version,

@@ -14,7 +14,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flywheel.common.errors import FailedPrecondition, FlywheelError, InvalidArgument, NotFound, Unavailable
-from flywheel.inference.convert import HEADER_LENGTH, request_from_rest, response_to_rest
+from flywheel.inference.convert import (
+    HEADER_LENGTH,
+    config_to_rest,
+    index_request_from_rest,
+    index_to_rest,
+    request_from_rest,
+    response_to_rest,
+    stats_to_rest,
+)
 from flywheel.inference.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
@@ -75,17 +83,46 @@ def build_app(dp: DataPlane) -> Starlette:
         return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length":
                                                                              str(length)})
 
+    # Triton's extensions (model repository index, model configuration, statistics).
+
+    async def repository_index(request: Request) -> Response:
+        try:
+            return JSONResponse(index_to_rest(dp.repository_index(ready=index_request_from_rest(await request.body()))))
+        except Exception as exc:
+            return error(exc)
+
+    async def model_config(request: Request) -> Response:
+        try:
+            return JSONResponse(config_to_rest(dp.model_config(*_path(request))))
+        except Exception as exc:
+            return error(exc)
+
+    async def model_stats(request: Request) -> Response:
+        try:
+            return JSONResponse(stats_to_rest(dp.model_statistics(request.path_params.get("name", ""),
+                                                                  request.path_params.get("version", ""))))
+        except Exception as exc:
+            return error(exc)
+
     async def not_found(request: Request, exc: Any) -> Response:
         return JSONResponse({"error": f"no route {request.method} {request.url.path}"},
                             status_code=getattr(exc, "status_code", 404))
 
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+        # Before /v2/models/{name}, which would take "stats" for a model name: a model called "stats"
+        # has no REST metadata route (its gRPC ModelMetadata still works).
+        Route("/v2/models/stats", model_stats),
         Route("/v2/models/{name}", model_metadata), Route("/v2/models/{name}/versions/{version}", model_metadata),
         Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/models/{name}/config", model_config),
+        Route("/v2/models/{name}/versions/{version}/config", model_config),
+        Route("/v2/models/{name}/stats", model_stats),
+        Route("/v2/models/{name}/versions/{version}/stats", model_stats),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
