@@ -139,7 +139,8 @@ async def doors(infra, registry_app) -> AsyncIterator[dict[str, str]]:  # type: 
             await app.start()
             apps.append(app)
         names = ("featurestore", "trainer", "evaluator", "monitor", "inference")
-        yield {"registry": registry_app.address, **{n: a.address for n, a in zip(names, apps, strict=True)}}
+        yield {"registry": registry_app.address, **{n: a.address for n, a in zip(names, apps, strict=True)},
+               "inference-http": f"http://{apps[-1].http_address}"}
     finally:
         for app in reversed(apps):
             await app.stop()
@@ -224,13 +225,39 @@ async def test_reads_with_a_reader_token_really_answer(infra, doors: dict[str, s
 async def test_probes_stay_open(doors: dict[str, str]) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    for address in doors.values():
+    for name, address in doors.items():
+        if name.endswith("-http"):
+            continue
         async with rpc.channel(address) as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
     async with rpc.channel(doors["inference"]) as channel:
         live = await ipb_grpc.GRPCInferenceServiceStub(channel).ServerLive(ipb.ServerLiveRequest())
     assert live.live
+
+
+async def test_the_rest_door_takes_the_same_tokens(infra, doors: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    base = doors["inference-http"]
+    body = {"inputs": [{"name": "numeric", "datatype": "FP32", "shape": [1, 1], "data": [0.0]}]}
+
+    def bearer(role: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {getattr(infra.tokens, role)}"}
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v2/models/nothing/infer", json=body) as answer:
+            assert answer.status == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "authorization: Bearer" in (await answer.json())["error"]
+        async with http.post(f"{base}/v2/models/nothing/infer", json=body, headers=bearer("reader")) as answer:
+            assert answer.status == 403
+            assert "reader (roles: reader) may not call ModelInfer" in (await answer.json())["error"]
+        async with http.post(f"{base}/v2/models/nothing/infer", json=body, headers=bearer("predict")) as answer:
+            assert answer.status == 404 and "unknown model 'nothing'" in (await answer.json())["error"]
+        async with http.get(f"{base}/v2/models/stats", headers=bearer("reader")) as answer:
+            assert answer.status == 200
+        async with http.get(f"{base}/v2/health/ready") as answer:  # probes stay open
+            assert answer.status == 200
 
 
 async def test_anonymous_predictions_only_when_allowed(infra, registry_app) -> None:  # type: ignore[no-untyped-def]

@@ -29,6 +29,7 @@ from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests.kafka_helpers import read_records
+from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,9 @@ def featurestore_settings(infra) -> FeatureStoreSettings:  # type: ignore[no-unt
 def inference_settings(infra, registry_app, featurestore_addr: str) -> InferenceSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     return InferenceSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        http_port=0, metrics_port=0, models=[FRAUD, CUST], registry_addr=registry_app.address,
-        featurestore_addr=featurestore_addr, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}")
+        **shared_settings(infra), http_port=0, models=[FRAUD, CUST], registry_addr=registry_app.address,
+        featurestore_addr=featurestore_addr, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}",
+        allow_anonymous_predict=True)
 
 
 def ids_request(model: str, request_id: str = "", **keys: list[Any]) -> ipb.ModelInferRequest:

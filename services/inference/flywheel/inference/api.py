@@ -24,7 +24,8 @@ from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
 DESCRIBE: auth.Roles = auth.PREDICT | auth.READ
 ROLES: dict[str, auth.Roles] = {
     "ServerLive": auth.OPEN, "ServerReady": auth.OPEN, "ModelReady": DESCRIBE, "ServerMetadata": DESCRIBE,
-    "ModelMetadata": DESCRIBE, "ModelInfer": auth.PREDICT,
+    "ModelMetadata": DESCRIBE, "ModelInfer": auth.PREDICT, "RepositoryIndex": DESCRIBE, "ModelConfig": DESCRIBE,
+    "ModelStatistics": DESCRIBE,
 }
 
 

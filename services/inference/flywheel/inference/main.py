@@ -56,7 +56,8 @@ class InferenceApp:
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
-        self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port)
+        self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
+                               tls=settings.server_tls())
 
     @property
     def grpc_address(self) -> str:
