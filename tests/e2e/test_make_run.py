@@ -21,9 +21,10 @@ from flywheel.common.launcher import installed_services
 pytestmark = pytest.mark.integration
 
 
-def start_launcher(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+def start_launcher(home: Path, env: dict[str, str], *options: str) -> tuple[subprocess.Popen, list[str]]:
     # --no-demo: the payments driver trains a model first; its own tests cover it (tests/integration).
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home), "--no-demo"],
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home), "--no-demo",
+                             *options],
                             env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -8,6 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flywheel.common import rpc
+from flywheel.common.launcher import describe_exit
 from flywheel.common.supervise import Backoff, CrashLoopPolicy, HealthBoard
 from tests.polling import eventually
 
@@ -52,6 +53,11 @@ def test_crashes_older_than_the_window_do_not_count() -> None:
 
 def test_a_limit_of_one_crash_never_restarts() -> None:
     assert CrashLoopPolicy(max_crashes=1).on_crash(now=5.0, ran_for=5.0) is None
+
+
+def test_exits_are_described_by_code_or_signal() -> None:
+    assert describe_exit(-9) == "was killed by SIGKILL"
+    assert describe_exit(1) == "exited with code 1"
 
 
 # --- health board ----------------------------------------------------------------------------------------------------
