@@ -76,7 +76,7 @@ def test_health_board_is_healthy_only_when_every_component_says_so() -> None:
     relay(True)  # no change, no notification
     consumer(False)
     assert board.down() == ["consumer"]
-    assert changes == [False, True, False]
+    assert changes == [False, False, False, True, False]  # two registrations, then three changes
     with pytest.raises(ValueError, match="already"):
         board.reporter("consumer")
 
@@ -105,6 +105,10 @@ async def test_rpc_server_health_follows_its_components() -> None:
             await eventually(lambda: _equals(statuses, (NOT_SERVING, NOT_SERVING)), timeout=5, what="NOT_SERVING")
             consumer(True)
             await eventually(lambda: _equals(statuses, (SERVING, SERVING)), timeout=5, what="SERVING again")
+            late = server.component_health("late")  # wired after the start: down until it reports
+            await eventually(lambda: _equals(statuses, (NOT_SERVING, NOT_SERVING)), timeout=5, what="late one")
+            late(True)
+            await eventually(lambda: _equals(statuses, (SERVING, SERVING)), timeout=5, what="late one healthy")
 
             await server.health.enter_graceful_shutdown()  # shutting down wins over healthy components
             consumer(False)

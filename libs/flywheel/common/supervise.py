@@ -75,7 +75,8 @@ class HealthBoard:
     `reporter(name)` registers a component and returns the function it calls with True (working)
     or False (down). A registered component counts as down until it first reports, so a part that
     was wired but never started keeps the process out of rotation. `healthy` is True when every
-    registered component says so (and when there are none). Listeners are called on every change.
+    registered component says so (and when there are none). Listeners are called on every change
+    (a registration included).
     Use it from one thread (the event loop's).
     """
 
@@ -87,13 +88,17 @@ class HealthBoard:
         if name in self.components:
             raise ValueError(f"component {name!r} already reports to this health board")
         self.components[name] = False
+        self._changed()
 
         def report(healthy: bool) -> None:
             if self.components[name] != healthy:
                 self.components[name] = healthy
-                for listener in list(self._listeners):
-                    listener()
+                self._changed()
         return report
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
