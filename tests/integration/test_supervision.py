@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -45,7 +46,7 @@ class Health:
     def __init__(self) -> None:
         self.server = rpc.RpcServer("127.0.0.1", 0)
         self.server.add(lambda servicer, server: None, None, DUMMY_SERVICE)
-        self.channel: rpc.grpc.aio.Channel | None = None
+        self.channel: grpc.aio.Channel | None = None
 
     async def statuses(self) -> set[int]:
         """The status of "" and of the service name (one value when they agree, as they must)."""
