@@ -19,11 +19,9 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flywheel.common.embedded import free_port
-from flywheel.common.launcher import installed_services
 from flywheel.common.topics import MODELS_REGISTERED
 from flywheel.proto.events.v1 import models_pb2
-from tests.e2e.test_make_run import cli, start_launcher
+from tests.e2e.test_make_run import cli, launcher_env, start_launcher
 from tests.kafka_helpers import read_records
 
 pytestmark = pytest.mark.integration
@@ -80,13 +78,8 @@ def health(address: str) -> int:
 
 
 def test_make_run_restarts_a_killed_service_and_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    env, ports = launcher_env()
     env["FLYWHEEL_LOG_LEVEL"] = "WARNING"
-    ports = {}
-    for name in installed_services():
-        ports[name] = free_port()
-        env[f"FLYWHEEL_{name.upper()}_GRPC_PORT"] = str(ports[name])
-        env[f"FLYWHEEL_{name.upper()}_METRICS_PORT"] = str(free_port())
     address = f"127.0.0.1:{ports['registry']}"
     home = tmp_path / "home"
     (tmp_path / "m.bin").write_bytes(b"weights")
