@@ -46,6 +46,7 @@ class Child:
     metrics_port: int
     proc: subprocess.Popen
     argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # its environment, for restarts (None: the launcher's)
     policy: CrashLoopPolicy = field(default_factory=CrashLoopPolicy)
     started_at: float = field(default_factory=time.monotonic)
     restart_at: float | None = None  # waiting to be restarted (after a crash) at this time
@@ -96,13 +97,13 @@ def is_serving(address: str, timeout: float = 0.5) -> bool:
     return status == health_pb2.HealthCheckResponse.SERVING
 
 
-def supervise(child: Child, now: float, env: dict[str, str]) -> bool:
+def supervise(child: Child, now: float) -> bool:
     """One look at a service: restart it when it crashed (after its backoff), report when a restarted
     one serves again, kill one that did not in time (its exit counts as a crash). Returns False when
     it is crash-looping: time to stop everything."""
     if child.restart_at is not None:
         if now >= child.restart_at:
-            child.proc = subprocess.Popen(child.argv, env=env)
+            child.proc = subprocess.Popen(child.argv, env=child.env)
             child.started_at, child.restart_at, child.ready_by = now, None, now + START_TIMEOUT
             print(f"flywheel: {child.name} restarted (pid {child.proc.pid})", flush=True)
         return True
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in planned.items():
             argv = [sys.executable, "-m", f"flywheel.{name}"]
             children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port,
-                                  subprocess.Popen(argv, env=env), argv,
+                                  subprocess.Popen(argv, env=env), argv, env,
                                   CrashLoopPolicy(args.max_crashes, args.crash_window)))
         for child in children:
             wait_serving(child, timeout=60)
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"flywheel: demo {child.name} ended with code {child.proc.returncode}", flush=True)
                         demos.remove(child)
                         children.remove(child)
-                elif not supervise(child, time.monotonic(), env):
+                elif not supervise(child, time.monotonic()):
                     code = 1
                     stopping = True
                     break
