@@ -48,9 +48,10 @@ class InferenceApp:
                                    max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
         self.repository = Repository(self.slots, settings.registry_addr, load_timeout_s=settings.load_timeout_s)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
-        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, handlers=handlers(self.repository), source=SOURCE)
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
+                                       db=self.db, handlers=handlers(self.repository), source=SOURCE,
+                                       health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port)

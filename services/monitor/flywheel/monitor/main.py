@@ -42,6 +42,7 @@ class MonitorApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
         self.references = ReferenceCache(settings.registry_addr, download_timeout=settings.download_timeout)
         self.ingest = Ingest(settings)
         self.dlq_producer = new_producer(settings.kafka_bootstrap, client_id=f"{SOURCE}-dlq")
@@ -49,10 +50,10 @@ class MonitorApp:
                                                                                   settings.consumer_group))
         self.analyzer = Analyzer(self.db, settings, self.references)
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
-                                 idempotent=settings.kafka_enable_idempotence)
+                                 idempotent=settings.kafka_enable_idempotence,
+                                 health=self.rpc.component_health("outbox-relay"))
         self.store = MonitorStore(self.db, hysteresis_n=settings.hysteresis_n, hysteresis_m=settings.hysteresis_m,
                                   cooldown_seconds=settings.cooldown_seconds)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
         self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME)
 
     @property
