@@ -21,9 +21,10 @@ from flywheel.common.launcher import installed_services
 pytestmark = pytest.mark.integration
 
 
-def start_launcher(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+def start_launcher(home: Path, env: dict[str, str], *options: str) -> tuple[subprocess.Popen, list[str]]:
     # --no-demo: the payments driver trains a model first; its own tests cover it (tests/integration).
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home), "--no-demo"],
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.common.launcher", "--home", str(home), "--no-demo",
+                             *options],
                             env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -58,13 +59,24 @@ def stop(proc: subprocess.Popen) -> list[str]:
     return out.splitlines()
 
 
-def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
+def launcher_env() -> tuple[dict[str, str], dict[str, int]]:
+    """The caller's environment without FLYWHEEL_*, plus a free port for every port setting of every
+    service (gRPC, metrics, inference's REST), so a running `make run` or another test does not
+    collide; and each service's gRPC port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    ports = {}
-    for name in installed_services():  # free ports, so a running `make run` does not collide
-        ports[name] = free_port()
-        env[f"FLYWHEEL_{name.upper()}_GRPC_PORT"] = str(ports[name])
-        env[f"FLYWHEEL_{name.upper()}_METRICS_PORT"] = str(free_port())
+    grpc_ports = {}
+    for name, settings_class in installed_services().items():
+        for field in settings_class.model_fields:
+            if field.endswith("_port"):
+                port = free_port()
+                env[f"{settings_class.model_config['env_prefix']}{field}".upper()] = str(port)
+                if field == "grpc_port":
+                    grpc_ports[name] = port
+    return env, grpc_ports
+
+
+def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
+    env, ports = launcher_env()
     address = f"127.0.0.1:{ports['registry']}"
     home = tmp_path / "home"
 

@@ -454,3 +454,24 @@ async def test_a_second_start_applies_nothing_new(app: FeatureStoreApp) -> None:
         assert set(replica.catalog.views) == {"customer_profile", "merchant_risk"}
     finally:
         await replica.close()
+
+
+async def test_a_start_without_a_repo_serves_what_was_applied_and_deletes_nothing(app: FeatureStoreApp) -> None:
+    """An unset FLYWHEEL_FEATURESTORE_REPO applies nothing: it must not wipe the project's views."""
+    settings = app.settings
+
+    async def applies() -> int:
+        async with app.db.connection() as conn:
+            row = await (await conn.execute("SELECT count(*) AS n FROM repo_applies")).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    before = await applies()
+    bare = Features(app.db, feast_config(settings.database_url, settings.db_schema, settings.project), None,
+                    online_threads=1)
+    await bare.start()
+    try:
+        assert set(bare.catalog.views) == {"customer_profile", "merchant_risk"}
+        assert await applies() == before
+    finally:
+        await bare.close()

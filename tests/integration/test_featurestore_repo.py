@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.featurestore import config as config_module
 from flywheel.featurestore.config import FeatureStoreSettings
 from flywheel.featurestore.repo import feast_config, load_repo, postgres_options, registry_url, repo_files
 from flywheel.featurestore.store import source_tables
@@ -129,11 +128,10 @@ def test_feast_configuration_from_the_database_url() -> None:
     assert config.online_store.sslmode == "disable"
 
 
-def test_repo_setting_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repo_setting_messages(tmp_path: Path) -> None:
     settings = FeatureStoreSettings(_env_file=None, home=tmp_path, repo=str(tmp_path / "nope"))
     with pytest.raises(SystemExit, match="no such file or directory"):
         settings.repo_path()
     assert FeatureStoreSettings(_env_file=None, home=tmp_path, repo=str(FIXTURE_REPO)).repo_path() == FIXTURE_REPO
-    monkeypatch.setattr(config_module, "DEFAULT_REPO_MODULE", f"nothing_{uuid.uuid4().hex[:6]}.feature_repo")
-    with pytest.raises(SystemExit, match="set FLYWHEEL_FEATURESTORE_REPO"):
-        FeatureStoreSettings(_env_file=None, home=tmp_path).repo_path()
+    # The platform knows no demo: without a repo setting there is no repo (not the payments demo's).
+    assert FeatureStoreSettings(_env_file=None, home=tmp_path).repo_path() is None

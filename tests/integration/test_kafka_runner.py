@@ -77,7 +77,7 @@ async def test_open_applies_common_and_service_migrations_once(infra, unique: st
     folder = write_migrations(tmp_path / "migrations")
     db = await Database(infra.database_url, f"t_{unique}").open(folder)
     try:
-        assert await applied_versions(db) == ["common:0001", "service:0001", "service:0002"]
+        assert await applied_versions(db) == ["common:0001", "common:0002", "service:0001", "service:0002"]
         assert await scalar(db, "SELECT count(*) FROM a") == 1
         # The pool's connections use the schema: the shared tables are there unqualified.
         assert await scalar(db, "SELECT count(*) FROM outbox") == 0
@@ -86,7 +86,7 @@ async def test_open_applies_common_and_service_migrations_once(infra, unique: st
         assert await migrate(db, folder) == []  # a second start applies nothing
         again = await Database(infra.database_url, f"t_{unique}").open(folder)
         await again.close()
-        assert await applied_versions(db) == ["common:0001", "service:0001", "service:0002"]
+        assert await applied_versions(db) == ["common:0001", "common:0002", "service:0001", "service:0002"]
         assert await scalar(db, "SELECT count(*) FROM a") == 1
     finally:
         await db.close()
@@ -105,7 +105,7 @@ async def test_concurrent_migrations_apply_each_file_exactly_once(infra, unique:
     # And three full opens (common + service tracks) on another fresh schema.
     opened = await asyncio.gather(*(Database(infra.database_url, f"u_{unique}").open(folder) for _ in range(3)))
     try:
-        assert await applied_versions(opened[0]) == ["common:0001", "service:0001", "service:0002"]
+        assert await applied_versions(opened[0]) == ["common:0001", "common:0002", "service:0001", "service:0002"]
         assert await scalar(opened[0], "SELECT count(*) FROM a") == 1
     finally:
         await asyncio.gather(*(db.close() for db in opened))

@@ -162,3 +162,17 @@ def test_a_drop_within_sampling_noise_is_not_drift() -> None:
     strict = analyze(ref, window, DriftSettings(performance_tolerance=0.05, min_class_labels=20, performance_z=0.0),
                      with_drift=False)
     assert strict.performance_degraded and strict.drifted
+
+
+def test_labels_become_outcomes_by_kind_and_by_the_configured_words() -> None:
+    from flywheel.monitor.ingest import label_value
+    from flywheel.proto.events.v1 import common_pb2
+
+    assert label_value(common_pb2.Label(flag=True)) is True
+    assert label_value(common_pb2.Label(number=0.2)) is False
+    assert label_value(common_pb2.Label(text=" Yes ")) is True
+    # The platform knows no project's words: "fraud" means something only when configured.
+    assert label_value(common_pb2.Label(text="fraud")) is None
+    assert label_value(common_pb2.Label(text="Fraud"), ["fraud"], ["legit"]) is True
+    assert label_value(common_pb2.Label(text="legit"), ["fraud"], ["legit"]) is False
+    assert label_value(common_pb2.Label()) is None

@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 from flywheel.common.db import Database
 from flywheel.common.errors import PoisonEvent, Unavailable
 from flywheel.common.events import Event, decode, header_map
+from flywheel.common.supervise import Backoff, HealthReporter
 from flywheel.common.telemetry import context_from, current_traceparent
 from flywheel.common.topics import Topic
 
@@ -37,6 +38,8 @@ HANDLER_SECONDS = Histogram("flywheel_event_handler_seconds", "Time to handle on
 EVENTS_PUBLISHED = Counter("flywheel_events_published_total", "Events acknowledged by the broker.", ["topic"])
 EVENTS_DROPPED = Counter("flywheel_events_dropped_total", "Events a bounded publisher dropped.", ["topic", "reason"])
 PUBLISH_QUEUE = Gauge("flywheel_publish_queue_depth", "Events waiting in a bounded publisher.", ["publisher"])
+CONSUMER_RESTARTS = Counter("flywheel_consumer_restarts_total",
+                            "Times a consumer's loop died and the runner restarted it.", ["consumer"])
 
 # A handler applies one event inside the runner's transaction (`conn`); raising rolls it back.
 Handler = Callable[[Event, AsyncConnection], Awaitable[None]]
@@ -71,11 +74,14 @@ async def ensure_topic_names(bootstrap: str, partitions: dict[str, int], *, repl
 
 
 def new_producer(bootstrap: str, *, client_id: str, idempotent: bool = False,
-                 request_timeout_ms: int = 10_000, linger_ms: int = 5) -> AIOKafkaProducer:
-    """A producer with acks=all; idempotence only where the broker supports it (real Kafka)."""
+                 request_timeout_ms: int = 10_000, linger_ms: int = 5,
+                 max_request_size: int = 1024 * 1024) -> AIOKafkaProducer:
+    """A producer with acks=all; idempotence only where the broker supports it (real Kafka).
+    A record larger than `max_request_size` is refused before it is sent (MessageSizeTooLargeError)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=idempotent,
         linger_ms=linger_ms, request_timeout_ms=request_timeout_ms, max_batch_size=256 * 1024,
+        max_request_size=max_request_size,
     )
 
 
@@ -96,8 +102,9 @@ class BoundedPublisher:
     Events go to a bounded in-memory queue drained in batches by a background task.
     When the queue is full (slow or absent broker) the event is dropped, counted in
     `flywheel_events_dropped_total` and logged (at most once per second), so the
-    caller's latency never depends on Kafka. Use the outbox instead when an event
-    must not be lost.
+    caller's latency never depends on Kafka. A batch that fails for another reason is
+    dropped too (reason `error`): the drain task never dies of it. Use the outbox instead
+    when an event must not be lost.
     """
 
     def __init__(self, bootstrap: str, *, name: str, max_queue: int = 10_000, max_batch: int = 500,
@@ -173,6 +180,12 @@ class BoundedPublisher:
                         producer = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except Exception:
+                    # Not the broker (e.g. an event that cannot be encoded): drop this batch, keep
+                    # draining; a drain task that died would silently drop everything from now on.
+                    for event in batch:
+                        self._drop(event, "error")
+                    log.exception("publish failed unexpectedly", extra={"publisher": self.name})
                 finally:
                     for _ in batch:
                         self.queue.task_done()
@@ -210,11 +223,19 @@ class ConsumerRunner:
     Topics with a batch handler are applied a fetched batch per partition at a time, in
     one transaction (for throughput); if that transaction fails, the batch is retried
     event by event, so one bad event still ends alone in the dead-letter topic.
+
+    The runner supervises itself: when its loop dies (a `CommitFailedError` after a rebalance
+    or a long outage, or anything unexpected), it logs it, reports down to `health` (e.g.
+    `RpcServer.component_health`, so the service turns NOT_SERVING), closes the consumer and
+    starts a new one after an exponential `restart_backoff`, which resumes from the committed
+    offsets; once it runs it reports healthy again. A dependency outage waited out inside the
+    loop (database down, `Unavailable`) is not a death: the service stays SERVING.
     """
 
     def __init__(self, *, bootstrap: str, group: str, db: Database, handlers: dict[Topic, Handler] | None = None,
                  batch_handlers: dict[Topic, BatchHandler] | None = None, source: str, max_attempts: int = 3,
-                 retry_backoff: float = 0.2, consumer_options: dict[str, Any] | None = None) -> None:
+                 retry_backoff: float = 0.2, consumer_options: dict[str, Any] | None = None,
+                 health: HealthReporter | None = None, restart_backoff: Backoff | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.db = db
@@ -229,12 +250,37 @@ class ConsumerRunner:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.consumer_options = consumer_options or {}
+        self.health = health
+        self.restart_backoff = restart_backoff or Backoff(initial=0.5, cap=30.0, reset_after=60.0)
         self.consumer: AIOKafkaConsumer | None = None
         self.dlq_producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self.assigned = asyncio.Event()
+        self.restarts = 0
+        self.healthy = False
 
     async def start(self) -> None:
+        """Start the consumer (failing if the broker cannot be reached) and the supervised loop."""
+        await self._start_clients()
+        self._report(True)
+        self._task = asyncio.create_task(self._supervise(), name=f"consumer-{self.group}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_clients()
+        self._report(False)
+
+    def _report(self, healthy: bool) -> None:
+        self.healthy = healthy
+        if self.health is not None:
+            self.health(healthy)
+
+    async def _start_clients(self) -> None:
+        # Again on every restart: a broker that came back empty (the embedded one) has no topics.
         await ensure_topics(self.bootstrap, [t for t, _ in self.handlers.values()])
         options: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap, "group_id": self.group, "client_id": self.source,
@@ -244,28 +290,75 @@ class ConsumerRunner:
             "max_poll_records": 500,
         }
         options.update(self.consumer_options)
-        self.consumer = AIOKafkaConsumer(*self.handlers, **options)
-        self.dlq_producer = new_producer(self.bootstrap, client_id=f"{self.source}-dlq")
-        await self.dlq_producer.start()
-        await self.consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group}")
+        consumer = AIOKafkaConsumer(*self.handlers, **options)
+        dlq_producer = new_producer(self.bootstrap, client_id=f"{self.source}-dlq")
+        try:
+            await dlq_producer.start()
+            await consumer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await stop_consumer(consumer)
+            with contextlib.suppress(Exception):
+                await dlq_producer.stop()
+            raise
+        self.consumer, self.dlq_producer = consumer, dlq_producer
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self.consumer is not None:
-            await stop_consumer(self.consumer)
-        if self.dlq_producer is not None:
-            await self.dlq_producer.stop()
+    async def _close_clients(self) -> None:
+        consumer, dlq_producer = self.consumer, self.dlq_producer
+        self.consumer = self.dlq_producer = None
+        if consumer is not None:
+            # Closing a consumer whose loop died may raise too; it is being replaced either way.
+            with contextlib.suppress(Exception):
+                await stop_consumer(consumer)
+        if dlq_producer is not None:
+            with contextlib.suppress(Exception):
+                await dlq_producer.stop()
+
+    async def _supervise(self) -> None:
+        """Run the loop; when it dies (anything but cancellation: a CommitFailedError after a
+        rebalance or a long outage, a bug), report down, close the clients, and start new ones
+        after an exponential backoff, until that works. The new consumer resumes from the
+        committed offsets: what the dead one applied but did not commit is redelivered, and
+        `processed_events` drops it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._run()
+                error: BaseException = RuntimeError("the consumer loop returned")
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # stop(): not a death
+                error = exc  # aiokafka cancelling one of its own futures under us (see stop_consumer)
+            except Exception as exc:
+                error = exc
+            self._report(False)
+            self.assigned.clear()
+            CONSUMER_RESTARTS.labels(self.group).inc()
+            delay = self.restart_backoff.delay(loop.time() - started)
+            log.error("consumer loop died; restarting", exc_info=error, extra={
+                "consumer": self.group, "error": repr(error), "restart_in_s": delay})
+            await self._close_clients()
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self._start_clients()
+                    break
+                except Exception as exc:
+                    delay = self.restart_backoff.delay(0.0)
+                    log.warning("consumer restart failed; retrying", extra={
+                        "consumer": self.group, "error": repr(exc), "retry_in_s": delay})
+            self.restarts += 1
+            log.info("consumer restarted", extra={"consumer": self.group, "restarts": self.restarts})
+            self._report(True)
 
     async def _run(self) -> None:
-        assert self.consumer is not None
+        consumer = self.consumer
+        assert consumer is not None
         while True:
-            batches = await self.consumer.getmany(timeout_ms=500)
-            if self.consumer.assignment():
+            batches = await consumer.getmany(timeout_ms=500)
+            if consumer.assignment():
                 self.assigned.set()
             for tp, records in batches.items():
                 if tp.topic in self.batch_handlers:
@@ -273,7 +366,7 @@ class ConsumerRunner:
                 else:
                     for record in records:
                         await self._process(record)
-                await self.consumer.commit({tp: records[-1].offset + 1})
+                await consumer.commit({tp: records[-1].offset + 1})
 
     def _decode(self, record: ConsumerRecord) -> Event | PoisonEvent:
         topic, _ = self.handlers[record.topic]

@@ -8,7 +8,13 @@ listens, and on Ctrl-C (or SIGTERM) stops every child, then the stack.
 
 Then it starts the installed demos (`flywheel.demos` entry points, name -> `module:callable`; each
 runs as `python -m <module>` with the same environment, its output on this console), unless
-`--no-demo`. A demo that ends does not stop the platform; a service that exits does.
+`--no-demo`. A demo that ends does not stop the platform.
+
+A service that exits on its own (crashed, killed) is restarted, like a compose restart policy or
+Kubernetes would: after a delay that doubles per crash (1 s, 2 s, 4 s, ... at most 30 s), and it
+must report SERVING again within 60 s. A crash loop ends it: a service that crashed
+`--max-crashes` times within `--crash-window` seconds stops everything (exit code 1), since
+restarting it again would only hide the problem. Every step is printed.
 
 Every door takes a bearer token. On the first start the launcher creates an admin token, writes it
 to `<home>/admin.token` (mode 0600; the `flywheel` CLI picks it up from there) and gives every
@@ -27,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -38,6 +44,9 @@ from flywheel.common.auth import Role, TokenStore
 from flywheel.common.cli import ADMIN_TOKEN_FILE
 from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
+from flywheel.common.supervise import CrashLoopPolicy
+
+START_TIMEOUT = 60.0  # seconds a (re)started service has to report SERVING
 
 
 @dataclass
@@ -46,6 +55,21 @@ class Child:
     grpc_address: str
     metrics_port: int
     proc: subprocess.Popen
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # its environment, for restarts (None: the launcher's)
+    policy: CrashLoopPolicy = field(default_factory=CrashLoopPolicy)
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None  # waiting to be restarted (after a crash) at this time
+    ready_by: float | None = None  # restarted, not SERVING yet; it must be by this time
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def installed_services() -> dict[str, type]:
@@ -103,6 +127,51 @@ def wait_serving(child: Child, timeout: float) -> None:
     raise TimeoutError(f"{child.name} did not report SERVING on {child.grpc_address} within {timeout:.0f}s")
 
 
+def is_serving(address: str, timeout: float = 0.5) -> bool:
+    """One health check, without waiting: True when the service at `address` reports SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                               timeout=timeout).status
+        except grpc.RpcError:
+            return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def supervise(child: Child, now: float) -> bool:
+    """One look at a service: restart it when it crashed (after its backoff), report when a restarted
+    one serves again, kill one that did not in time (its exit counts as a crash). Returns False when
+    it is crash-looping: time to stop everything."""
+    if child.restart_at is not None:
+        if now >= child.restart_at:
+            child.proc = subprocess.Popen(child.argv, env=child.env)
+            child.started_at, child.restart_at, child.ready_by = now, None, now + START_TIMEOUT
+            print(f"flywheel: {child.name} restarted (pid {child.proc.pid})", flush=True)
+        return True
+    if child.proc.poll() is not None:
+        how = describe_exit(child.proc.returncode)
+        delay = child.policy.on_crash(now, ran_for=now - child.started_at)
+        crashes, window = child.policy.recent_crashes(), child.policy.window
+        if delay is None:
+            print(f"flywheel: {child.name} {how}; {crashes} crashes within {window:.0f}s is a crash loop: "
+                  "giving up, stopping", flush=True)
+            return False
+        print(f"flywheel: {child.name} {how}; restarting it in {delay:.0f}s "
+              f"(crash {crashes} of {child.policy.max_crashes} allowed within {window:.0f}s)", flush=True)
+        child.restart_at, child.ready_by = now + delay, None
+        return True
+    if child.ready_by is not None:
+        if is_serving(child.grpc_address):
+            child.ready_by = None
+            print(f"flywheel: {child.name} serving again on {child.grpc_address}", flush=True)
+        elif now > child.ready_by:
+            print(f"flywheel: {child.name} did not report SERVING within {START_TIMEOUT:.0f}s after its restart; "
+                  "killing it", flush=True)
+            child.proc.kill()
+            child.proc.wait()
+    return True
+
+
 def stop_children(children: list[Child], grace: float = 10.0) -> None:
     for child in children:
         if child.proc.poll() is None:
@@ -127,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-logs", action="store_true", help="children log JSON lines instead of text")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not start the demos (flywheel.demos entry points, e.g. the payments driver)")
+    parser.add_argument("--max-crashes", type=int, default=5, metavar="N",
+                        help="stop everything when a service crashed N times within --crash-window (default 5; "
+                             "1 = never restart)")
+    parser.add_argument("--crash-window", type=float, default=120.0, metavar="SECONDS",
+                        help="the window of --max-crashes, and how long a service must run before its restart "
+                             "delay starts over at 1 s (default 120)")
     args = parser.parse_args(argv)
 
     services = installed_services()
@@ -166,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in planned.items():
             env.setdefault(f"FLYWHEEL_{name.upper()}_ADDR", f"{settings.grpc_host}:{settings.grpc_port}")
         for name, settings in planned.items():
-            proc = subprocess.Popen([sys.executable, "-m", f"flywheel.{name}"],
-                                    env={**env, "FLYWHEEL_TOKEN": tokens[name]})
-            children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port, proc))
+            argv = [sys.executable, "-m", f"flywheel.{name}"]
+            child_env = {**env, "FLYWHEEL_TOKEN": tokens[name]}
+            children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port,
+                                  subprocess.Popen(argv, env=child_env), argv, child_env,
+                                  CrashLoopPolicy(args.max_crashes, args.crash_window)))
         for child in children:
             wait_serving(child, timeout=60)
             print(f"  {child.name:<12} grpc {child.grpc_address}   "
@@ -182,14 +259,17 @@ def main(argv: list[str] | None = None) -> int:
         children[:0] = demos  # stopped first: a demo talks to the services until the end
         while not stopping:
             for child in list(children):
-                if child.proc.poll() is not None and child in demos:
-                    print(f"flywheel: demo {child.name} ended with code {child.proc.returncode}", flush=True)
-                    demos.remove(child)
-                    children.remove(child)
-                elif child.proc.poll() is not None:
-                    print(f"flywheel: {child.name} exited with code {child.proc.returncode}; stopping", flush=True)
+                if stopping:  # Ctrl-C reaches the children too: their exits now are no crashes
+                    break
+                if child in demos:
+                    if child.proc.poll() is not None:
+                        print(f"flywheel: demo {child.name} ended with code {child.proc.returncode}", flush=True)
+                        demos.remove(child)
+                        children.remove(child)
+                elif not supervise(child, time.monotonic()):
                     code = 1
                     stopping = True
+                    break
             time.sleep(0.2)
     except (RuntimeError, TimeoutError) as exc:
         print(f"flywheel: {exc}", file=sys.stderr, flush=True)

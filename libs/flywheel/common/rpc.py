@@ -24,6 +24,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_serv
 
 from flywheel.common import errors
 from flywheel.common.auth import Authenticator, AuthError, Roles, bind_principal, unbind_principal
+from flywheel.common.supervise import HealthBoard, HealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,10 @@ class ServerTls:
 class RpcServer:
     """A grpc.aio server with `grpc.health.v1`, reflection and tracing built in.
 
-    Health reports SERVING for every added service once started, and NOT_SERVING as
-    soon as shutdown begins, so load balancers drain it before it stops.
+    Health ("" and every added service name) is SERVING only while the server is started, not
+    shutting down, and every component that reports to it (`component_health`) is healthy;
+    otherwise NOT_SERVING, so load balancers and readiness probes take it out of rotation while
+    a consumer restarts, and drain it before it stops.
     """
 
     # Servers started and not yet stopped (tests check none is left behind: a grpc.aio server
@@ -228,6 +231,12 @@ class RpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0
+        self.components = HealthBoard()
+        self.components.subscribe(self._components_changed)
+        self._health_lock = asyncio.Lock()
+        self._health_updates: set[asyncio.Task] = set()
+        self._serving = False
+        self._published: bool | None = None
 
     def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str,
             roles: Mapping[str, Roles] | None = None) -> None:
@@ -251,11 +260,42 @@ class RpcServer:
             raise OSError(f"could not bind gRPC server to {self.address}")
         await self.server.start()
         RpcServer.running.add(self)
-        for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        await self._publish_health()
         return self.port
 
+    def component_health(self, name: str) -> HealthReporter:
+        """Register a component of this service (a consumer, an outbox relay) whose health gates the
+        server's: call the returned function with False while it is down and True once it works
+        again. It counts as down until it first reports. Call from the event loop's thread."""
+        return self.components.reporter(name)
+
+    def _components_changed(self) -> None:
+        if not self._serving:
+            return  # `start` publishes the state it finds; after `stop` nothing changes any more
+        task = asyncio.get_running_loop().create_task(self._publish_health())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _publish_health(self) -> None:
+        # One update at a time, each with the board's state when it runs: the last one wins.
+        async with self._health_lock:
+            healthy = self.components.healthy
+            status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *self.service_names]:
+                await self.health.set(name, status)  # ignored once graceful shutdown began
+            if healthy != self._published:
+                self._published = healthy
+                if healthy:
+                    log.info("health SERVING", extra={"grpc": self.address})
+                else:
+                    log.warning("health NOT_SERVING: components down",
+                                extra={"grpc": self.address, "down": self.components.down()})
+
     async def stop(self, grace: float = 5.0) -> None:
+        self._serving = False
+        for task in list(self._health_updates):
+            task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         RpcServer.running.discard(self)

@@ -38,6 +38,8 @@ class EvaluatorApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.evaluator = Evaluator(
             self.db, SpecCatalog(settings.model_specs_dir()),
             GrpcFeatureStore(settings.featurestore_addr, timeout=settings.feature_timeout,
@@ -50,11 +52,11 @@ class EvaluatorApp:
             poll_interval=settings.poll_interval)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.evaluator),
-                                       batch_handlers=batch_handlers(self.evaluator), source=SOURCE)
+                                       batch_handlers=batch_handlers(self.evaluator), source=SOURCE,
+                                       health=self.rpc.component_health("consumer"))
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
-                                 idempotent=settings.kafka_enable_idempotence)
-        self.auth = Authenticator(TokenStore(self.db))
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+                                 idempotent=settings.kafka_enable_idempotence,
+                                 health=self.rpc.component_health("outbox-relay"))
         self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME,
                      ROLES)
 

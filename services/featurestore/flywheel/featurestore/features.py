@@ -81,7 +81,7 @@ class TypedRow:
 class Features:
     """Online and historical features, pushes and materialization over one Feast repo in PostgreSQL."""
 
-    def __init__(self, db: Database, config: RepoConfig, repo_path: Path, *, online_threads: int = 4) -> None:
+    def __init__(self, db: Database, config: RepoConfig, repo_path: Path | None, *, online_threads: int = 4) -> None:
         self.db = db
         self.config = config
         self.repo_path = repo_path
@@ -100,9 +100,23 @@ class Features:
     # -- life cycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the repo, create its source tables, apply it (an idempotent `feast apply`), read the catalog."""
+        """Load the repo, create its source tables, apply it (an idempotent `feast apply`), read the catalog.
+
+        Without a repo nothing is applied (not even deletions: an unset setting must not wipe the project's
+        feature views); the catalog is what the Feast registry holds.
+        """
+        if self.repo_path is None:
+            log.warning("no Feast repo configured (FLYWHEEL_FEATURESTORE_REPO): serving the feature views "
+                        "applied before, if any", extra={"project": self.config.project})
+        else:
+            await self._apply_repo(self.repo_path)
+        self._catalog = await self._call(self._writer, Catalog.from_store, self.store, self.db.schema)
+        # Build the provider and the online store's pool now, not on the first request.
+        await self._call(self._writer, self.store._get_provider)
+
+    async def _apply_repo(self, repo_path: Path) -> None:
         started = time.perf_counter()
-        objects = await self._call(self._writer, load_repo, self.repo_path)
+        objects = await self._call(self._writer, load_repo, repo_path)
         tables = source_tables([*objects.feature_views, *objects.stream_feature_views], objects.entities,
                                self.db.schema)
         # Under an advisory lock, so that replicas starting together create tables and apply one at a time.
@@ -116,14 +130,11 @@ class Features:
                 async with self.db.connection() as conn:
                     await conn.execute(
                         "INSERT INTO repo_applies (repo, project, added, deleted) VALUES (%s, %s, %s, %s)",
-                        (str(self.repo_path), self.config.project, Jsonb(changes[0]), Jsonb(changes[1])))
+                        (str(repo_path), self.config.project, Jsonb(changes[0]), Jsonb(changes[1])))
             finally:
                 await lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-        self._catalog = await self._call(self._writer, Catalog.from_store, self.store, self.db.schema)
-        # Build the provider and the online store's pool now, not on the first request.
-        await self._call(self._writer, self.store._get_provider)
         log.info("feast repo applied", extra={
-            "repo": str(self.repo_path), "project": self.config.project, **objects.summary(),
+            "repo": str(repo_path), "project": self.config.project, **objects.summary(),
             "added": changes[0], "deleted": changes[1], "tables": [t.qualified for t in tables],
             "seconds": round(time.perf_counter() - started, 3)})
 

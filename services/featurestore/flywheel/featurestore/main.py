@@ -34,14 +34,15 @@ class FeatureStoreApp:
         self.settings = settings
         self.repo_path = settings.repo_path()
         self.db = Database(settings.database_url, settings.db_schema)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         config = feast_config(settings.database_url, settings.db_schema, settings.project,
                               cache_ttl_seconds=settings.registry_cache_ttl_seconds,
                               online_pool_size=settings.online_threads + 2)
         self.features = Features(self.db, config, self.repo_path, online_threads=settings.online_threads)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, batch_handlers=batch_handlers(self.features), source=SOURCE)
-        self.auth = Authenticator(TokenStore(self.db))
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+                                       db=self.db, batch_handlers=batch_handlers(self.features), source=SOURCE,
+                                       health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_FeatureStoreServiceServicer_to_server, FeatureStoreServicer(self.features),
                      SERVICE_NAME, ROLES)
 

@@ -49,11 +49,12 @@ class InferenceApp:
                                    max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
         self.repository = Repository(self.slots, settings.registry_addr, load_timeout_s=settings.load_timeout_s)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
-        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, handlers=handlers(self.repository), source=SOURCE)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
+                                       db=self.db, handlers=handlers(self.repository), source=SOURCE,
+                                       health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,

@@ -79,6 +79,15 @@ class MonitorSettings(ServiceSettings):
     retrain_max_wait_seconds: float = Field(3600.0, ge=0, description="...or this long after the alert.")
     analysis_poll_seconds: float = Field(0.5, gt=0, description="How often the analysis worker looks for windows.")
 
+    # Labels.
+    positive_label_texts: list[str] = Field(
+        default_factory=lambda: ["true", "1", "yes", "positive"],
+        description="Text labels (JSON list, case-insensitive) that mean the positive class, e.g. a project's "
+                    '["fraud"]; flags and numbers (>= 0.5) need no mapping.')
+    negative_label_texts: list[str] = Field(
+        default_factory=lambda: ["false", "0", "no", "negative"],
+        description="Text labels that mean the negative class, e.g. a project's [\"legit\"].")
+
     # Reviews.
     review_policy: dict[str, ReviewPolicy] = Field(
         default_factory=lambda: {"*": ReviewPolicy()},

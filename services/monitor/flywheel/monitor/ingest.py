@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -323,7 +324,7 @@ class Ingest:
                 continue
             fb = event.payload
             assert isinstance(fb, predictions_pb2.FeedbackReceived)
-            value = label_value(fb.label)
+            value = label_value(fb.label, self.settings.positive_label_texts, self.settings.negative_label_texts)
             if value is None or not fb.request_id:
                 continue
             labels.setdefault((fb.request_id, fb.entity_id), (value, int(fb.source)))
@@ -365,7 +366,10 @@ class Ingest:
         metrics.REVIEWS.labels(row["model_name"], "disputed").inc()
 
 
-def label_value(label: common_pb2.Label) -> bool | None:
+def label_value(label: common_pb2.Label, positive_texts: Iterable[str] = ("true", "1", "yes", "positive"),
+                negative_texts: Iterable[str] = ("false", "0", "no", "negative")) -> bool | None:
+    """A feedback label as the binary outcome the monitor measures: a flag as is, a number >= 0.5 as
+    positive, a text by the configured words (case-insensitive); None when it says neither."""
     kind = label.WhichOneof("value")
     if kind == "flag":
         return label.flag
@@ -373,9 +377,9 @@ def label_value(label: common_pb2.Label) -> bool | None:
         return label.number >= 0.5
     if kind == "text":
         text = label.text.strip().lower()
-        if text in ("true", "1", "yes", "positive", "fraud"):
+        if text in {t.lower() for t in positive_texts}:
             return True
-        if text in ("false", "0", "no", "negative", "legit"):
+        if text in {t.lower() for t in negative_texts}:
             return False
     return None
 

@@ -43,6 +43,8 @@ class MonitorApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.references = ReferenceCache(settings.registry_addr, download_timeout=settings.download_timeout)
         self.ingest = Ingest(settings)
         self.dlq_producer = new_producer(settings.kafka_bootstrap, client_id=f"{SOURCE}-dlq")
@@ -50,11 +52,10 @@ class MonitorApp:
                                                                                   settings.consumer_group))
         self.analyzer = Analyzer(self.db, settings, self.references)
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
-                                 idempotent=settings.kafka_enable_idempotence)
+                                 idempotent=settings.kafka_enable_idempotence,
+                                 health=self.rpc.component_health("outbox-relay"))
         self.store = MonitorStore(self.db, hysteresis_n=settings.hysteresis_n, hysteresis_m=settings.hysteresis_m,
                                   cooldown_seconds=settings.cooldown_seconds)
-        self.auth = Authenticator(TokenStore(self.db))
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME, ROLES)
 
     @property

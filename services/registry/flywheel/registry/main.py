@@ -34,16 +34,18 @@ class RegistryApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         artifacts = artifact_store_from_uri(settings.artifact_store_uri(),
                                             s3_endpoint_url=settings.s3_endpoint_url or None)
         self.registry = Registry(self.db, artifacts, max_artifact_bytes=settings.max_artifact_bytes,
                                  import_prefixes=settings.allowed_import_prefixes())
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id="flywheel-registry-outbox",
-                                 idempotent=settings.kafka_enable_idempotence)
+                                 idempotent=settings.kafka_enable_idempotence,
+                                 health=self.rpc.component_health("outbox-relay"))
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, handlers=handlers(self.registry), source=SOURCE)
-        self.auth = Authenticator(TokenStore(self.db))
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+                                       db=self.db, handlers=handlers(self.registry), source=SOURCE,
+                                       health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(self.registry), SERVICE_NAME,
                      ROLES)
 

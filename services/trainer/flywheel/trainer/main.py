@@ -53,6 +53,8 @@ class TrainerApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.trainer = Trainer(
             self.db, SpecCatalog(settings.model_specs_dir()),
             GrpcFeatureStore(settings.featurestore_addr, timeout=settings.training_set_timeout,
@@ -64,9 +66,7 @@ class TrainerApp:
             poll_interval=settings.poll_interval, label_wait_seconds=settings.label_wait_seconds)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.trainer), batch_handlers=batch_handlers(self.trainer),
-                                       source=SOURCE)
-        self.auth = Authenticator(TokenStore(self.db))
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+                                       source=SOURCE, health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(self.trainer), SERVICE_NAME, ROLES)
 
     @property
