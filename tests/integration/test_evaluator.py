@@ -24,6 +24,7 @@ from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODEL
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
 from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.predictive.spec import parse_spec
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
@@ -31,7 +32,6 @@ from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
 from flywheel.trainer.clients import GrpcFeatureStore
-from flywheel.trainer.spec import parse_spec
 from flywheel.trainer.store import LabelRow
 from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling

@@ -22,12 +22,12 @@ from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import RETRAIN_REQUESTS
+from flywheel.predictive import metrics
+from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, models_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer import metrics
-from flywheel.trainer.artifact import load_model
 from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
@@ -193,7 +193,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(demo: Demo) -> N
 
 
 async def test_bad_inputs_fail_clearly_and_register_nothing(demo: Demo, tmp_path: Path) -> None:
-    specs = demo.trainer.settings.model_specs_dir()
+    specs = demo.trainer.settings.specs_dir
     assert specs is not None
     spec = yaml.safe_load((specs / f"{demo.model}.yaml").read_text())
     other = f"{demo.model}-missing-fs"

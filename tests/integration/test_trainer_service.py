@@ -27,13 +27,13 @@ from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import FEEDBACK_RECEIVED, RETRAIN_REQUESTS
+from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, features_pb2, models_pb2, predictions_pb2
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fs
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fs_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer.artifact import load_model
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling

@@ -33,13 +33,13 @@ from flywheel.common.events import Event
 from flywheel.common.outbox import enqueue
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
-from flywheel.evaluator.clients import ModelRegistry, Scorer
+from flywheel.evaluator.clients import ModelRegistry
 from flywheel.evaluator.store import EvaluationRow, EvaluatorStore, Label
+from flywheel.predictive.scoring import ScoringModel, load_model
+from flywheel.predictive.spec import ModelSpec, SpecCatalog, entity_keys
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer.clients import FeatureSource
-from flywheel.trainer.spec import ModelSpec, SpecCatalog
-from flywheel.trainer.trainer import entity_keys
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,14 @@ def check_request(request: EvaluationRequest) -> None:
     if request.baseline_version < 0:
         raise InvalidArgument(f"baseline_version must be 0 (the champion) or a version number, "
                               f"got {request.baseline_version}")
+
+
+def check_features(columns: Mapping[str, Any], *models: ScoringModel | None) -> None:
+    """ValueError naming the features a model needs that the feature service did not return."""
+    absent = sorted({f for m in models if m is not None for f in m.feature_names} - set(columns))
+    if absent:
+        raise ValueError(f"the model needs feature(s) {', '.join(absent)}, which the feature service "
+                         "does not provide")
 
 
 class Evaluator:
@@ -302,9 +310,10 @@ class Evaluator:
 
         as_of = datetime.now(UTC)
         labels, start, window = await self._labels(spec, candidate, as_of)
-        cand_model = Scorer(await self.registry.download(row.model_name, candidate.version))
-        base_model = Scorer(await self.registry.download(row.model_name, baseline.version)) if baseline else None
+        cand_model = load_model(await self.registry.download(row.model_name, candidate.version))
+        base_model = load_model(await self.registry.download(row.model_name, baseline.version)) if baseline else None
         columns = await self._features(spec, labels)
+        check_features(columns, cand_model, base_model)
         y = np.array([1.0 if label.flag else 0.0 for label in labels])
         async with self._scoring:
             p_cand = await asyncio.to_thread(cand_model.predict_proba, columns)

@@ -20,10 +20,10 @@ from flywheel.evaluator.clients import GrpcRegistry
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.evaluator import SOURCE, Evaluator
 from flywheel.evaluator.handlers import batch_handlers, handlers
+from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
 from flywheel.trainer.clients import GrpcFeatureStore
-from flywheel.trainer.spec import SpecCatalog
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,7 +38,7 @@ class EvaluatorApp:
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
         self.evaluator = Evaluator(
-            self.db, SpecCatalog(settings.model_specs_dir()),
+            self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_EVALUATOR_SPECS_DIR"),
             GrpcFeatureStore(settings.featurestore_addr, timeout=settings.feature_timeout,
                              request_rows=settings.feature_request_rows),
             GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
@@ -67,7 +67,7 @@ class EvaluatorApp:
         await self.consumer.start()
         await self.rpc.start()
         log.info("evaluator serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
-                                             "specs_dir": str(self.settings.model_specs_dir())})
+                                             "specs_dir": str(self.settings.specs_dir)})
 
     async def stop(self) -> None:
         await self.rpc.stop()

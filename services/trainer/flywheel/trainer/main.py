@@ -14,13 +14,13 @@ from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
+from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.api import TrainerServicer
 from flywheel.trainer.clients import GrpcFeatureStore, GrpcRegistry
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.handlers import batch_handlers, handlers
-from flywheel.trainer.spec import SpecCatalog
 from flywheel.trainer.trainer import SOURCE, Trainer
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class TrainerApp:
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
         self.trainer = Trainer(
-            self.db, SpecCatalog(settings.model_specs_dir()),
+            self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_TRAINER_SPECS_DIR"),
             GrpcFeatureStore(settings.featurestore_addr, timeout=settings.training_set_timeout,
                              page_size=settings.feature_page_size, request_rows=settings.feature_request_rows),
             GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
@@ -77,7 +77,7 @@ class TrainerApp:
         await self.consumer.start()
         await self.rpc.start()
         log.info("trainer serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
-                                           "specs_dir": str(self.settings.model_specs_dir())})
+                                           "specs_dir": str(self.settings.specs_dir)})
 
     async def stop(self) -> None:
         await self.rpc.stop()

@@ -30,15 +30,15 @@ from psycopg import AsyncConnection, sql
 
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
+from flywheel.predictive.encoding import numeric_column
+from flywheel.predictive.spec import ModelSpec, SpecCatalog, apply_params, entity_keys, registry_tags
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
 from flywheel.trainer.clients import FeatureSource, ModelRegistry
-from flywheel.trainer.model import numeric_column
 from flywheel.trainer.pipeline import EVENT_TIME, LABEL, EpochMetrics, TrainedModel, TrainingDataError
 from flywheel.trainer.profile import reference_profile
-from flywheel.trainer.spec import ModelSpec, SpecCatalog, apply_params, registry_tags
 from flywheel.trainer.store import FAILED, SUCCEEDED, LabelRow, Run, TrainerStore, runs_channel
 
 log = logging.getLogger(__name__)
@@ -108,22 +108,6 @@ def label_row(feedback: predictions_pb2.FeedbackReceived, received_at: datetime)
         "event_time": feedback.event_time.ToDatetime(UTC),
         "observed_at": observed,
     }
-
-
-def entity_keys(spec: ModelSpec, label: LabelRow) -> dict[str, str | int]:
-    """The spec's join keys of a label, typed as the spec says (text unless int64)."""
-    keys: dict[str, str | int] = {}
-    for key in spec.entity_keys:
-        text = label.entity_keys[key]
-        if spec.entity_key_types.get(key) == "int64":
-            try:
-                keys[key] = int(text)
-            except ValueError:
-                raise TrainingDataError(f"label {label.label_key}: entity key {key}={text!r} is not an integer "
-                                        "(entity_key_types says int64)") from None
-        else:
-            keys[key] = text
-    return keys
 
 
 def training_frame(spec: ModelSpec, labels: list[LabelRow], names: list[str], rows: list[list[Any]]) -> pd.DataFrame:
