@@ -428,7 +428,9 @@ class Measured:
 
 async def run(ctx: Context) -> BenchResult:
     from flywheel.common import rpc
-    from flywheel.inference.testing import build_predictive_artifact, register_artifact
+    from flywheel.common.clients.registry import RegistryClient
+    from flywheel.inference.testing import build_predictive_artifact
+    from flywheel.proto.events.v1 import common_pb2
     from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
     from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
     from flywheel.registry.config import RegistrySettings
@@ -455,9 +457,10 @@ async def run(ctx: Context) -> BenchResult:
     try:
         with steps.step("registry in-process; register the artifact and promote it to champion"):
             await registry_app.start()
+            version = await RegistryClient(registry_app.address, timeout=30.0).register(rpb.ModelVersionSpec(
+                model_name=MODEL, kind=common_pb2.MODEL_KIND_PREDICTIVE, framework="pytorch"), artifact)
             async with rpc.channel(registry_app.address, default_timeout=30.0) as channel:
                 registry = rpb_grpc.RegistryServiceStub(channel)
-                version = await register_artifact(registry, MODEL, artifact, framework="pytorch")
                 await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion",
                                                             version=version.version, actor="bench"))
         with servers_stopped(servers):

@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.featurestore import FeatureStoreClient
 from flywheel.common.kafka import wait_assigned
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODELS_REGISTERED
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.predictive.spec import parse_spec
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
@@ -31,10 +32,10 @@ from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
-from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.store import LabelRow
 from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling
+from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 
 payments_demo = pytest.importorskip("payments_demo")
@@ -135,7 +136,7 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
                                             "merchant_id": t.merchant_id}, t.event_time, t.label_observed_at,
                          t.is_fraud) for t in labelled]
         parsed = parse_spec(spec)
-        got = await GrpcFeatureStore(store.address, timeout=120).historical(
+        got = await FeatureStoreClient(store.address, timeout=120).historical(
             parsed.features.feature_service, [dict(r.entity_keys) for r in rows], [r.event_time for r in rows])
         frame = training_frame(parsed, rows, got.names, got.rows)
         (good, holdout), (other_good, _) = await asyncio.to_thread(
@@ -160,7 +161,7 @@ def new_model(world: World, **changes: Any) -> str:
 
 async def register(world: World, name: str, data: bytes, *, champion: bool = False, **spec: Any) -> int:
     tags = {"holdout_start": world.holdout, **spec.pop("tags", {})}
-    mv = await register_artifact(world.registry, name, data, framework="pytorch", tags=tags, **spec)
+    mv = await registry_client.register(world.registry, name, data, framework="pytorch", tags=tags, **spec)
     if champion:
         await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
                                                           actor="tests"))

@@ -20,7 +20,6 @@ from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events
 from flywheel.common.topics import FEEDBACK_RECEIVED, PREDICTIONS_LOGGED
-from flywheel.inference.testing import register_artifact
 from flywheel.monitor.config import MonitorSettings, ReviewPolicy
 from flywheel.monitor.main import MonitorApp
 from flywheel.predictive.artifact import InputSchema, write_artifact
@@ -28,6 +27,7 @@ from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2, pre
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from tests import polling
+from tests.integration import registry_client
 from tests.kafka_helpers import header, read_records
 
 NUMERIC = ["x0", "x1", "x2"]
@@ -127,7 +127,7 @@ async def analyzed(stub: pb_grpc.MonitorServiceStub, name: str, count: int) -> l
 
 async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, registry, producer, infra, unique):  # type: ignore[no-untyped-def]
     name = f"fraud_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     rng = np.random.default_rng(1)
     async with rpc.channel(monitor.address) as channel:
         stub = pb_grpc.MonitorServiceStub(channel)
@@ -211,7 +211,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
 
 async def test_disputed_feedback_requests_review(monitor, registry, producer, infra, unique):  # type: ignore[no-untyped-def]
     name = f"dispute_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     events, _truth = prediction_events(name, version, 1, 5, np.random.default_rng(3))
     await send_events(producer, events)
     prediction = events[0].payload
@@ -234,7 +234,7 @@ async def test_disputed_feedback_requests_review(monitor, registry, producer, in
 
 async def test_restart_poison_no_loss_no_double_count(infra, registry_app, registry, producer, unique):  # type: ignore[no-untyped-def]
     name = f"restart_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     settings = monitor_settings(infra, registry_app, unique, batch_size=50)
     rng = np.random.default_rng(5)
     first, _ = prediction_events(name, version, 60, 10, rng)    # 600 rows

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import FEEDBACK_RECEIVED, RETRAIN_REQUESTS
@@ -240,11 +241,8 @@ async def versions(stack: Stack, model: str) -> list[reg.ModelVersion]:
 
 
 async def download(stack: Stack, model: str, version: int, tmp_path: Path) -> Path:
-    stream = stack.registry.DownloadArtifact(reg.DownloadArtifactRequest(
-        ref=reg.ModelVersionRef(model_name=model, version=version)))
-    chunks = [message.chunk async for message in stream if message.WhichOneof("part") == "chunk"]
     path = tmp_path / f"{model}-{version}.tar.gz"
-    path.write_bytes(b"".join(chunks))
+    path.write_bytes(await RegistryClient(stack.app.settings.registry_addr).download(model, version))
     return path
 
 

@@ -27,19 +27,18 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg import AsyncConnection
 
+from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
 from flywheel.common.events import Event
 from flywheel.common.outbox import enqueue
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
-from flywheel.evaluator.clients import ModelRegistry
 from flywheel.evaluator.store import EvaluationRow, EvaluatorStore, Label
 from flywheel.predictive.scoring import ScoringModel, load_model
 from flywheel.predictive.spec import ModelSpec, SpecCatalog, entity_keys
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
-from flywheel.trainer.clients import FeatureSource
 
 log = logging.getLogger(__name__)
 
@@ -395,5 +394,5 @@ class Evaluator:
             "evaluation_id": row.id, "model": row.model_name, "candidate": row.candidate_version,
             "baseline": row.baseline_version, "verdict": verdict, "rows": row.rows, "error": row.error})
         with contextlib.suppress(FlywheelError, TimeoutError):  # best effort: the event carries the ref too
-            await asyncio.wait_for(self.registry.add_report_ref(row.model_name, row.candidate_version, report_uri),
-                                   10.0)
+            await asyncio.wait_for(self.registry.record_lineage(
+                row.model_name, row.candidate_version, common_pb2.Lineage(eval_report_refs=[report_uri])), 10.0)

@@ -75,19 +75,3 @@ def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] |
     return write_artifact(name=name, schema=InputSchema(numeric, categorical, vocab), model_pt=to_torchscript(module),
                           threshold=threshold, metadata=metadata)
 
-
-async def register_artifact(stub: Any, name: str, data: bytes, *, chunk: int = 64 * 1024, **spec: Any) -> Any:
-    """Register `data` as a new version of `name` in the registry (a RegistryServiceStub, grpc.aio)."""
-    from collections.abc import AsyncIterator
-
-    from flywheel.proto.events.v1 import common_pb2
-    from flywheel.proto.registry.v1 import registry_service_pb2 as pb
-
-    spec.setdefault("kind", common_pb2.MODEL_KIND_PREDICTIVE)
-
-    async def messages() -> AsyncIterator[Any]:
-        yield pb.RegisterModelVersionRequest(spec=pb.ModelVersionSpec(model_name=name, **spec))
-        for start in range(0, len(data), chunk):
-            yield pb.RegisterModelVersionRequest(chunk=data[start:start + chunk])
-
-    return (await stub.RegisterModelVersion(messages())).model_version

@@ -10,6 +10,8 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from flywheel.common.clients.featurestore import FeatureStoreClient
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.rpc import RpcServer
@@ -18,7 +20,6 @@ from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.api import TrainerServicer
-from flywheel.trainer.clients import GrpcFeatureStore, GrpcRegistry
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.handlers import batch_handlers, handlers
 from flywheel.trainer.trainer import SOURCE, Trainer
@@ -54,10 +55,11 @@ class TrainerApp:
         self.db = Database(settings.database_url, settings.db_schema)
         self.trainer = Trainer(
             self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_TRAINER_SPECS_DIR"),
-            GrpcFeatureStore(settings.featurestore_addr, timeout=settings.training_set_timeout,
-                             page_size=settings.feature_page_size, request_rows=settings.feature_request_rows),
-            GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
-                         upload_timeout=settings.register_timeout),
+            FeatureStoreClient(settings.featurestore_addr, auth=settings.client_auth(),
+                               timeout=settings.training_set_timeout, page_size=settings.feature_page_size,
+                               request_rows=settings.feature_request_rows),
+            RegistryClient(settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
+                           transfer_timeout=settings.register_timeout),
             code_version=detect_code_version(settings.code_version), torch_threads=settings.torch_threads,
             max_concurrent_runs=settings.max_concurrent_runs, profile_sample_rows=settings.profile_sample_rows,
             poll_interval=settings.poll_interval, label_wait_seconds=settings.label_wait_seconds)

@@ -28,6 +28,7 @@ import pandas as pd
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg import AsyncConnection, sql
 
+from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
 from flywheel.predictive.encoding import numeric_column
@@ -36,7 +37,6 @@ from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
-from flywheel.trainer.clients import FeatureSource, ModelRegistry
 from flywheel.trainer.pipeline import EVENT_TIME, LABEL, EpochMetrics, TrainedModel, TrainingDataError
 from flywheel.trainer.profile import reference_profile
 from flywheel.trainer.store import FAILED, SUCCEEDED, LabelRow, Run, TrainerStore, runs_channel
@@ -411,7 +411,7 @@ class Trainer:
             epochs=[asdict(e) for e in trained.epochs], dataset_snapshot_id=outcome.snapshot_id,
             feature_names=spec.feature_names, train_rows=len(trained.splits.train),
             validation_rows=len(trained.splits.validation), test_rows=len(trained.splits.test))
-        parent = await self.registry.version_of_alias(spec.name, CHAMPION)
+        parent = await self.registry.version_of(spec.name, CHAMPION)
         version = await self._register(run, spec, outcome, parent)
         await self.store.finish(run.id, SUCCEEDED, registered_version=version.version, parent_version=parent,
                                 stage="succeeded", progress=1.0)
