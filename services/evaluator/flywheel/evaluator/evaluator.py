@@ -31,10 +31,11 @@ from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
 from flywheel.common.events import Event
+from flywheel.common.jobs import JobScheduler
 from flywheel.common.outbox import enqueue
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
-from flywheel.evaluator.store import EvaluationRow, EvaluatorStore, Label
+from flywheel.evaluator.store import EVALUATION_QUEUE, EvaluationRow, EvaluatorStore, Label
 from flywheel.predictive.scoring import ScoringModel, load_model
 from flywheel.predictive.spec import ModelSpec, SpecCatalog, entity_keys
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
@@ -116,12 +117,11 @@ class Evaluator:
         self.label_poll_seconds = label_poll_seconds
         self.lookback = timedelta(seconds=lookback_seconds)
         self.min_slice_rows = min_slice_rows
-        self.poll_interval = poll_interval
-        self.max_concurrent = max(1, max_concurrent)
-        self._wake = asyncio.Event()
-        self._executing: dict[str, asyncio.Task] = {}
-        self._background: list[asyncio.Task] = []
         self._scoring = asyncio.Lock()  # torch on a shared CPU: one scoring at a time
+        self.scheduler: JobScheduler[EvaluationRow] = JobScheduler(
+            "evaluator", claim=self.store.claim_next, execute=self._execute_queued, key=lambda row: row.id,
+            max_concurrent=max_concurrent, poll_interval=poll_interval, listen_url=db.url,
+            channel=EVALUATION_QUEUE.channel(db.schema))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class Evaluator:
             return None
         REGISTERED.labels("queued").inc()
         log.info("evaluation queued", extra={"evaluation_id": row.id, "model": name, "version": version})
-        self.wake()  # before the commit: the worker's poll (poll_interval) picks it up if it looks too early
+        self.wake()  # the worker also hears the NOTIFY sent when this transaction commits
         return row.id
 
     # -- the Evaluate RPC and reads ------------------------------------------------------------
@@ -201,46 +201,22 @@ class Evaluator:
     # -- the worker ----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        self.scheduler.wake()
 
     async def start(self) -> None:
         requeued = await self.store.requeue_running()
         if requeued:
             log.warning("evaluations interrupted by a restart queued again", extra={"count": requeued})
-        self._background = [asyncio.create_task(self._schedule(), name="evaluator-worker")]
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        tasks = [*self._background, *self._executing.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background = []
-
-    async def _schedule(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                while len(self._executing) < self.max_concurrent:
-                    row = await self.store.claim_next()
-                    if row is None:
-                        break
-                    task = asyncio.create_task(self._execute(row, wait=True), name=f"evaluation-{row.id}")
-                    self._executing[row.id] = task
-                    task.add_done_callback(lambda _, i=row.id: (self._executing.pop(i, None), self.wake()))
-                backoff = 0.5
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                self._wake.clear()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("evaluation worker error; retrying")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        """Cancel the worker and the evaluations in progress (they stay `running`: the next start queues them)."""
+        await self.scheduler.stop()
 
     # -- executing -----------------------------------------------------------------------------
+
+    async def _execute_queued(self, row: EvaluationRow) -> None:
+        await self._execute(row, wait=True)
 
     async def _execute(self, row: EvaluationRow, *, wait: bool) -> None:
         """Evaluate until done (ERROR on anything that cannot be fixed by waiting), then complete.
