@@ -37,6 +37,7 @@ from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
+from tests.service_helpers import fixture_spec
 
 payments_demo = pytest.importorskip("payments_demo")
 featurestore_main = pytest.importorskip("flywheel.featurestore.main")
@@ -82,7 +83,7 @@ async def scalar(app: Any, query: str, *args: Any) -> int:
 
 
 def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
-    """A real model of the demo's spec (few epochs), packaged as the trainer does; and its holdout start."""
+    """A real model of the spec (few epochs), packaged as the trainer does; and its holdout start."""
     seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": seed, "epochs": 8})})
     trained = pipeline.train(frame, seeded)
     return build_artifact(trained, seeded, {}, run_id=f"test-seed-{seed}"), holdout_start(trained).isoformat()
@@ -93,12 +94,13 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
     suffix = uuid.uuid4().hex[:8]
     store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        repo=str(payments_demo.FEATURE_REPO)))  # the test's data: payments from the demo's generator
     await store.start()
     app: EvaluatorApp | None = None
     channel = None
     try:
-        spec = yaml.safe_load(payments_demo.FRAUD_MODEL_SPEC.read_text())
+        spec = fixture_spec("fraud")  # its features are what the payments Feast repo serves as fraud_model_v1
         spec["label"] = {"source": "end_user", "type": "flag"}
         # Loose enough that two seeds of the same model pass against each other on ~300 rows.
         spec["gate"] = {"metric": "roc_auc", "tolerance": 0.1, "floor": 0.6}
@@ -153,7 +155,7 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
 
 
 def new_model(world: World, **changes: Any) -> str:
-    """A model spec of its own (the demo's fraud spec under a new name), so tests never share a model."""
+    """A model spec of its own (the fixture fraud spec under a new name), so tests never share a model."""
     name = f"ev-fraud-{uuid.uuid4().hex[:8]}"
     (world.specs / f"{name}.yaml").write_text(yaml.safe_dump({**world.spec, **changes, "name": name}))
     return name

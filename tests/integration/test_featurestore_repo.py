@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.featurestore import config as config_module
 from flywheel.featurestore.config import FeatureStoreSettings
 from flywheel.featurestore.repo import feast_config, load_repo, postgres_options, registry_url, repo_files
 from flywheel.featurestore.store import source_tables
@@ -134,6 +133,6 @@ def test_repo_setting_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(SystemExit, match="no such file or directory"):
         settings.repo_path()
     assert FeatureStoreSettings(_env_file=None, home=tmp_path, repo=str(FIXTURE_REPO)).repo_path() == FIXTURE_REPO
-    monkeypatch.setattr(config_module, "DEFAULT_REPO_MODULE", f"nothing_{uuid.uuid4().hex[:6]}.feature_repo")
-    with pytest.raises(SystemExit, match="set FLYWHEEL_FEATURESTORE_REPO"):
+    monkeypatch.delenv("FLYWHEEL_FEATURESTORE_REPO", raising=False)
+    with pytest.raises(SystemExit, match="no Feast repo configured: set FLYWHEEL_FEATURESTORE_REPO"):
         FeatureStoreSettings(_env_file=None, home=tmp_path).repo_path()

@@ -76,7 +76,8 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
     suffix = uuid.uuid4().hex[:8]
     store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        repo=str(payments_demo.FEATURE_REPO)))
     await store.start()
     trainer: TrainerApp | None = None
     channel = None

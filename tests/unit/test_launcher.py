@@ -32,10 +32,11 @@ def test_project_settings_fill_the_environment_without_overriding_it(capsys: pyt
     assert "project alpha" in out and "FLYWHEEL_X=a" in out and "/zeta" in out and "/mine" not in out
 
 
-def test_the_payments_project_entry_point_names_its_model_specs() -> None:
+def test_the_payments_project_entry_point_names_its_specs_and_feature_repo() -> None:
     pytest.importorskip("payments_demo")
     payments = EntryPoint(name="payments", value="payments_demo.project:settings", group="flywheel.projects")
     env: dict[str, str] = {}
     apply_project_settings(env, [payments])
     assert env["FLYWHEEL_TRAINER_SPECS_DIR"].endswith("payments_demo/models")
     assert env["FLYWHEEL_EVALUATOR_SPECS_DIR"] == env["FLYWHEEL_TRAINER_SPECS_DIR"]
+    assert env["FLYWHEEL_FEATURESTORE_REPO"].endswith("payments_demo/feature_repo")

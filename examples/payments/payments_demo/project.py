@@ -12,9 +12,11 @@ PACKAGE_DIR = Path(__file__).parent
 
 
 def settings() -> dict[str, str]:
-    """The trainer and the evaluator read this project's model specs (`models/`)."""
+    """The trainer and the evaluator read this project's model specs (`models/`), the feature store
+    applies its Feast repo (`feature_repo/`)."""
     models = str(PACKAGE_DIR / "models")
     return {
         "FLYWHEEL_TRAINER_SPECS_DIR": models,
         "FLYWHEEL_EVALUATOR_SPECS_DIR": models,
+        "FLYWHEEL_FEATURESTORE_REPO": str(PACKAGE_DIR / "feature_repo"),
     }

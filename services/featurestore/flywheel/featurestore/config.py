@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from flywheel.common.settings import ServiceSettings
-
-# The Feast repo used when FLYWHEEL_FEATURESTORE_REPO is not set: the payments demo's, if installed.
-DEFAULT_REPO_MODULE = "payments_demo.feature_repo"
 
 
 class FeatureStoreSettings(ServiceSettings):
@@ -25,8 +21,8 @@ class FeatureStoreSettings(ServiceSettings):
                                     "store tables and the offline source tables all live in it.")
     project: str = Field("flywheel", description="Feast project name the repo's objects are applied to.")
     repo: str = Field(
-        "", description="Path to the Feast repo: a directory (or one .py file) of Feast definitions. Empty = the "
-                        f"payments demo's repo (the importable `{DEFAULT_REPO_MODULE}`).")
+        "", description="Path to the Feast repo: a directory (or one .py file) of Feast definitions; required. "
+                        "`make run` sets it from the installed projects' settings (e.g. the payments demo's).")
     consumer_group: str = Field("featurestore", description="Kafka consumer group for features.updates.")
     online_threads: int = Field(4, description="Threads serving online lookups (Feast calls block).")
     registry_cache_ttl_seconds: int = Field(
@@ -34,28 +30,11 @@ class FeatureStoreSettings(ServiceSettings):
                        "life of the process (the repo is applied at start, so it only changes on a restart).")
 
     def repo_path(self) -> Path:
-        """The Feast repo to load: `repo`, else the payments demo's; a clear SystemExit when there is none."""
-        if self.repo:
-            path = Path(self.repo).expanduser().resolve()
-            if not path.exists():
-                raise SystemExit(f"FLYWHEEL_FEATURESTORE_REPO={self.repo!r}: no such file or directory")
-            return path
-        found = default_repo()
-        if found is None:
-            raise SystemExit(
-                "no Feast repo configured: set FLYWHEEL_FEATURESTORE_REPO to the directory of your Feast "
-                f"definitions, or install the payments demo (which provides `{DEFAULT_REPO_MODULE}`)")
-        return found
-
-
-def default_repo() -> Path | None:
-    """The folder (or file) of the importable `payments_demo.feature_repo`; None when it is not installed."""
-    try:
-        spec = importlib.util.find_spec(DEFAULT_REPO_MODULE)
-    except ModuleNotFoundError:
-        return None
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations))).resolve()
-    return Path(spec.origin).resolve() if spec.origin else None
+        """The Feast repo to load; a clear SystemExit when none is configured or it does not exist."""
+        if not self.repo:
+            raise SystemExit("no Feast repo configured: set FLYWHEEL_FEATURESTORE_REPO to the directory of your Feast "
+                             "definitions (`make run` sets it from the installed projects, e.g. the payments demo)")
+        path = Path(self.repo).expanduser().resolve()
+        if not path.exists():
+            raise SystemExit(f"FLYWHEEL_FEATURESTORE_REPO={self.repo!r}: no such file or directory")
+        return path
