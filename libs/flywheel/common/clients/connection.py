@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -41,3 +41,18 @@ class Connection(Generic[Stub]):
         if self._channel is not None:
             await self._channel.close()
         self._channel = self._stub = None
+
+
+class ServiceClient:
+    """What every client shares: it owns its connection, `close` releases it, `async with` closes it."""
+
+    _connection: Connection[Any]
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

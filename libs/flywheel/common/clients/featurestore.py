@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from flywheel.common import rpc
-from flywheel.common.clients.connection import Connection
+from flywheel.common.clients.connection import Connection, ServiceClient
 from flywheel.common.clients.ports import FeatureSource, HistoricalFeatures
 from flywheel.common.errors import FailedPrecondition
 from flywheel.proto.events.v1.features_pb2 import FeatureValue
@@ -61,7 +61,7 @@ class OnlineFeatures:
     rows: list[fs.FeatureVector]
 
 
-class FeatureStoreClient(FeatureSource):
+class FeatureStoreClient(ServiceClient, FeatureSource):
     """`timeout` bounds each call. `historical` asks for `request_rows` entity rows per call (the point-in-time
     join grows faster than linearly with the rows of one call) in pages of `page_size`. `keep_channel` keeps
     one channel open (call `close`) for online lookups on a hot path."""
@@ -74,15 +74,6 @@ class FeatureStoreClient(FeatureSource):
         self.request_rows = max(1, request_rows)
         self._connection = Connection(address, fs_grpc.FeatureStoreServiceStub, auth=auth, default_timeout=timeout,
                                       keep_open=keep_channel)
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def __aenter__(self) -> FeatureStoreClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
 
     async def online(self, feature_service: str, rows: Sequence[Mapping[str, FeatureValue]]) -> OnlineFeatures:
         """The online values of `feature_service` for entity rows (keys by name), in calls of at most

@@ -15,7 +15,7 @@ from typing import TypeVar
 import grpc
 
 from flywheel.common import rpc
-from flywheel.common.clients.connection import Connection
+from flywheel.common.clients.connection import Connection, ServiceClient
 from flywheel.common.clients.ports import ArtifactSource, ModelRegistry
 from flywheel.common.errors import FailedPrecondition, NotFound, Unavailable
 from flywheel.proto.events.v1 import common_pb2
@@ -88,7 +88,7 @@ class ArtifactDownload:
                               f"bytes hash to {digest.hexdigest()}, the registry says {expected}; download it again")
 
 
-class RegistryClient(ModelRegistry):
+class RegistryClient(ServiceClient, ModelRegistry):
     """`timeout` bounds each short call, `transfer_timeout` an upload or a download. `keep_channel` keeps
     one channel open (call `close`) instead of one per call."""
 
@@ -99,15 +99,6 @@ class RegistryClient(ModelRegistry):
         self.transfer_timeout = transfer_timeout
         self._connection = Connection(address, reg_grpc.RegistryServiceStub, auth=auth, default_timeout=timeout,
                                       keep_open=keep_channel)
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def __aenter__(self) -> RegistryClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
 
     def _error(self, exc: grpc.aio.AioRpcError) -> Exception:
         return rpc.domain_error(SERVICE, self.address, exc)
