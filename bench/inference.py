@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import urllib.error
@@ -404,14 +401,6 @@ def drive() -> None:
 # -- the benchmark ----------------------------------------------------------------------------------
 
 
-def model_pt_of(artifact: bytes) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(artifact))) as tar:
-        member = tar.extractfile("model.pt")
-        if member is None:
-            raise RuntimeError("the artifact has no model.pt")
-        return member.read()
-
-
 @contextlib.contextmanager
 def servers_stopped(servers: list[Server]) -> Iterator[None]:
     try:
@@ -430,6 +419,7 @@ async def run(ctx: Context) -> BenchResult:
     from flywheel.common import rpc
     from flywheel.common.clients.registry import RegistryClient
     from flywheel.inference.testing import build_predictive_artifact
+    from flywheel.predictive.artifact import read_artifact
     from flywheel.proto.events.v1 import common_pb2
     from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
     from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
@@ -445,7 +435,8 @@ async def run(ctx: Context) -> BenchResult:
     scratch = ctx.infra.home / "inference"
     scratch.mkdir(exist_ok=True)
     artifact = build_predictive_artifact(n_numeric=N_NUMERIC, name=MODEL)
-    model_pt = model_pt_of(artifact)
+    model_pt = read_artifact(artifact).model_pt
+    assert model_pt is not None
     registry_settings = RegistrySettings(
         kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url, home=ctx.infra.home,
         grpc_port=0, metrics_port=0, db_schema=f"bench_inference_registry_{ctx.run_id}",
