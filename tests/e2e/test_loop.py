@@ -82,7 +82,8 @@ async def platform(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
 
     try:
         store = await start(featurestore_main.FeatureStoreApp(FeatureStoreSettings(
-            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}")))
+            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+            repo=str(payments_demo.FEATURE_REPO))))
         trainer = await start(trainer_main.TrainerApp(TrainerSettings(
             **common, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, poll_interval=0.2)))

@@ -20,7 +20,7 @@ from flywheel.featurestore.main import FeatureStoreApp
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.convert import encode_bytes
 from flywheel.inference.main import InferenceApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.proto.events.v1 import predictions_pb2
 from flywheel.proto.events.v1.features_pb2 import FeatureValue
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fpb
@@ -28,6 +28,7 @@ from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fpb
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 
 pytestmark = pytest.mark.integration
@@ -111,7 +112,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
     cust = build_predictive_artifact(numeric_features=CUST_NUMERIC, vocab=CUST_VOCAB, hidden=(8,), seed=4,
                                      name=CUST, feature_service="customer_features", entity_keys=["customer_id"])
     for name, data in ((FRAUD, fraud), (CUST, cust)):
-        mv = await register_artifact(registry, name, data)
+        mv = await registry_client.register(registry, name, data)
         await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
                                                     actor="tests"))
 

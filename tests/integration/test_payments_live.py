@@ -42,7 +42,8 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
     started: list[Any] = []
     try:
         store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
-            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+            repo=str(payments_demo.FEATURE_REPO)))
         await store.start()
         started.append(store)
         trainer = TrainerApp(TrainerSettings(

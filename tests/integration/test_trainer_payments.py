@@ -19,16 +19,17 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.featurestore import FeatureStoreClient
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import RETRAIN_REQUESTS
+from flywheel.predictive import metrics
+from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, models_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer import metrics
-from flywheel.trainer.artifact import load_model
-from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
@@ -75,7 +76,8 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
     suffix = uuid.uuid4().hex[:8]
     store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        repo=str(payments_demo.FEATURE_REPO)))
     await store.start()
     trainer: TrainerApp | None = None
     channel = None
@@ -132,7 +134,7 @@ async def finished(demo: Demo, run_id: str) -> pb.Run:
 
 async def historical_features(demo: Demo, transactions: list[Any]) -> dict[str, list[Any]]:
     """The fraud_model_v1 features of `transactions` at their event times, straight from the feature store."""
-    client = GrpcFeatureStore(demo.trainer.settings.featurestore_addr, timeout=120)
+    client = FeatureStoreClient(demo.trainer.settings.featurestore_addr, timeout=120)
     got = await client.historical("fraud_model_v1", [
         {"transaction_id": t.transaction_id, "customer_id": t.customer_id, "merchant_id": t.merchant_id}
         for t in transactions], [t.event_time for t in transactions])
@@ -157,10 +159,9 @@ async def test_training_on_the_payments_demo_registers_a_model_that_scores(demo:
     assert list(mv.lineage.feature_names) == list(run.feature_names) and mv.lineage.feature_names
     assert mv.metrics["roc_auc"] == pytest.approx(run.metrics["roc_auc"]) and mv.tags["scenario"] == "stable"
 
-    stream = demo.registry.DownloadArtifact(reg.DownloadArtifactRequest(
-        ref=reg.ModelVersionRef(model_name=demo.model, version=run.registered_version)))
     path = tmp_path / "fraud.tar.gz"
-    path.write_bytes(b"".join([m.chunk async for m in stream if m.WhichOneof("part") == "chunk"]))
+    path.write_bytes(await RegistryClient(demo.trainer.settings.registry_addr).download(
+        demo.model, run.registered_version))
     model = load_model(path)
 
     # Scoring the latest slice again, with features fetched independently, reproduces the reported ROC AUC.
@@ -193,7 +194,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(demo: Demo) -> N
 
 
 async def test_bad_inputs_fail_clearly_and_register_nothing(demo: Demo, tmp_path: Path) -> None:
-    specs = demo.trainer.settings.model_specs_dir()
+    specs = demo.trainer.settings.specs_dir
     assert specs is not None
     spec = yaml.safe_load((specs / f"{demo.model}.yaml").read_text())
     other = f"{demo.model}-missing-fs"
