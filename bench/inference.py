@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import urllib.error
@@ -404,14 +401,6 @@ def drive() -> None:
 # -- the benchmark ----------------------------------------------------------------------------------
 
 
-def model_pt_of(artifact: bytes) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(artifact))) as tar:
-        member = tar.extractfile("model.pt")
-        if member is None:
-            raise RuntimeError("the artifact has no model.pt")
-        return member.read()
-
-
 @contextlib.contextmanager
 def servers_stopped(servers: list[Server]) -> Iterator[None]:
     try:
@@ -428,7 +417,10 @@ class Measured:
 
 async def run(ctx: Context) -> BenchResult:
     from flywheel.common import rpc
-    from flywheel.inference.testing import build_predictive_artifact, register_artifact
+    from flywheel.common.clients.registry import RegistryClient
+    from flywheel.inference.testing import build_predictive_artifact
+    from flywheel.predictive.artifact import read_artifact
+    from flywheel.proto.events.v1 import common_pb2
     from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
     from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
     from flywheel.registry.config import RegistrySettings
@@ -443,7 +435,8 @@ async def run(ctx: Context) -> BenchResult:
     scratch = ctx.infra.home / "inference"
     scratch.mkdir(exist_ok=True)
     artifact = build_predictive_artifact(n_numeric=N_NUMERIC, name=MODEL)
-    model_pt = model_pt_of(artifact)
+    model_pt = read_artifact(artifact).model_pt
+    assert model_pt is not None
     registry_settings = RegistrySettings(
         kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url, home=ctx.infra.home,
         grpc_port=0, metrics_port=0, db_schema=f"bench_inference_registry_{ctx.run_id}",
@@ -455,9 +448,10 @@ async def run(ctx: Context) -> BenchResult:
     try:
         with steps.step("registry in-process; register the artifact and promote it to champion"):
             await registry_app.start()
+            version = await RegistryClient(registry_app.address, timeout=30.0).register(rpb.ModelVersionSpec(
+                model_name=MODEL, kind=common_pb2.MODEL_KIND_PREDICTIVE, framework="pytorch"), artifact)
             async with rpc.channel(registry_app.address, default_timeout=30.0) as channel:
                 registry = rpb_grpc.RegistryServiceStub(channel)
-                version = await register_artifact(registry, MODEL, artifact, framework="pytorch")
                 await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion",
                                                             version=version.version, actor="bench"))
         with servers_stopped(servers):

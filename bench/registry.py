@@ -15,7 +15,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bench.common import (
     thousands,
 )
 from flywheel.common import rpc
+from flywheel.common.clients.registry import upload_requests
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
@@ -149,14 +150,8 @@ def spec(name: str) -> pb.ModelVersionSpec:
 
 async def register(stub: pb_grpc.RegistryServiceStub, name: str, artifact: Artifact) -> tuple[float, pb.ModelVersion]:
     """(seconds, version) to stream the artifact in 1 MiB chunks through RegisterModelVersion."""
-
-    async def messages() -> AsyncIterator[pb.RegisterModelVersionRequest]:
-        yield pb.RegisterModelVersionRequest(spec=spec(name))
-        for chunk in artifact.chunks():
-            yield pb.RegisterModelVersionRequest(chunk=chunk)
-
     start = time.perf_counter()
-    response = await stub.RegisterModelVersion(messages(), timeout=STREAM_TIMEOUT)
+    response = await stub.RegisterModelVersion(upload_requests(spec(name), artifact.chunks()), timeout=STREAM_TIMEOUT)
     return time.perf_counter() - start, response.model_version
 
 

@@ -20,6 +20,7 @@ from flywheel.common import rpc
 from flywheel.common.auth import Role, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
+from flywheel.common.launcher import DEMO_ROLES
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from flywheel.registry.config import RegistrySettings
 from flywheel.registry.main import RegistryApp
@@ -35,6 +36,8 @@ class Tokens:
     reader: str
     predict: str
     reviewer: str
+    # What `make run` gives a demo: it trains, promotes and predicts like a user's project.
+    demo: str
 
     def auth(self, role: str = "admin") -> rpc.ClientAuth:
         return rpc.ClientAuth(token=getattr(self, role))
@@ -49,6 +52,7 @@ def create_tokens(database_url: str) -> Tokens:
             made = {}
             for role in Role:
                 made[role.value], _ = await store.create(role.value, [role], created_by="tests")
+            made["demo"], _ = await store.create("demo", DEMO_ROLES, created_by="tests")
             return Tokens(**made)
         finally:
             await store.db.close()

@@ -19,23 +19,25 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.featurestore import FeatureStoreClient
 from flywheel.common.kafka import wait_assigned
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODELS_REGISTERED
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
+from flywheel.predictive.spec import parse_spec
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
-from flywheel.trainer.clients import GrpcFeatureStore
-from flywheel.trainer.spec import parse_spec
 from flywheel.trainer.store import LabelRow
 from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling
+from tests.integration import registry_client
 from tests.kafka_helpers import read_records
+from tests.service_helpers import fixture_spec
 
 payments_demo = pytest.importorskip("payments_demo")
 featurestore_main = pytest.importorskip("flywheel.featurestore.main")
@@ -81,7 +83,7 @@ async def scalar(app: Any, query: str, *args: Any) -> int:
 
 
 def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
-    """A real model of the demo's spec (few epochs), packaged as the trainer does; and its holdout start."""
+    """A real model of the spec (few epochs), packaged as the trainer does; and its holdout start."""
     seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": seed, "epochs": 8})})
     trained = pipeline.train(frame, seeded)
     return build_artifact(trained, seeded, {}, run_id=f"test-seed-{seed}"), holdout_start(trained).isoformat()
@@ -91,19 +93,22 @@ def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
 async def world(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
+        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        repo=str(payments_demo.FEATURE_REPO)))  # the test's data: payments from the demo's generator
     await store.start()
     app: EvaluatorApp | None = None
     channel = None
     try:
-        spec = yaml.safe_load(payments_demo.FRAUD_MODEL_SPEC.read_text())
+        spec = fixture_spec("fraud")  # its features are what the payments Feast repo serves as fraud_model_v1
         spec["label"] = {"source": "end_user", "type": "flag"}
         # Loose enough that two seeds of the same model pass against each other on ~300 rows.
         spec["gate"] = {"metric": "roc_auc", "tolerance": 0.1, "floor": 0.6}
         specs: Path = tmp_path_factory.mktemp("evaluator-specs")
         app = EvaluatorApp(EvaluatorSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.service, grpc_port=0,
             metrics_port=0, db_schema=f"evaluator_{suffix}", consumer_group=f"evaluator-{suffix}", specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, min_rows=100, min_positives=3,
             max_wait_seconds=2.0, label_poll_seconds=0.5, min_slice_rows=20, poll_interval=0.2))
@@ -135,12 +140,12 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
                                             "merchant_id": t.merchant_id}, t.event_time, t.label_observed_at,
                          t.is_fraud) for t in labelled]
         parsed = parse_spec(spec)
-        got = await GrpcFeatureStore(store.address, timeout=120).historical(
+        got = await FeatureStoreClient(store.address, timeout=120, auth=infra.tokens.auth("reader")).historical(
             parsed.features.feature_service, [dict(r.entity_keys) for r in rows], [r.event_time for r in rows])
         frame = training_frame(parsed, rows, got.names, got.rows)
         (good, holdout), (other_good, _) = await asyncio.to_thread(
             lambda: (train(parsed, frame, 7), train(parsed, frame, 8)))
-        channel = rpc.channel(app.address, default_timeout=60)
+        channel = rpc.channel(app.address, default_timeout=60, auth=infra.tokens.auth("operator"))
         yield World(infra, app, pb_grpc.EvaluatorServiceStub(channel), registry, specs, spec, good, other_good,
                     holdout, producer)
     finally:
@@ -152,7 +157,7 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
 
 
 def new_model(world: World, **changes: Any) -> str:
-    """A model spec of its own (the demo's fraud spec under a new name), so tests never share a model."""
+    """A model spec of its own (the fixture fraud spec under a new name), so tests never share a model."""
     name = f"ev-fraud-{uuid.uuid4().hex[:8]}"
     (world.specs / f"{name}.yaml").write_text(yaml.safe_dump({**world.spec, **changes, "name": name}))
     return name
@@ -160,7 +165,7 @@ def new_model(world: World, **changes: Any) -> str:
 
 async def register(world: World, name: str, data: bytes, *, champion: bool = False, **spec: Any) -> int:
     tags = {"holdout_start": world.holdout, **spec.pop("tags", {})}
-    mv = await register_artifact(world.registry, name, data, framework="pytorch", tags=tags, **spec)
+    mv = await registry_client.register(world.registry, name, data, framework="pytorch", tags=tags, **spec)
     if champion:
         await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
     return mv.version

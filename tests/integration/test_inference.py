@@ -18,11 +18,12 @@ from flywheel.common.topics import PREDICTIONS_LOGGED
 from flywheel.inference.config import InferenceSettings, Route
 from flywheel.inference.main import InferenceApp
 from flywheel.inference.model import load_artifact
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.proto.events.v1 import predictions_pb2
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 from tests.service_helpers import shared_settings
 
@@ -51,15 +52,15 @@ async def promote(registry, name: str, version: int, alias: str = "champion") ->
 async def constant_versions(registry, name: str, *constants: float) -> list[int]:  # type: ignore[no-untyped-def]
     versions = []
     for c in constants:
-        mv = await register_artifact(registry, name, build_predictive_artifact(n_numeric=3, hidden=(4,), constant=c,
-                                                                               name=name))
+        artifact = build_predictive_artifact(n_numeric=3, hidden=(4,), constant=c, name=name)
+        mv = await registry_client.register(registry, name, artifact)
         versions.append(mv.version)
     return versions
 
 
 @pytest.fixture(scope="module")
 async def app(infra, registry, registry_app) -> AsyncIterator[InferenceApp]:  # type: ignore[no-untyped-def]
-    mv = await register_artifact(registry, RT, RT_ARTIFACT)
+    mv = await registry_client.register(registry, RT, RT_ARTIFACT)
     await promote(registry, RT, mv.version)
     for name in (CANARY, SHADOW):
         v1, v2 = await constant_versions(registry, name, 0.25, 0.75)

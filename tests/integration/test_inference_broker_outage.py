@@ -11,9 +11,10 @@ import pytest
 from flywheel.common.kafka import EVENTS_DROPPED
 from flywheel.common.topics import PREDICTIONS_LOGGED
 from flywheel.inference.main import InferenceApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
+from tests.integration import registry_client
 from tests.integration.test_inference import promote, settings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ def dropped() -> float:
 
 async def test_requests_succeed_and_drops_are_counted_while_the_broker_is_down(infra, registry, registry_app) -> None:  # type: ignore[no-untyped-def]
     name = f"outage-{uuid.uuid4().hex[:8]}"
-    mv = await register_artifact(registry, name, build_predictive_artifact(n_numeric=3, hidden=(4,), name=name))
+    mv = await registry_client.register(registry, name, build_predictive_artifact(n_numeric=3, hidden=(4,), name=name))
     await promote(registry, name, mv.version)
     app = InferenceApp(settings(infra, registry_app, [name], log_queue_size=5))
     await app.start()

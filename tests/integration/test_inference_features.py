@@ -20,7 +20,7 @@ from flywheel.featurestore.main import FeatureStoreApp
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.convert import encode_bytes
 from flywheel.inference.main import InferenceApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.proto.events.v1 import predictions_pb2
 from flywheel.proto.events.v1.features_pb2 import FeatureValue
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fpb
@@ -28,6 +28,7 @@ from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fpb
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 from tests.service_helpers import shared_settings
 
@@ -45,7 +46,8 @@ CUST_VOCAB = {"customer_profile__segment": ["gold", "silver"]}
 def featurestore_settings(infra) -> FeatureStoreSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     return FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(FEAST_REPO))
 
@@ -81,7 +83,7 @@ async def probabilities(stub: ipb_grpc.GRPCInferenceServiceStub, request: ipb.Mo
     return np.frombuffer(out.raw_output_contents[0], dtype="<f4")
 
 
-async def push(address: str, c1: str, c2: str, m1: int, m2: int) -> None:
+async def push(address: str, auth: rpc.ClientAuth, c1: str, c2: str, m1: int, m2: int) -> None:
     now = datetime.now(UTC)
     when = fpb.EntityRow().event_time
     when.FromDatetime(now)
@@ -97,7 +99,7 @@ async def push(address: str, c1: str, c2: str, m1: int, m2: int) -> None:
         return fpb.PushRow(entity_keys={"merchant_id": FeatureValue(int64_value=merchant)}, event_time=when,
                            values={"chargeback_rate": FeatureValue(double_value=rate)})
 
-    async with rpc.channel(address, default_timeout=30) as channel:
+    async with rpc.channel(address, default_timeout=30, auth=auth) as channel:
         stub = fpb_grpc.FeatureStoreServiceStub(channel)
         await stub.PushFeatures(fpb.PushFeaturesRequest(push_source="customer_profile_push", rows=[
             profile(c1, 120.5, 3, "gold", True), profile(c2, 8.25, 40, "silver", False)]))
@@ -112,7 +114,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
     cust = build_predictive_artifact(numeric_features=CUST_NUMERIC, vocab=CUST_VOCAB, hidden=(8,), seed=4,
                                      name=CUST, feature_service="customer_features", entity_keys=["customer_id"])
     for name, data in ((FRAUD, fraud), (CUST, cust)):
-        mv = await register_artifact(registry, name, data)
+        mv = await registry_client.register(registry, name, data)
         await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
 
     c1, c2, nobody = f"c1-{U}", f"c2-{U}", f"nobody-{U}"
@@ -122,7 +124,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
     store_running = True
     app: InferenceApp | None = None
     try:
-        await push(store.address, c1, c2, m1, m2)
+        await push(store.address, infra.tokens.auth("service"), c1, c2, m1, m2)
         app = InferenceApp(inference_settings(infra, registry_app, store.address))
         await app.start()
         async with grpc.aio.insecure_channel(app.grpc_address) as channel, aiohttp.ClientSession() as http:

@@ -5,10 +5,7 @@ and gRPC status codes."""
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import json
-import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,13 +20,14 @@ from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events
 from flywheel.common.topics import FEEDBACK_RECEIVED, PREDICTIONS_LOGGED
-from flywheel.inference.testing import register_artifact
 from flywheel.monitor.config import MonitorSettings, ReviewPolicy
 from flywheel.monitor.main import MonitorApp
+from flywheel.predictive.artifact import InputSchema, write_artifact
 from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from tests import polling
+from tests.integration import registry_client
 from tests.kafka_helpers import header, read_records
 
 NUMERIC = ["x0", "x1", "x2"]
@@ -53,17 +51,9 @@ def reference_artifact(name: str, rows: int = 2000, seed: int = 0) -> bytes:
     columns["prediction"] = p.tolist()
     profile = {"format": "flywheel.reference_profile/v1", "rows": rows, "label_rate": float(label.mean()),
                "sample": {"rows": rows, "columns": columns}}
-    meta = {"format": "flywheel.predictive/v1", "model_name": name, "feature_names": [*NUMERIC, "c0"],
-            "input_schema": {"numeric": {"features": NUMERIC}, "categorical": {"features": ["c0"]}},
-            "threshold": 0.5, "metrics": {"roc_auc": 0.85}}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for member, data in (("model.json", json.dumps(meta).encode()),
-                             ("reference_profile.json", json.dumps(profile).encode())):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue())
+    # The monitor never scores: model.pt may be empty.
+    return write_artifact(name=name, schema=InputSchema(NUMERIC, ["c0"], {"c0": list(CATS)}), model_pt=b"",
+                          threshold=0.5, profile=profile, metadata={"metrics": {"roc_auc": 0.85}})
 
 
 def prediction_events(name: str, version: int, n_events: int, rows: int, rng: np.random.Generator, *,
@@ -108,6 +98,7 @@ def feedback_events(name: str, truth: list[tuple[str, str, bool]],
 
 def monitor_settings(infra, registry_app, suffix: str, **overrides) -> MonitorSettings:  # type: ignore[no-untyped-def]
     values = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+    token=infra.tokens.service,
                   grpc_port=0, metrics_port=0, db_schema=f"monitor_{suffix}", consumer_group=f"monitor-{suffix}",
                   registry_addr=registry_app.address, window_size=200, hysteresis_n=2, hysteresis_m=3,
                   cooldown_seconds=3600, retrain_min_labels=150, retrain_max_wait_seconds=3600,
@@ -137,9 +128,9 @@ async def analyzed(stub: pb_grpc.MonitorServiceStub, name: str, count: int) -> l
 
 async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, registry, producer, infra, unique):  # type: ignore[no-untyped-def]
     name = f"fraud_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     rng = np.random.default_rng(1)
-    async with rpc.channel(monitor.address) as channel:
+    async with rpc.channel(monitor.address, auth=infra.tokens.auth("reader")) as channel:
         stub = pb_grpc.MonitorServiceStub(channel)
         stable, stable_truth = prediction_events(name, version, 30, 20, rng)  # 600 rows = 3 windows
         await send_events(producer, stable)
@@ -192,7 +183,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
         assert request.reason in (models_pb2.RETRAIN_REASON_DRIFT, models_pb2.RETRAIN_REASON_PERFORMANCE)
         assert request.window_start.ToDatetime(tzinfo=UTC) == windows[3].start.ToDatetime(tzinfo=UTC)  # onset
         # The trainer accepts it: its parameters only describe the run (tag.*), none overrides the spec.
-        from flywheel.trainer.spec import TAG_PREFIX
+        from flywheel.predictive.spec import TAG_PREFIX
         assert request.parameters and all(k.startswith(TAG_PREFIX) for k in request.parameters)
 
         async def labelled():  # type: ignore[no-untyped-def]
@@ -221,7 +212,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
 
 async def test_disputed_feedback_requests_review(monitor, registry, producer, infra, unique):  # type: ignore[no-untyped-def]
     name = f"dispute_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     events, _truth = prediction_events(name, version, 1, 5, np.random.default_rng(3))
     await send_events(producer, events)
     prediction = events[0].payload
@@ -244,7 +235,7 @@ async def test_disputed_feedback_requests_review(monitor, registry, producer, in
 
 async def test_restart_poison_no_loss_no_double_count(infra, registry_app, registry, producer, unique):  # type: ignore[no-untyped-def]
     name = f"restart_{unique}"
-    version = (await register_artifact(registry, name, reference_artifact(name))).version
+    version = (await registry_client.register(registry, name, reference_artifact(name))).version
     settings = monitor_settings(infra, registry_app, unique, batch_size=50)
     rng = np.random.default_rng(5)
     first, _ = prediction_events(name, version, 60, 10, rng)    # 600 rows
@@ -295,7 +286,7 @@ async def test_restart_poison_no_loss_no_double_count(infra, registry_app, regis
 
 
 async def _status_seen(app: MonitorApp, name: str) -> bool:
-    async with rpc.channel(app.address) as channel:
+    async with rpc.channel(app.address, auth=app.settings.client_auth()) as channel:
         try:
             status = await pb_grpc.MonitorServiceStub(channel).GetModelStatus(pb.GetModelStatusRequest(model_name=name))
         except grpc.aio.AioRpcError:
@@ -308,7 +299,7 @@ async def _at_least(fn, n: int) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_grpc_status_codes(monitor):  # type: ignore[no-untyped-def]
-    async with rpc.channel(monitor.address) as channel:
+    async with rpc.channel(monitor.address, auth=monitor.settings.client_auth()) as channel:
         stub = pb_grpc.MonitorServiceStub(channel)
         cases = [
             (stub.GetReport(pb.GetReportRequest(window_id="no-such-window")), grpc.StatusCode.NOT_FOUND),

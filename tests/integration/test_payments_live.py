@@ -42,7 +42,8 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
     started: list[Any] = []
     try:
         store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
-            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+            **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+            repo=str(payments_demo.FEATURE_REPO)))
         await store.start()
         started.append(store)
         trainer = TrainerApp(TrainerSettings(
@@ -57,6 +58,7 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
         started.append(inference)
         yield {"model": model, "addresses": Addresses(
             kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.demo,
             registry_addr=registry_app.address, featurestore_addr=store.address, trainer_addr=trainer.address,
             inference_addr=inference.grpc_address, status_port=0,
             # Nothing listens here: the page must say so, not fail.

@@ -19,16 +19,17 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.featurestore import FeatureStoreClient
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import RETRAIN_REQUESTS
+from flywheel.predictive import metrics
+from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, models_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer import metrics
-from flywheel.trainer.artifact import load_model
-from flywheel.trainer.clients import GrpcFeatureStore
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
@@ -74,8 +75,10 @@ async def count(app: Any, query: str, *args: Any) -> int:
 async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Demo]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
+        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        repo=str(payments_demo.FEATURE_REPO)))
     await store.start()
     trainer: TrainerApp | None = None
     channel = None
@@ -86,7 +89,8 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         specs: Path = tmp_path_factory.mktemp("payments-specs")
         (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
         trainer = TrainerApp(TrainerSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.service, grpc_port=0,
             metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, poll_interval=0.2))
         await trainer.start()
@@ -108,7 +112,7 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         # Generous: ~15k events through two consumers; seconds on an idle machine, more on a busy one.
         await eventually(consumed, timeout=300, what="feature rows and labels consumed")
 
-        channel = rpc.channel(trainer.address, default_timeout=30)
+        channel = rpc.channel(trainer.address, default_timeout=30, auth=infra.tokens.auth("operator"))
         yield Demo(store, trainer, pb_grpc.TrainerServiceStub(channel), registry, model, transactions, infra, producer)
     finally:
         if channel is not None:
@@ -132,7 +136,8 @@ async def finished(demo: Demo, run_id: str) -> pb.Run:
 
 async def historical_features(demo: Demo, transactions: list[Any]) -> dict[str, list[Any]]:
     """The fraud_model_v1 features of `transactions` at their event times, straight from the feature store."""
-    client = GrpcFeatureStore(demo.trainer.settings.featurestore_addr, timeout=120)
+    client = FeatureStoreClient(demo.trainer.settings.featurestore_addr, timeout=120,
+                                auth=demo.trainer.settings.client_auth())
     got = await client.historical("fraud_model_v1", [
         {"transaction_id": t.transaction_id, "customer_id": t.customer_id, "merchant_id": t.merchant_id}
         for t in transactions], [t.event_time for t in transactions])
@@ -157,10 +162,9 @@ async def test_training_on_the_payments_demo_registers_a_model_that_scores(demo:
     assert list(mv.lineage.feature_names) == list(run.feature_names) and mv.lineage.feature_names
     assert mv.metrics["roc_auc"] == pytest.approx(run.metrics["roc_auc"]) and mv.tags["scenario"] == "stable"
 
-    stream = demo.registry.DownloadArtifact(reg.DownloadArtifactRequest(
-        ref=reg.ModelVersionRef(model_name=demo.model, version=run.registered_version)))
     path = tmp_path / "fraud.tar.gz"
-    path.write_bytes(b"".join([m.chunk async for m in stream if m.WhichOneof("part") == "chunk"]))
+    versions = RegistryClient(demo.trainer.settings.registry_addr, auth=demo.trainer.settings.client_auth())
+    path.write_bytes(await versions.download(demo.model, run.registered_version))
     model = load_model(path)
 
     # Scoring the latest slice again, with features fetched independently, reproduces the reported ROC AUC.
@@ -193,7 +197,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(demo: Demo) -> N
 
 
 async def test_bad_inputs_fail_clearly_and_register_nothing(demo: Demo, tmp_path: Path) -> None:
-    specs = demo.trainer.settings.model_specs_dir()
+    specs = demo.trainer.settings.specs_dir
     assert specs is not None
     spec = yaml.safe_load((specs / f"{demo.model}.yaml").read_text())
     other = f"{demo.model}-missing-fs"
@@ -231,7 +235,7 @@ async def test_generated_features_are_served_online_and_payments_published(demo:
         if row.view == "customer_stats":
             latest[row.entity_keys["customer_id"]] = dict(row.values)
     customers = sorted(latest)[:20]
-    async with rpc.channel(demo.store.address) as channel:
+    async with rpc.channel(demo.store.address, auth=demo.infra.tokens.auth("reader")) as channel:
         response = await fs_grpc.FeatureStoreServiceStub(channel).GetOnlineFeatures(fs.GetOnlineFeaturesRequest(
             features=fs.FeatureSelection(features=fs.FeatureRefs(refs=["customer_stats:txn_count_24h",
                                                                        "customer_stats:avg_amount_30d"])),

@@ -24,16 +24,17 @@ import pytest
 import yaml
 
 from flywheel.common import rpc
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import FEEDBACK_RECEIVED, RETRAIN_REQUESTS
+from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, features_pb2, models_pb2, predictions_pb2
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fs
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fs_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer.artifact import load_model
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
@@ -123,7 +124,7 @@ async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> As
     app = TrainerApp(trainer_settings(infra, specs, f"127.0.0.1:{server.port}", registry_app.address))
     await app.start()
     await wait_assigned(app.consumer)
-    channel = rpc.channel(app.address, default_timeout=30)
+    channel = rpc.channel(app.address, default_timeout=30, auth=infra.tokens.auth("operator"))
     try:
         yield Stack(app, pb_grpc.TrainerServiceStub(channel), registry, fake, specs, infra, producer, channel)
     finally:
@@ -135,7 +136,8 @@ async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> As
 def trainer_settings(infra, specs: Path, featurestore: str, registry: str, **overrides: Any) -> TrainerSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
         featurestore_addr=featurestore, registry_addr=registry, poll_interval=0.2)
     values.update(overrides)
@@ -240,11 +242,9 @@ async def versions(stack: Stack, model: str) -> list[reg.ModelVersion]:
 
 
 async def download(stack: Stack, model: str, version: int, tmp_path: Path) -> Path:
-    stream = stack.registry.DownloadArtifact(reg.DownloadArtifactRequest(
-        ref=reg.ModelVersionRef(model_name=model, version=version)))
-    chunks = [message.chunk async for message in stream if message.WhichOneof("part") == "chunk"]
     path = tmp_path / f"{model}-{version}.tar.gz"
-    path.write_bytes(b"".join(chunks))
+    path.write_bytes(await RegistryClient(stack.app.settings.registry_addr, auth=stack.app.settings.client_auth())
+                     .download(model, version))
     return path
 
 

@@ -11,11 +11,9 @@ import pytest
 
 from flywheel.common.errors import InvalidArgument
 from flywheel.evaluator import report as r
-from flywheel.evaluator.clients import Scorer
 from flywheel.evaluator.evaluator import EvaluationRequest, check_request, label_row
-from flywheel.inference.testing import build_predictive_artifact
+from flywheel.predictive.spec import GateSpec
 from flywheel.proto.events.v1 import predictions_pb2
-from flywheel.trainer.spec import GateSpec
 
 Y = np.array([0, 0, 1, 1, 0, 1, 0, 0], dtype=float)
 P = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.6, 0.05])
@@ -114,16 +112,3 @@ def test_evaluation_requests_are_checked() -> None:
                        (EvaluationRequest("fraud", 1, -1), "baseline_version")):
         with pytest.raises(InvalidArgument, match=field):
             check_request(bad)
-
-
-def test_the_scorer_reads_artifacts_not_built_by_the_trainer() -> None:
-    data = build_predictive_artifact(numeric_features=["v__a", "v__b"], vocab={"v__c": ["x", "y"]}, hidden=(4,),
-                                     seed=1, threshold=0.3)
-    scorer = Scorer(data)
-    assert scorer.feature_names == ["v__a", "v__b", "v__c"] and scorer.threshold == 0.3
-    p = scorer.predict_proba({"v__a": [1.0, None, 3.0], "v__b": [0, 1, 2], "v__c": ["x", "zz", None]})
-    assert p.shape == (3,) and np.all((p > 0) & (p < 1))
-    constant = Scorer(build_predictive_artifact(numeric_features=["v__a"], constant=0.2))
-    assert constant.predict_proba({"v__a": [1.0, 2.0]}).tolist() == pytest.approx([0.2, 0.2])
-    with pytest.raises(ValueError, match="v__b"):
-        scorer.predict_proba({"v__a": [1.0]})

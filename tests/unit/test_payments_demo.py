@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,3 +347,17 @@ def test_cli_help_and_dry_run() -> None:
                                  "--transactions-per-day", "50", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "transactions" in result.output and "dry run" in result.output and "onset" in result.output
+
+
+def test_the_project_settings_point_the_services_at_its_specs_and_feature_repo() -> None:
+    from payments_demo.project import settings
+
+    from flywheel.predictive.spec import SpecCatalog
+
+    values = settings()
+    folder = Path(values["FLYWHEEL_TRAINER_SPECS_DIR"])
+    assert values["FLYWHEEL_EVALUATOR_SPECS_DIR"] == str(folder) and folder == FRAUD_MODEL_SPEC.parent
+    assert values["FLYWHEEL_FEATURESTORE_REPO"] == str(FEATURE_REPO)
+    spec = SpecCatalog(folder).get("fraud")
+    assert spec.features.feature_service and spec.feature_names
+    assert spec.gate is not None and (spec.gate.metric, spec.gate.floor) == ("roc_auc", 0.65)

@@ -1,6 +1,6 @@
 """The trainer's pure pipeline on a synthetic DataFrame: determinism, time split,
-preprocessing fitted on train only, calibration, metrics, reference profile and the
-TorchScript artifact."""
+preprocessing fitted on train only, calibration, reference profile and the TorchScript
+artifact it writes, scored back through `flywheel.predictive.scoring`."""
 
 from __future__ import annotations
 
@@ -15,30 +15,18 @@ import pandas as pd
 import pytest
 import torch
 
-from flywheel.trainer import metrics as m
-from flywheel.trainer.artifact import MODEL_JSON, MODEL_PT, PROFILE_JSON, build_artifact, load_model, read_artifact
+from flywheel.predictive import metrics as m
+from flywheel.predictive.artifact import MODEL_JSON, MODEL_PT, PROFILE_JSON, read_artifact
+from flywheel.predictive.scoring import load_model
+from flywheel.predictive.spec import ModelSpec, apply_params, parse_spec
+from flywheel.trainer.artifact import build_artifact
 from flywheel.trainer.pipeline import TrainingDataError, fit_temperature, snapshot_id, split_by_time, train
 from flywheel.trainer.profile import reference_profile
-from flywheel.trainer.spec import ModelSpec, apply_params, parse_spec
+from tests.service_helpers import fixture_spec
 
-NUMERIC = ["transactions__amount", "transactions__hour_of_day", "transactions__is_foreign",
-           "transactions__card_present", "customer_stats__txn_count_24h", "customer_stats__amount_sum_24h",
-           "customer_stats__avg_amount_30d", "merchant_stats__txn_count_24h", "merchant_stats__fraud_rate_30d"]
+SPEC = fixture_spec("fraud")
+NUMERIC = SPEC["numeric"]
 CATEGORY = "transactions__merchant_category"
-SPEC = {
-    "name": "fraud", "kind": "predictive", "description": "Card fraud score for payments",
-    "features": {"feature_service": "fraud_model_v1"},
-    "entity_keys": ["transaction_id", "customer_id", "merchant_id"],
-    "label": {"source": "ground_truth", "type": "flag"},
-    "numeric": NUMERIC,
-    "log_transform": ["transactions__amount", "customer_stats__amount_sum_24h", "customer_stats__avg_amount_30d"],
-    "categorical": [CATEGORY],
-    "model": {"type": "mlp", "hidden": [32, 16], "dropout": 0.1},
-    "training": {"epochs": 12, "batch_size": 256, "learning_rate": 0.003, "weight_decay": 0.0001, "patience": 4,
-                 "seed": 7, "class_weight": "balanced"},
-    "split": {"validation": 0.15, "test": 0.15},
-    "calibration": "temperature", "threshold": "max_f1", "min_rows": 300,
-}
 
 
 def spec(**params: str) -> ModelSpec:
@@ -159,29 +147,6 @@ def test_temperature_scaling_improves_or_keeps_validation_nll(trained) -> None: 
     assert calibrated == pytest.approx(1.0, abs=0.1)
 
 
-def test_expected_calibration_error_on_known_cases() -> None:
-    assert m.expected_calibration_error(np.array([0] * 9 + [1]), np.full(10, 0.1)) == pytest.approx(0.0)
-    assert m.expected_calibration_error(np.array([1] * 5 + [0] * 5), np.full(10, 0.9)) == pytest.approx(0.4)
-    # Two bins, half the rows each: |0 - 0.2| / 2 + |0.5 - 0.8| / 2.
-    y, p = np.array([0, 0, 1, 0]), np.array([0.2, 0.2, 0.8, 0.8])
-    assert m.expected_calibration_error(y, p) == pytest.approx(0.25)
-    # Probability 1.0 falls in the last bin.
-    assert m.expected_calibration_error(np.array([1, 1]), np.array([1.0, 1.0])) == pytest.approx(0.0)
-
-
-def test_metrics_agree_with_scikit_learn() -> None:
-    sk = pytest.importorskip("sklearn.metrics")
-    r = np.random.default_rng(5)
-    y = (r.random(400) < 0.2).astype(int)
-    score = np.round(r.random(400) * 0.6 + 0.4 * y * r.random(400), 2)  # rounded: plenty of ties
-    assert m.roc_auc(y, score) == pytest.approx(sk.roc_auc_score(y, score))
-    assert m.average_precision(y, score) == pytest.approx(sk.average_precision_score(y, score))
-    threshold = m.max_f1_threshold(y, score)
-    assert m.confusion(y, score, threshold)["f1"] == pytest.approx(
-        max(sk.f1_score(y, score >= t) for t in np.unique(score)))
-    assert m.brier(y, score) == pytest.approx(sk.brier_score_loss(y, score))
-
-
 def test_one_class_is_a_clear_error(frame: pd.DataFrame) -> None:
     with pytest.raises(TrainingDataError, match=r"only one class: all 3000 labels are false"):
         train(frame.assign(label=False), spec())
@@ -231,11 +196,13 @@ def test_torchscript_artifact_scores_like_the_in_memory_model(frame: pd.DataFram
         model.predict_proba({"transactions__amount": [1.0]})
 
     # model.pt alone, with nothing but torch.jit.load and the schema in model.json.
-    members = read_artifact(data)
-    schema = json.loads(members[MODEL_JSON])["input_schema"]
+    artifact = read_artifact(data)
+    schema = artifact.metadata["input_schema"]
+    assert artifact.metadata["preprocessing"] == trained.preprocessing.to_json()
+    assert artifact.model_pt is not None
     with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is what serving loads
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(io.BytesIO(members[MODEL_PT]))
+        module = torch.jit.load(io.BytesIO(artifact.model_pt))
     numeric = torch.tensor(frame[schema["numeric"]["features"]].to_numpy(dtype=np.float32))
     vocab = schema["categorical"]["vocab"][CATEGORY]
     other = schema["categorical"]["other_index"][CATEGORY]

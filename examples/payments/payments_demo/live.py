@@ -57,7 +57,6 @@ from payments_demo.pipeline import (
     CUSTOMER_STATS_LEAD,
     FeatureRow,
     feature_rows,
-    feature_value,
     feedback_events,
 )
 
@@ -438,6 +437,7 @@ class Platform:
 
     def __init__(self, addresses: Addresses, timeout: float = 10.0) -> None:
         from flywheel.common import rpc
+        from flywheel.common.clients.registry import RegistryClient
         from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc
         from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc
         from flywheel.proto.inference import grpc_service_pb2_grpc
@@ -446,9 +446,11 @@ class Platform:
         from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc
 
         self.addresses = addresses
-        self._channels = {name: rpc.channel(getattr(addresses, f"{name}_addr"), default_timeout=timeout)
+        auth = addresses.client_auth()
+        self._channels = {name: rpc.channel(getattr(addresses, f"{name}_addr"), default_timeout=timeout, auth=auth)
                           for name in ("registry", "featurestore", "trainer", "inference", "evaluator", "monitor")}
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self._channels["registry"])
+        self.versions = RegistryClient(addresses.registry_addr, auth=auth, timeout=timeout, keep_channel=True)
         self.featurestore = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self._channels["featurestore"])
         self.trainer = trainer_service_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self._channels["inference"])
@@ -458,24 +460,15 @@ class Platform:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        await self.versions.close()
 
     async def champion(self, model: str) -> int:
         """The registry's champion version of `model` (0 = none, or the model is unknown)."""
-        import grpc
-
-        from flywheel.proto.registry.v1 import registry_service_pb2 as reg
-
-        try:
-            response = await self.registry.GetModelVersion(reg.GetModelVersionRequest(
-                ref=reg.ModelVersionRef(model_name=model, alias="champion")))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return 0
-            raise
-        return int(response.model_version.version)
+        return await self.versions.version_of(model, "champion")
 
     async def push(self, rows: Sequence[FeatureRow], chunk: int = 1000) -> int:
         """PushFeatures (online + offline, synchronously), per push source, in event-time order."""
+        from flywheel.common.clients.featurestore import feature_value
         from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fs
 
         by_source: dict[str, list[FeatureRow]] = {}

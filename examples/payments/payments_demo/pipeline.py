@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from flywheel.common.clients.featurestore import feature_value
 from flywheel.common.events import Event
 from flywheel.common.topics import FEATURES_UPDATES, FEEDBACK_RECEIVED
 from flywheel.proto.events.v1.common_pb2 import Label
-from flywheel.proto.events.v1.features_pb2 import FeaturesUpdated, FeatureValue
+from flywheel.proto.events.v1.features_pb2 import FeaturesUpdated
 from flywheel.proto.events.v1.predictions_pb2 import FEEDBACK_SOURCE_GROUND_TRUTH, FeedbackReceived
 
 if TYPE_CHECKING:
@@ -176,16 +177,6 @@ def label_events(transactions: Iterable[Transaction], *,
         feedback.event_time.FromDatetime(t.event_time)
         out.append(feedback)
     return out
-
-
-def feature_value(value: FeatureScalar) -> FeatureValue:
-    if isinstance(value, bool):
-        return FeatureValue(bool_value=value)
-    if isinstance(value, int):
-        return FeatureValue(int64_value=value)
-    if isinstance(value, float):
-        return FeatureValue(double_value=value)
-    return FeatureValue(string_value=value)
 
 
 def _event_id(natural_id: str) -> str:

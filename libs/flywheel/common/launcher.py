@@ -6,6 +6,10 @@ with the same FLYWHEEL_HOME, so it finds the embedded stack's addresses there. T
 launcher waits until each one reports SERVING over grpc.health.v1, prints where it
 listens, and on Ctrl-C (or SIGTERM) stops every child, then the stack.
 
+Installed projects (`flywheel.projects` entry points, name -> a function returning environment
+settings, e.g. where the payments demo's model specs are) configure the services: their settings
+go into every child's environment unless the environment sets them already.
+
 Then it starts the installed demos (`flywheel.demos` entry points, name -> `module:callable`; each
 runs as `python -m <module>` with the same environment, its output on this console), unless
 `--no-demo`. A demo that ends does not stop the platform.
@@ -33,8 +37,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import grpc
@@ -110,6 +115,19 @@ async def provision_tokens(home: Path, database_url: str, principals: dict[str, 
         return tokens
     finally:
         await store.db.close()
+
+
+def apply_project_settings(env: dict[str, str], projects: Iterable[EntryPoint] | None = None) -> dict[str, str]:
+    """Set in `env` what the installed projects need (`flywheel.projects` entry points, name -> a function
+    returning {environment variable: value}), unless `env` sets it already; print and return what was set."""
+    found = entry_points(group="flywheel.projects") if projects is None else projects
+    applied: dict[str, str] = {}
+    for project in sorted(found, key=lambda e: e.name):
+        for key, value in project.load()().items():
+            if key not in env:
+                env[key] = applied[key] = str(value)
+                print(f"  project {project.name:<8} {key}={value}", flush=True)
+    return applied
 
 
 def wait_serving(child: Child, timeout: float) -> None:
@@ -236,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  admin token {home / ADMIN_TOKEN_FILE} (the flywheel CLI uses it; role admin)", flush=True)
         # Stock OIP clients (tritonclient, load tools) send no token: on loopback, predictions are open.
         env.setdefault("FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT", "true")
+        apply_project_settings(env)
         planned = {name: settings_class(_env_file=None, home=home) for name, settings_class in services.items()}
         # Every service finds the others through FLYWHEEL_<NAME>_ADDR (e.g. FLYWHEEL_REGISTRY_ADDR).
         for name, settings in planned.items():

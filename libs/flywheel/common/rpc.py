@@ -53,6 +53,27 @@ def status_of(exc: errors.FlywheelError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+# The other direction, for clients: statuses worth retrying later.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def domain_error(service: str, address: str, exc: grpc.aio.AioRpcError) -> errors.FlywheelError:
+    """The domain error for a failed call to `service` at `address`; its message says which service failed
+    and why, so it reads well as is (e.g. as a run's failure reason).
+
+    NOT_FOUND -> NotFound, UNAVAILABLE / DEADLINE_EXCEEDED -> Unavailable (retry later), INVALID_ARGUMENT ->
+    InvalidArgument, anything else -> FailedPrecondition.
+    """
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(f"{service}: {details}")
+    if code in TRANSIENT:
+        return errors.Unavailable(f"{service} at {address} did not answer ({code.name}): {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument(f"{service} refused the request: {details}")
+    return errors.FailedPrecondition(f"{service} failed ({code.name}): {details}")
+
+
 def map_errors(method: F) -> F:
     """Turn domain errors raised by a servicer method into gRPC statuses with their message.
 

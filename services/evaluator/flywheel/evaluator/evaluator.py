@@ -27,19 +27,19 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg import AsyncConnection
 
+from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
 from flywheel.common.events import Event
+from flywheel.common.jobs import JobScheduler
 from flywheel.common.outbox import enqueue
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
-from flywheel.evaluator.clients import ModelRegistry, Scorer
-from flywheel.evaluator.store import EvaluationRow, EvaluatorStore, Label
+from flywheel.evaluator.store import EVALUATION_QUEUE, EvaluationRow, EvaluatorStore, Label
+from flywheel.predictive.scoring import ScoringModel, load_model
+from flywheel.predictive.spec import ModelSpec, SpecCatalog, entity_keys
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
-from flywheel.trainer.clients import FeatureSource
-from flywheel.trainer.spec import ModelSpec, SpecCatalog
-from flywheel.trainer.trainer import entity_keys
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ def check_request(request: EvaluationRequest) -> None:
                               f"got {request.baseline_version}")
 
 
+def check_features(columns: Mapping[str, Any], *models: ScoringModel | None) -> None:
+    """ValueError naming the features a model needs that the feature service did not return."""
+    absent = sorted({f for m in models if m is not None for f in m.feature_names} - set(columns))
+    if absent:
+        raise ValueError(f"the model needs feature(s) {', '.join(absent)}, which the feature service "
+                         "does not provide")
+
+
 class Evaluator:
     def __init__(self, db: Database, catalog: SpecCatalog, features: FeatureSource, registry: ModelRegistry, *,
                  max_rows: int = 5000, min_rows: int = 200, min_positives: int = 5, max_wait_seconds: float = 300.0,
@@ -109,12 +117,11 @@ class Evaluator:
         self.label_poll_seconds = label_poll_seconds
         self.lookback = timedelta(seconds=lookback_seconds)
         self.min_slice_rows = min_slice_rows
-        self.poll_interval = poll_interval
-        self.max_concurrent = max(1, max_concurrent)
-        self._wake = asyncio.Event()
-        self._executing: dict[str, asyncio.Task] = {}
-        self._background: list[asyncio.Task] = []
         self._scoring = asyncio.Lock()  # torch on a shared CPU: one scoring at a time
+        self.scheduler: JobScheduler[EvaluationRow] = JobScheduler(
+            "evaluator", claim=self.store.claim_next, execute=self._execute_queued, key=lambda row: row.id,
+            max_concurrent=max_concurrent, poll_interval=poll_interval, listen_url=db.url,
+            channel=EVALUATION_QUEUE.channel(db.schema))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -162,7 +169,7 @@ class Evaluator:
             return None
         REGISTERED.labels("queued").inc()
         log.info("evaluation queued", extra={"evaluation_id": row.id, "model": name, "version": version})
-        self.wake()  # before the commit: the worker's poll (poll_interval) picks it up if it looks too early
+        self.wake()  # the worker also hears the NOTIFY sent when this transaction commits
         return row.id
 
     # -- the Evaluate RPC and reads ------------------------------------------------------------
@@ -194,46 +201,22 @@ class Evaluator:
     # -- the worker ----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        self.scheduler.wake()
 
     async def start(self) -> None:
         requeued = await self.store.requeue_running()
         if requeued:
             log.warning("evaluations interrupted by a restart queued again", extra={"count": requeued})
-        self._background = [asyncio.create_task(self._schedule(), name="evaluator-worker")]
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        tasks = [*self._background, *self._executing.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background = []
-
-    async def _schedule(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                while len(self._executing) < self.max_concurrent:
-                    row = await self.store.claim_next()
-                    if row is None:
-                        break
-                    task = asyncio.create_task(self._execute(row, wait=True), name=f"evaluation-{row.id}")
-                    self._executing[row.id] = task
-                    task.add_done_callback(lambda _, i=row.id: (self._executing.pop(i, None), self.wake()))
-                backoff = 0.5
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                self._wake.clear()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("evaluation worker error; retrying")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        """Cancel the worker and the evaluations in progress (they stay `running`: the next start queues them)."""
+        await self.scheduler.stop()
 
     # -- executing -----------------------------------------------------------------------------
+
+    async def _execute_queued(self, row: EvaluationRow) -> None:
+        await self._execute(row, wait=True)
 
     async def _execute(self, row: EvaluationRow, *, wait: bool) -> None:
         """Evaluate until done (ERROR on anything that cannot be fixed by waiting), then complete.
@@ -302,9 +285,10 @@ class Evaluator:
 
         as_of = datetime.now(UTC)
         labels, start, window = await self._labels(spec, candidate, as_of)
-        cand_model = Scorer(await self.registry.download(row.model_name, candidate.version))
-        base_model = Scorer(await self.registry.download(row.model_name, baseline.version)) if baseline else None
+        cand_model = load_model(await self.registry.download(row.model_name, candidate.version))
+        base_model = load_model(await self.registry.download(row.model_name, baseline.version)) if baseline else None
         columns = await self._features(spec, labels)
+        check_features(columns, cand_model, base_model)
         y = np.array([1.0 if label.flag else 0.0 for label in labels])
         async with self._scoring:
             p_cand = await asyncio.to_thread(cand_model.predict_proba, columns)
@@ -386,5 +370,5 @@ class Evaluator:
             "evaluation_id": row.id, "model": row.model_name, "candidate": row.candidate_version,
             "baseline": row.baseline_version, "verdict": verdict, "rows": row.rows, "error": row.error})
         with contextlib.suppress(FlywheelError, TimeoutError):  # best effort: the event carries the ref too
-            await asyncio.wait_for(self.registry.add_report_ref(row.model_name, row.candidate_version, report_uri),
-                                   10.0)
+            await asyncio.wait_for(self.registry.record_lineage(
+                row.model_name, row.candidate_version, common_pb2.Lineage(eval_report_refs=[report_uri])), 10.0)

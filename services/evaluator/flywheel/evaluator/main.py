@@ -11,20 +11,20 @@ from pathlib import Path
 import torch
 
 from flywheel.common.auth import Authenticator, TokenStore
+from flywheel.common.clients.featurestore import FeatureStoreClient
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
 from flywheel.evaluator.api import ROLES, EvaluatorServicer
-from flywheel.evaluator.clients import GrpcRegistry
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.evaluator import SOURCE, Evaluator
 from flywheel.evaluator.handlers import batch_handlers, handlers
+from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
-from flywheel.trainer.clients import GrpcFeatureStore
-from flywheel.trainer.spec import SpecCatalog
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -41,11 +41,11 @@ class EvaluatorApp:
         self.auth = Authenticator(TokenStore(self.db))
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.evaluator = Evaluator(
-            self.db, SpecCatalog(settings.model_specs_dir()),
-            GrpcFeatureStore(settings.featurestore_addr, timeout=settings.feature_timeout,
-                             request_rows=settings.feature_request_rows),
-            GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
-                         download_timeout=settings.download_timeout),
+            self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_EVALUATOR_SPECS_DIR"),
+            FeatureStoreClient(settings.featurestore_addr, auth=settings.client_auth(),
+                               timeout=settings.feature_timeout, request_rows=settings.feature_request_rows),
+            RegistryClient(settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
+                           transfer_timeout=settings.download_timeout),
             max_rows=settings.max_rows, min_rows=settings.min_rows, min_positives=settings.min_positives,
             max_wait_seconds=settings.max_wait_seconds, label_poll_seconds=settings.label_poll_seconds,
             lookback_seconds=settings.lookback_seconds, min_slice_rows=settings.min_slice_rows,
@@ -73,7 +73,7 @@ class EvaluatorApp:
         await self.consumer.start()
         await self.rpc.start()
         log.info("evaluator serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
-                                             "specs_dir": str(self.settings.model_specs_dir())})
+                                             "specs_dir": str(self.settings.specs_dir)})
 
     async def stop(self) -> None:
         await self.rpc.stop()

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.trainer import metrics as m
-from flywheel.trainer.spec import GateSpec
+from flywheel.predictive import metrics as m
+from flywheel.predictive.spec import GateSpec
 
 CALIBRATION_BINS = 10
 # Metrics compared and reported; also the keys of the events' metric maps (finite values only).

@@ -3,8 +3,6 @@ evaluations it runs (queue, results and full reports)."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,11 +12,13 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from flywheel.common.db import Database
-from flywheel.common.errors import InvalidArgument, NotFound
+from flywheel.common.errors import NotFound
+from flywheel.common.jobs import JobTable
 
 QUEUED, RUNNING, COMPLETED = "queued", "running", "completed"
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
+# Evaluations are the evaluator's job queue: a claim counts an attempt and keeps the first start.
+EVALUATION_QUEUE = JobTable("evaluations", queued=QUEUED, running=RUNNING, issuer="evaluator",
+                            on_claim="attempts = attempts + 1, started_at = coalesce(started_at, now())")
 
 
 @dataclass
@@ -56,22 +56,6 @@ class Label:
     event_time: datetime
     observed_at: datetime
     flag: bool
-
-
-def _page_token(row: EvaluationRow) -> str:
-    assert row.created_at is not None
-    return base64.urlsafe_b64encode(json.dumps({"created_at": row.created_at.isoformat(),
-                                                "id": row.id}).encode()).decode()
-
-
-def _parse_page_token(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(data["created_at"]), str(data["id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"page_token {token!r} is not a token this evaluator issued") from exc
 
 
 class EvaluatorStore:
@@ -126,12 +110,16 @@ class EvaluatorStore:
     # -- evaluations ---------------------------------------------------------------------------
 
     async def queue(self, conn: AsyncConnection, row: EvaluationRow) -> bool:
-        """Queue an evaluation asked for by an event; False when that event already queued one."""
+        """Queue an evaluation asked for by an event (workers hear of it when `conn` commits); False when
+        that event already queued one."""
         cur = await conn.execute(
             "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, trigger_event_id, status)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (trigger_event_id) DO NOTHING RETURNING id",
             (row.id, row.model_name, row.candidate_version, row.requested_baseline, row.trigger_event_id, QUEUED))
-        return await cur.fetchone() is not None
+        if await cur.fetchone() is None:
+            return False
+        await EVALUATION_QUEUE.notify(conn, self.db.schema, row.id)
+        return True
 
     async def create_running(self, row: EvaluationRow) -> EvaluationRow:
         """An evaluation executed right away by this process (the Evaluate RPC)."""
@@ -146,18 +134,14 @@ class EvaluatorStore:
     async def claim_next(self) -> EvaluationRow | None:
         """Move the oldest queued evaluation to running (safe with several replicas)."""
         async with self.db.connection() as conn:
-            row = await (await conn.execute(
-                "UPDATE evaluations SET status = %s, attempts = attempts + 1, started_at = coalesce(started_at, now())"
-                " WHERE id = (SELECT id FROM evaluations WHERE status = %s ORDER BY created_at, id"
-                " FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING *", (RUNNING, QUEUED))).fetchone()
+            row = await EVALUATION_QUEUE.claim_next(conn)
         return EvaluationRow.from_row(row) if row else None
 
     async def requeue_running(self) -> int:
         """Evaluations left running by a crash go back to the queue (nothing was emitted for them:
         completing and emitting happen in one transaction)."""
         async with self.db.connection() as conn:
-            cur = await conn.execute("UPDATE evaluations SET status = %s WHERE status = %s", (QUEUED, RUNNING))
-            return cur.rowcount
+            return await EVALUATION_QUEUE.requeue_interrupted(conn)
 
     async def complete(self, conn: AsyncConnection, row: EvaluationRow) -> None:
         await conn.execute(
@@ -176,20 +160,6 @@ class EvaluatorStore:
         return EvaluationRow.from_row(row)
 
     async def list(self, model_name: str, page_size: int, page_token: str) -> tuple[list[EvaluationRow], str]:
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must not be negative, got {page_size}")
-        size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
-        where, params = ["TRUE"], []
-        if model_name:
-            where.append("model_name = %s")
-            params.append(model_name)
-        after = _parse_page_token(page_token)
-        if after is not None:
-            where.append("(created_at, id) < (%s, %s)")
-            params += list(after)
         async with self.db.connection() as conn:
-            rows = await (await conn.execute(
-                f"SELECT * FROM evaluations WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-                (*params, size + 1))).fetchall()
-        page = [EvaluationRow.from_row(r) for r in rows[:size]]
-        return page, (_page_token(page[-1]) if len(rows) > size else "")
+            rows, token = await EVALUATION_QUEUE.page(conn, page_size, page_token, model_name=model_name)
+        return [EvaluationRow.from_row(r) for r in rows], token

@@ -1,4 +1,5 @@
-"""Online features by entity ids: one GetOnlineFeatures call per request batch to the feature store.
+"""Online features by entity ids: one GetOnlineFeatures call per request batch to the feature store
+(through `flywheel.common.clients.featurestore`), turned into the model's inputs on the hot path.
 
 A request may carry, instead of the `numeric`/`categorical` tensors, one BYTES input per entity key of
 the model's spec; the model's `model.json` names the feature service and the keys, and its input schema
@@ -12,19 +13,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 import numpy as np
 
 from flywheel.common import rpc
-from flywheel.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from flywheel.common.clients.featurestore import PRESENT, FeatureStoreClient
+from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from flywheel.proto.events.v1.features_pb2 import FeatureValue
-from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fpb
-from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fpb_grpc
 
 log = logging.getLogger(__name__)
-
-PRESENT = fpb.FEATURE_STATUS_PRESENT
-MAX_ROWS_PER_CALL = 10_000  # the feature store's limit per GetOnlineFeatures
 
 
 def key_value(text: bytes | str | int, key_type: str, name: str) -> FeatureValue:
@@ -67,53 +63,30 @@ def as_bytes(value: FeatureValue) -> bytes:
 
 
 class FeatureClient:
-    """The feature store client of one inference app: one channel (opened on first use), short deadline."""
+    """Online lookups of one inference app through the feature store client (one channel kept open, short
+    deadline), failing with what a caller of inference should see: entity ids the store refuses are the
+    request's fault (INVALID_ARGUMENT), a feature service it does not serve is this model's misconfiguration
+    (FAILED_PRECONDITION), any other failure of the store is UNAVAILABLE (503)."""
 
-    def __init__(self, address: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 2.0, auth: rpc.ClientAuth | None = None) -> None:
         self.address = address
-        self.timeout_s = timeout_s
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: fpb_grpc.FeatureStoreServiceStub | None = None
-
-    def stub(self) -> fpb_grpc.FeatureStoreServiceStub:
-        if self._stub is None:
-            self._channel = rpc.channel(self.address, default_timeout=self.timeout_s)
-            self._stub = fpb_grpc.FeatureStoreServiceStub(self._channel)
-        return self._stub
+        self.client = FeatureStoreClient(address, auth=auth, timeout=timeout_s, keep_channel=True)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel = self._stub = None
+        await self.client.close()
 
     async def online(self, feature_service: str, rows: Sequence[dict[str, FeatureValue]]
                      ) -> tuple[list[str], list[Any]]:
-        """(feature names, rows of FeatureVector) for `rows` (in calls of at most MAX_ROWS_PER_CALL rows)."""
-        names: list[str] = []
-        out: list[Any] = []
-        for start in range(0, len(rows), MAX_ROWS_PER_CALL):
-            request = fpb.GetOnlineFeaturesRequest(
-                features=fpb.FeatureSelection(feature_service=feature_service),
-                entity_rows=[fpb.EntityRow(keys=keys) for keys in rows[start:start + MAX_ROWS_PER_CALL]])
-            try:
-                response = await self.stub().GetOnlineFeatures(request)
-            except grpc.aio.AioRpcError as exc:
-                raise self._error(exc, feature_service) from exc
-            names = list(response.feature_names)
-            out.extend(response.rows)
-        return names, out
-
-    def _error(self, exc: grpc.aio.AioRpcError, feature_service: str) -> Exception:
-        code, details = exc.code(), exc.details()
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidArgument(f"the feature store rejected the entity ids: {details}")
-        if code == grpc.StatusCode.NOT_FOUND:
-            return FailedPrecondition(f"the feature store does not serve feature service {feature_service!r} "
-                                      f"of this model: {details}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Unavailable(f"the feature store at {self.address} did not answer within {self.timeout_s}s")
-        log.warning("feature store call failed", extra={"code": code.name, "error": details})
-        return Unavailable(f"the feature store at {self.address} is unavailable ({code.name}): {details}")
+        """(feature names, rows of FeatureVector) for `rows`."""
+        try:
+            found = await self.client.online(feature_service, rows)
+        except NotFound as exc:
+            raise FailedPrecondition(f"the feature store does not serve feature service {feature_service!r} "
+                                     f"of this model ({exc})") from exc
+        except FailedPrecondition as exc:
+            log.warning("feature store call failed", extra={"error": str(exc)})
+            raise Unavailable(str(exc)) from exc
+        return found.names, found.rows
 
 
 def to_matrices(names: list[str], rows: list[Any], numeric: list[str], categorical: list[str],

@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
@@ -42,12 +43,15 @@ class InferenceApp:
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
                                           max_queue=settings.log_queue_size,
                                           idempotent=settings.kafka_enable_idempotence)
-        self.features = FeatureClient(settings.featurestore_addr, timeout_s=settings.feature_timeout_s)
+        self.features = FeatureClient(settings.featurestore_addr, timeout_s=settings.feature_timeout_s,
+                                      auth=settings.client_auth())
         self.dataplane = DataPlane(self.slots, PredictionLog(self.publisher,
                                                              max_input_values=settings.log_max_input_values),
                                    max_batch_size=settings.max_batch_size,
                                    max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
-        self.repository = Repository(self.slots, settings.registry_addr, load_timeout_s=settings.load_timeout_s)
+        self.repository = Repository(self.slots, RegistryClient(
+            settings.registry_addr, auth=settings.client_auth(), transfer_timeout=settings.load_timeout_s,
+            keep_channel=True))
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)

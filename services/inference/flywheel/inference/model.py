@@ -1,22 +1,17 @@
-"""A loaded `flywheel.predictive/v1` artifact: read with tarfile + json + torch.jit.load only
-(the inference service never imports the trainer).
+"""A loaded `flywheel.predictive/v1` artifact (read and scored by `flywheel.predictive`), with the
+bytes -> vocabulary index lookups of the serving hot path.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from flywheel.inference.stats import ModelStats
-
-MODEL_FORMAT = "flywheel.predictive/v1"
+from flywheel.predictive.artifact import read_artifact
+from flywheel.predictive.scoring import ScoringModel
 
 
 @dataclass(eq=False)
@@ -26,7 +21,7 @@ class LoadedModel:
     name: str
     version: int
     metadata: dict[str, Any]
-    module: Any  # torch.jit.ScriptModule
+    scoring: ScoringModel
     numeric_features: list[str]
     categorical_features: list[str]
     # Per categorical feature: category string -> vocabulary index (unknown -> len(vocab), "other").
@@ -64,9 +59,7 @@ class LoadedModel:
 
     def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         """Calibrated probabilities [N] (float32). Blocking: call it from a worker thread."""
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(numeric), torch.from_numpy(categorical))
-        return out.numpy().astype(np.float32, copy=False).reshape(-1)
+        return self.scoring.score(numeric, categorical)
 
     def category_indices(self, values: list[bytes], rows: int) -> np.ndarray:
         """Category strings [rows * k] (row-major) -> vocabulary indices [rows, k]; unknown or empty -> other."""
@@ -84,31 +77,15 @@ class LoadedModel:
 
 
 def load_artifact(data: bytes, *, name: str, version: int) -> LoadedModel:
-    """Parse and load an artifact (blocking; run it in a worker thread)."""
-    members: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for info in tar.getmembers():
-            if info.isfile() and info.name in ("model.json", "model.pt"):
-                handle = tar.extractfile(info)
-                assert handle is not None
-                members[info.name] = handle.read()
-    absent = [n for n in ("model.json", "model.pt") if n not in members]
-    if absent:
-        raise ValueError(f"artifact of {name} v{version} lacks {', '.join(absent)}")
-    metadata = json.loads(members["model.json"])
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{name} v{version} is not a {MODEL_FORMAT} artifact (format {metadata.get('format')!r})")
-    schema = metadata["input_schema"]
-    numeric = list(schema["numeric"]["features"])
-    categorical = list(schema["categorical"]["features"])
-    vocab = schema["categorical"].get("vocab", {})
-    lookups = [{str(c).encode(): i for i, c in enumerate(vocab[f])} for f in categorical]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(io.BytesIO(members["model.pt"]), map_location="cpu")
-    module.eval()
-    model = LoadedModel(name=name, version=version, metadata=metadata, module=module, numeric_features=numeric,
-                        categorical_features=categorical, lookups=lookups,
-                        threshold=float(metadata.get("threshold", 0.5)))
+    """Parse, load and warm an artifact (blocking; run it in a worker thread)."""
+    try:
+        artifact = read_artifact(data)
+    except ValueError as exc:
+        raise ValueError(f"{name} v{version}: {exc}") from None
+    schema = artifact.schema
+    lookups = [{c.encode(): i for i, c in enumerate(schema.vocab[f])} for f in schema.categorical]
+    model = LoadedModel(name=name, version=version, metadata=artifact.metadata, scoring=ScoringModel(artifact),
+                        numeric_features=schema.numeric, categorical_features=schema.categorical, lookups=lookups,
+                        threshold=artifact.threshold)
     model.warm()
     return model

@@ -11,14 +11,11 @@ import asyncio
 import contextlib
 import logging
 
-import grpc
 from prometheus_client import Gauge
 
-from flywheel.common import rpc
+from flywheel.common.clients.ports import ModelRegistry
 from flywheel.inference.dataplane import ModelSlot
 from flywheel.inference.model import LoadedModel, load_artifact
-from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
-from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +24,17 @@ LOADED_VERSION = Gauge("flywheel_inference_loaded_version", "Version loaded per 
 
 
 class Repository:
-    def __init__(self, slots: dict[str, ModelSlot], registry_addr: str, *, load_timeout_s: float = 120.0) -> None:
+    def __init__(self, slots: dict[str, ModelSlot], registry: ModelRegistry) -> None:
+        """`registry` is this repository's own: `stop` closes it."""
         self.slots = slots
-        self.registry_addr = registry_addr
-        self.load_timeout_s = load_timeout_s
-        self.channel: grpc.aio.Channel | None = None
-        self.stub: rpb_grpc.RegistryServiceStub | None = None
+        self.registry = registry
         self._locks = {name: asyncio.Lock() for name in slots}
         self._pending: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
         self._retry_tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.channel = rpc.channel(self.registry_addr, default_timeout=self.load_timeout_s)
-        self.stub = rpb_grpc.RegistryServiceStub(self.channel)
+        """Nothing to open: the registry client connects on first use."""
 
     async def stop(self) -> None:
         for task in [*self._pending.values(), *self._retry_tasks]:
@@ -48,8 +42,7 @@ class Repository:
         for task in [*self._pending.values(), *self._retry_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.channel is not None:
-            await self.channel.close()
+        await self.registry.close()
 
     def schedule(self, name: str) -> None:
         """Reconcile `name` soon (coalesced: at most one running and one queued per model)."""
@@ -72,8 +65,7 @@ class Repository:
                 await self.reconcile(name)
                 self.slots[name].load_error = ""
             except Exception as exc:
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                self.slots[name].load_error = f"{type(exc).__name__}: {detail}"  # shown by the repository index
+                self.slots[name].load_error = f"{type(exc).__name__}: {exc}"  # shown by the repository index
                 log.warning("model reconcile failed, retrying in 2s", extra={"model": name, "error": repr(exc)})
                 await asyncio.sleep(2.0)
                 self._again.add(name)
@@ -86,7 +78,7 @@ class Repository:
             aliases = ["champion"] + (["challenger"] if slot.route.mode != "champion" else [])
             for alias in aliases:
                 current: LoadedModel | None = getattr(slot, alias)
-                version = await self._resolve(name, alias)
+                version = await self.registry.version_of(name, alias)
                 if version == 0:
                     if current is not None and alias == "challenger":
                         slot.challenger = None  # the challenger alias was deleted
@@ -109,27 +101,8 @@ class Repository:
                 log.info("model version live", extra={"model": name, "alias": alias, "version": version,
                                                       "previous": current.version if current else 0})
 
-    async def _resolve(self, name: str, alias: str) -> int:
-        assert self.stub is not None
-        try:
-            response = await self.stub.GetModelVersion(
-                rpb.GetModelVersionRequest(ref=rpb.ModelVersionRef(model_name=name, alias=alias)), timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return 0
-            raise
-        return int(response.model_version.version)
-
     async def _load(self, name: str, version: int) -> LoadedModel:
-        assert self.stub is not None
-        chunks: list[bytes] = []
-        call = self.stub.DownloadArtifact(
-            rpb.DownloadArtifactRequest(ref=rpb.ModelVersionRef(model_name=name, version=version)),
-            timeout=self.load_timeout_s)
-        async for part in call:
-            if part.WhichOneof("part") == "chunk":
-                chunks.append(part.chunk)
-        data = b"".join(chunks)
+        data = await self.registry.download(name, version)
         model = await asyncio.to_thread(load_artifact, data, name=name, version=version)  # loads + warms
         log.info("model version loaded", extra={"model": name, "version": version, "bytes": len(data)})
         return model

@@ -1,25 +1,19 @@
 """Test and benchmark helpers: a tiny `flywheel.predictive/v1` artifact built from config.
 
-`build_predictive_artifact` makes a valid artifact (the same tar.gz layout and the
-`model.json` keys the trainer writes that the inference service relies on) with a
-TorchScript MLP of seeded random weights: no training, no data, no `flywheel.trainer`.
+`build_predictive_artifact` makes a valid artifact (written by `flywheel.predictive.artifact`, with
+the `model.json` keys of the trainer's that the inference service relies on) holding a TorchScript
+MLP of seeded random weights: no training, no data.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
-import tarfile
-import warnings
-from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-MODEL_FORMAT = "flywheel.predictive/v1"
+from flywheel.predictive.artifact import InputSchema, write_artifact
+from flywheel.predictive.scoring import to_torchscript
 
 
 class _TinyScoringModule(nn.Module):
@@ -70,60 +64,14 @@ def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] |
     vocab = dict(vocab or {})
     categorical = list(vocab)
     numeric = list(numeric_features) if numeric_features is not None else [f"x{i}" for i in range(n_numeric)]
-    n_numeric = len(numeric)
     torch.manual_seed(seed)
-    module = _TinyScoringModule(n_numeric, [len(vocab[f]) + 1 for f in categorical], tuple(hidden),
-                                -1.0 if constant is None else constant).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(module), buffer)
-    model_pt = buffer.getvalue()
-    profile_json = b"{}"
-    metadata: dict[str, Any] = {
-        "format": MODEL_FORMAT,
-        "model_name": name,
-        "run_id": f"testing-seed-{seed}",
-        "feature_names": [*numeric, *categorical],
-        "input_schema": {
-            "numeric": {"tensor": 0, "dtype": "float32", "shape": [-1, n_numeric], "features": numeric,
-                        "missing": "NaN (or +-inf): imputed"},
-            "categorical": {"tensor": 1, "dtype": "int64", "shape": [-1, len(categorical)],
-                            "features": categorical, "vocab": vocab,
-                            "other_index": {f: len(vocab[f]) for f in categorical},
-                            "unknown": "any index outside 0..len(vocab)-1 (e.g. -1) means other"},
-        },
-        "output": {"dtype": "float32", "shape": [-1], "meaning": "calibrated P(label = true)"},
-        "threshold": float(threshold),
-        "metrics": {},
-        "torch_version": torch.__version__,
-        "files": {"model.pt": hashlib.sha256(model_pt).hexdigest(),
-                  "reference_profile.json": hashlib.sha256(profile_json).hexdigest()},
-    }
+    module = _TinyScoringModule(len(numeric), [len(vocab[f]) + 1 for f in categorical], tuple(hidden),
+                                -1.0 if constant is None else constant)
+    metadata: dict[str, Any] = {"run_id": f"testing-seed-{seed}", "metrics": {}, "torch_version": torch.__version__}
     if feature_service:  # what the trainer writes (ModelSpec.model_dump), as far as inference reads it
         metadata["spec"] = {"name": name, "kind": "predictive", "features": {"feature_service": feature_service},
                             "entity_keys": list(entity_keys or []), "entity_key_types": dict(entity_key_types or {}),
                             "numeric": numeric, "categorical": categorical}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member, data in (("model.json", json.dumps(metadata, indent=1).encode()), ("model.pt", model_pt),
-                             ("reference_profile.json", profile_json)):
-            info = tarfile.TarInfo(member)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return write_artifact(name=name, schema=InputSchema(numeric, categorical, vocab), model_pt=to_torchscript(module),
+                          threshold=threshold, metadata=metadata)
 
-
-async def register_artifact(stub: Any, name: str, data: bytes, *, chunk: int = 64 * 1024, **spec: Any) -> Any:
-    """Register `data` as a new version of `name` in the registry (a RegistryServiceStub, grpc.aio)."""
-    from flywheel.proto.events.v1 import common_pb2
-    from flywheel.proto.registry.v1 import registry_service_pb2 as pb
-
-    spec.setdefault("kind", common_pb2.MODEL_KIND_PREDICTIVE)
-
-    async def messages() -> AsyncIterator[Any]:
-        yield pb.RegisterModelVersionRequest(spec=pb.ModelVersionSpec(model_name=name, **spec))
-        for start in range(0, len(data), chunk):
-            yield pb.RegisterModelVersionRequest(chunk=data[start:start + chunk])
-
-    return (await stub.RegisterModelVersion(messages())).model_version

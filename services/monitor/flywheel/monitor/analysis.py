@@ -7,11 +7,8 @@ CPU-bound and synchronous: the analysis worker runs `analyze` in a thread, off t
 from __future__ import annotations
 
 import gzip
-import io
-import json
 import math
 import os
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +20,8 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.metrics import ValueDrift
+
+from flywheel.predictive.artifact import read_artifact
 
 PREDICTION = "prediction"
 LABEL = "label"
@@ -45,38 +44,26 @@ class Reference:
         return [*self.numeric, *self.categorical]
 
 
-def read_reference(artifact: bytes) -> Reference:
-    """Parse model.json and reference_profile.json out of a `flywheel.predictive/v1` tar.gz (no torch)."""
-    members: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(artifact), mode="r:gz") as tar:
-        for info in tar.getmembers():
-            if info.name in ("model.json", "reference_profile.json") and info.isfile():
-                handle = tar.extractfile(info)
-                if handle is not None:
-                    members[info.name] = handle.read()
-    if "model.json" not in members:
-        raise ValueError("artifact lacks model.json")
-    meta = json.loads(members["model.json"])
-    schema = meta.get("input_schema", {})
-    numeric = list(schema.get("numeric", {}).get("features", []))
-    categorical = list(schema.get("categorical", {}).get("features", []))
-    profile = json.loads(members.get("reference_profile.json", b"{}") or b"{}")
+def read_reference(data: bytes) -> Reference:
+    """model.json and reference_profile.json of a `flywheel.predictive/v1` artifact (model.pt is not needed)."""
+    artifact = read_artifact(data, with_model=False)
+    numeric, categorical = artifact.schema.numeric, artifact.schema.categorical
+    profile = artifact.profile
     columns = (profile.get("sample") or {}).get("columns") or {}
     sample = None
     if columns and all(f in columns for f in numeric + categorical):
-        data: dict[str, Any] = {}
+        frame: dict[str, Any] = {}
         for f in numeric:
-            data[f] = np.array([np.nan if v is None else v for v in columns[f]], dtype=np.float64)
+            frame[f] = np.array([np.nan if v is None else v for v in columns[f]], dtype=np.float64)
         for f in categorical:
-            data[f] = [str(v) for v in columns[f]]
+            frame[f] = [str(v) for v in columns[f]]
         if columns.get(PREDICTION) is not None:
-            data[PREDICTION] = np.array([np.nan if v is None else v for v in columns[PREDICTION]], dtype=np.float64)
+            frame[PREDICTION] = np.array([np.nan if v is None else v for v in columns[PREDICTION]], dtype=np.float64)
         if columns.get(LABEL) is not None:
-            data[LABEL] = [bool(v) for v in columns[LABEL]]
-        sample = pd.DataFrame(data)
-    metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
+            frame[LABEL] = [bool(v) for v in columns[LABEL]]
+        sample = pd.DataFrame(frame)
     label_rate = profile.get("label_rate")
-    return Reference(numeric, categorical, float(meta.get("threshold", 0.5)), metrics,
+    return Reference(numeric, categorical, artifact.threshold, artifact.metrics,
                      None if label_rate is None else float(label_rate), sample)
 
 

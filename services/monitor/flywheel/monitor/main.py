@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from flywheel.common.auth import Authenticator, TokenStore
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import ensure_topics, new_producer
 from flywheel.common.outbox import OutboxRelay
@@ -45,7 +46,9 @@ class MonitorApp:
         self.db = Database(settings.database_url, settings.db_schema)
         self.auth = Authenticator(TokenStore(self.db))
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
-        self.references = ReferenceCache(settings.registry_addr, download_timeout=settings.download_timeout)
+        self.references = ReferenceCache(RegistryClient(
+            settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
+            transfer_timeout=settings.download_timeout))
         self.ingest = Ingest(settings)
         self.dlq_producer = new_producer(settings.kafka_bootstrap, client_id=f"{SOURCE}-dlq")
         self.stream = MonitorStream(settings, self.db, self.ingest, DeadLetters(self.dlq_producer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,14 @@ from rich.table import Table
 
 from flywheel.common import rpc
 from flywheel.common.cli import client_auth
-from flywheel.common.errors import InvalidArgument
+from flywheel.common.clients.registry import RegistryClient
+from flywheel.common.errors import FlywheelError, InvalidArgument
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from flywheel.registry import domain
 
 console = Console()
-UPLOAD_CHUNK = 1 << 20
 
 
 def run(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -40,12 +40,21 @@ def run(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
         except InvalidArgument as exc:
             console.print(f"[red]error[/red] {exc}")
             sys.exit(2)
+        except FlywheelError as exc:  # from the registry client: the message names the failure
+            console.print(f"[red]error[/red] {exc}")
+            sys.exit(1)
     return wrapper
 
 
 def stub(ctx: click.Context) -> tuple[grpc.aio.Channel, pb_grpc.RegistryServiceStub]:
     channel = rpc.channel(ctx.obj["address"], default_timeout=ctx.obj["timeout"], auth=client_auth())
     return channel, pb_grpc.RegistryServiceStub(channel)
+
+
+def client(ctx: click.Context) -> RegistryClient:
+    """For transfers: chunked, sha256-checked, each bounded by --timeout."""
+    return RegistryClient(ctx.obj["address"], timeout=ctx.obj["timeout"], transfer_timeout=ctx.obj["timeout"],
+                          auth=client_auth())
 
 
 def version_line(mv: pb.ModelVersion) -> str:
@@ -140,21 +149,10 @@ async def register(ctx: click.Context, model: str, path: Path, kind: str, framew
         model_name=model, kind=common_pb2.ModelKind.Value(f"MODEL_KIND_{kind.upper()}"), framework=framework,
         semver=semver, description=description, filename=path.name, metrics=metric_values,
         tags=dict(t.split("=", 1) for t in tags if "=" in t), lineage=common_pb2.Lineage(parent_version=parent))
-    size = path.stat().st_size
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task(f"uploading {path.name}", total=size)
-
-        async def messages() -> AsyncIterator[pb.RegisterModelVersionRequest]:
-            yield pb.RegisterModelVersionRequest(spec=spec)
-            with path.open("rb") as f:
-                while chunk := f.read(UPLOAD_CHUNK):
-                    progress.advance(task, len(chunk))
-                    yield pb.RegisterModelVersionRequest(chunk=chunk)
-
-        channel, s = stub(ctx)
-        async with channel:
-            mv = (await s.RegisterModelVersion(messages())).model_version
+        task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+        mv = await client(ctx).register(spec, path, on_progress=lambda sent: progress.advance(task, sent))
     console.print(f"registered [bold]{mv.model_name}:{mv.version}[/bold] sha256={mv.artifact.sha256}")
 
 
@@ -194,26 +192,21 @@ async def rollback(ctx: click.Context, model: str) -> None:
 @run
 async def download(ctx: click.Context, ref: str, output: Path | None) -> None:
     """Download the artifact of REF (MODEL:VERSION, MODEL@ALIAS or MODEL), checking its sha256."""
-    import hashlib
-
-    channel, s = stub(ctx)
-    async with channel:
-        stream = s.DownloadArtifact(pb.DownloadArtifactRequest(ref=domain.parse_ref(ref)))
-        first = await stream.read()
-        mv = first.model_version
+    wanted = domain.parse_ref(ref)
+    async with client(ctx).open_download(wanted.model_name, wanted.version, wanted.alias) as download:
+        mv = download.version
         target = output or Path(mv.artifact.filename or f"{mv.model_name}-{mv.version}.bin")
-        digest = hashlib.sha256()
         tmp = target.with_name(target.name + ".part")
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=console, transient=True) as progress, tmp.open("wb") as f:
-            task = progress.add_task(f"{mv.model_name}:{mv.version}", total=mv.artifact.size_bytes)
-            async for message in stream:
-                digest.update(message.chunk)
-                f.write(message.chunk)
-                progress.advance(task, len(message.chunk))
-    if digest.hexdigest() != mv.artifact.sha256:
-        tmp.unlink()
-        raise InvalidArgument(f"downloaded bytes hash to {digest.hexdigest()}, registry says {mv.artifact.sha256}")
+        try:
+            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn(), console=console, transient=True) as progress, tmp.open("wb") as f:
+                task = progress.add_task(f"{mv.model_name}:{mv.version}", total=mv.artifact.size_bytes)
+                async for chunk in download.chunks():  # checks the sha256 at the end
+                    f.write(chunk)
+                    progress.advance(task, len(chunk))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     tmp.replace(target)
     console.print(f"wrote {target} ({mv.artifact.size_bytes} bytes, {version_line(mv)})")
 

@@ -8,7 +8,6 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel.common.settings import ServiceSettings, shared
-from flywheel.trainer.spec import default_specs_dir
 
 
 class TrainerSettings(ServiceSettings):
@@ -21,7 +20,8 @@ class TrainerSettings(ServiceSettings):
     consumer_group: str = Field(
         "trainer", description="Kafka consumer group for feedback.received and retrain.requests.")
     specs_dir: Path | None = Field(
-        None, description="Directory of model specs (<name>.yaml); unset = payments_demo/models when installed.")
+        None, description="Directory of model specs (<name>.yaml); unset = none (runs fail with NotFound). "
+                          "`make run` sets it from the installed projects' settings (e.g. the payments demo's).")
     featurestore_addr: str = shared(  # type: ignore[assignment]
         "featurestore_addr", "127.0.0.1:50052", "Feature store gRPC address (FLYWHEEL_FEATURESTORE_ADDR).")
     registry_addr: str = shared(  # type: ignore[assignment]
@@ -50,6 +50,3 @@ class TrainerSettings(ServiceSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
-
-    def model_specs_dir(self) -> Path | None:
-        return self.specs_dir if self.specs_dir is not None else default_specs_dir()

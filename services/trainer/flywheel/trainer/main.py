@@ -11,17 +11,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from flywheel.common.auth import Authenticator, TokenStore
+from flywheel.common.clients.featurestore import FeatureStoreClient
+from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
+from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.api import ROLES, TrainerServicer
-from flywheel.trainer.clients import GrpcFeatureStore, GrpcRegistry
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.handlers import batch_handlers, handlers
-from flywheel.trainer.spec import SpecCatalog
 from flywheel.trainer.trainer import SOURCE, Trainer
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,12 @@ class TrainerApp:
         self.auth = Authenticator(TokenStore(self.db))
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.trainer = Trainer(
-            self.db, SpecCatalog(settings.model_specs_dir()),
-            GrpcFeatureStore(settings.featurestore_addr, timeout=settings.training_set_timeout,
-                             page_size=settings.feature_page_size, request_rows=settings.feature_request_rows),
-            GrpcRegistry(settings.registry_addr, timeout=settings.rpc_timeout,
-                         upload_timeout=settings.register_timeout),
+            self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_TRAINER_SPECS_DIR"),
+            FeatureStoreClient(settings.featurestore_addr, auth=settings.client_auth(),
+                               timeout=settings.training_set_timeout, page_size=settings.feature_page_size,
+                               request_rows=settings.feature_request_rows),
+            RegistryClient(settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
+                           transfer_timeout=settings.register_timeout),
             code_version=detect_code_version(settings.code_version), torch_threads=settings.torch_threads,
             max_concurrent_runs=settings.max_concurrent_runs, profile_sample_rows=settings.profile_sample_rows,
             poll_interval=settings.poll_interval, label_wait_seconds=settings.label_wait_seconds)
@@ -80,7 +82,7 @@ class TrainerApp:
         await self.consumer.start()
         await self.rpc.start()
         log.info("trainer serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
-                                           "specs_dir": str(self.settings.model_specs_dir())})
+                                           "specs_dir": str(self.settings.specs_dir)})
 
     async def stop(self) -> None:
         await self.rpc.stop()

@@ -7,64 +7,21 @@ Inputs of `ScoringModule.forward`:
   outside a feature's vocabulary (e.g. -1) means "other".
 Output: P(label = true) for each row, [N] float32.
 
-`numeric_matrix` and `category_indices` turn columns of raw values into those tensors;
-training and every consumer of the artifact use the same two functions.
+`flywheel.predictive.encoding` turns columns of raw values into those tensors (training and
+every consumer of the artifact use it) and holds `Preprocessing`, which this module fits.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-OTHER = "__other__"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Parameters fitted on the training slice only."""
-
-    numeric: list[str]
-    # Per numeric feature: log1p(max(x, 0)) before standardizing.
-    log_transform: list[bool]
-    # Per numeric feature, in the transformed space: the value imputed when missing, and the scaling.
-    median: list[float]
-    mean: list[float]
-    std: list[float]
-    # Numeric features that had missing values in training and get a 0/1 "was missing" input.
-    missing_indicator: list[str]
-    categorical: list[str]
-    # Per categorical feature: known categories; index len(vocab) is the "other" bucket.
-    vocab: dict[str, list[str]]
-
-    def other_index(self, feature: str) -> int:
-        return len(self.vocab[feature])
-
-    @property
-    def input_width(self) -> int:
-        """Width of the encoded vector the MLP sees."""
-        return len(self.numeric) + len(self.missing_indicator) + sum(len(v) + 1 for v in self.vocab.values())
-
-    @property
-    def encoded_names(self) -> list[str]:
-        """Names of the encoded inputs, in MLP input order."""
-        names = [*self.numeric, *(f"{f}__missing" for f in self.missing_indicator)]
-        for feature in self.categorical:
-            names += [f"{feature}={c}" for c in self.vocab[feature]] + [f"{feature}={OTHER}"]
-        return names
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+from flywheel.predictive.encoding import Preprocessing, category_key, numeric_column
 
 
 def fit_preprocessing(train: pd.DataFrame, numeric: Sequence[str], log_transform: Sequence[str],
@@ -99,58 +56,6 @@ def _transform(values: np.ndarray, log: bool) -> np.ndarray:
         return values
     with np.errstate(invalid="ignore"):
         return np.log1p(np.maximum(values, 0.0))
-
-
-def numeric_column(values: Any) -> np.ndarray:
-    """Raw values (numbers, bools, None, NaN, numeric strings) as float64, NaN where missing."""
-    if isinstance(values, pd.Series):
-        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            return values.to_numpy(dtype=np.float64, na_value=np.nan)
-        values = values.tolist()
-    try:
-        out = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        out = pd.to_numeric(pd.Series(list(values), dtype=object).map(
-            lambda v: float(v) if isinstance(v, bool) else v), errors="coerce").to_numpy(dtype=np.float64)
-    out = out.reshape(-1).copy()
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-def category_key(value: Any) -> str | None:
-    """The vocabulary key of a raw categorical value; None when missing."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
-
-
-def numeric_matrix(columns: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
-    """[N, n_numeric] float32 of raw values in `prep.numeric` order (NaN = missing)."""
-    if not prep.numeric:
-        return np.zeros((_length(columns, prep), 0), dtype=np.float32)
-    return np.stack([numeric_column(columns[f]) for f in prep.numeric], axis=1).astype(np.float32)
-
-
-def category_indices(columns: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
-    """[N, n_categorical] int64 vocabulary indices; unknown or missing -> the "other" index."""
-    if not prep.categorical:
-        return np.zeros((_length(columns, prep), 0), dtype=np.int64)
-    out = []
-    for feature in prep.categorical:
-        lookup = {c: i for i, c in enumerate(prep.vocab[feature])}
-        other = len(lookup)
-        out.append(np.fromiter((lookup.get(category_key(v), other) for v in columns[feature]),  # type: ignore[arg-type]
-                               dtype=np.int64))
-    return np.stack(out, axis=1)
-
-
-def _length(columns: Mapping[str, Any], prep: Preprocessing) -> int:
-    first = next(iter(columns.values()), [])
-    return len(first)
-
-
-def missing_features(columns: Mapping[str, Any], prep: Preprocessing) -> list[str]:
-    return [f for f in (*prep.numeric, *prep.categorical) if f not in columns]
 
 
 class ScoringModule(nn.Module):

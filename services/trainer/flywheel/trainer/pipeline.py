@@ -25,16 +25,10 @@ import torch
 from torch import nn
 
 from flywheel.common.errors import FailedPrecondition
-from flywheel.trainer import metrics as m
-from flywheel.trainer.model import (
-    Preprocessing,
-    ScoringModule,
-    category_indices,
-    fit_preprocessing,
-    numeric_column,
-    numeric_matrix,
-)
-from flywheel.trainer.spec import ModelSpec
+from flywheel.predictive import metrics as m
+from flywheel.predictive.encoding import Preprocessing, category_indices, numeric_column, numeric_matrix
+from flywheel.predictive.spec import ModelSpec
+from flywheel.trainer.model import ScoringModule, fit_preprocessing
 
 LABEL = "label"
 EVENT_TIME = "event_time"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel.trainer.model import category_key, numeric_column
+from flywheel.predictive.encoding import category_key, numeric_column
 
 PROFILE_FORMAT = "flywheel.reference_profile/v1"
 QUANTILES = [round(q * 0.05, 2) for q in range(21)]

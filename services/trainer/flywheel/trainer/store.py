@@ -3,8 +3,6 @@ received, and the labels it collects from feedback.received."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +12,8 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from flywheel.common.db import Database
-from flywheel.common.errors import InvalidArgument, NotFound
+from flywheel.common.errors import NotFound
+from flywheel.common.jobs import JobTable
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 
 QUEUED = pb.RUN_STATUS_QUEUED
@@ -22,13 +21,9 @@ RUNNING = pb.RUN_STATUS_RUNNING
 SUCCEEDED = pb.RUN_STATUS_SUCCEEDED
 FAILED = pb.RUN_STATUS_FAILED
 ACTIVE = (QUEUED, RUNNING)
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
-
-
-def runs_channel(schema: str) -> str:
-    """The NOTIFY channel that tells schedulers a run was queued (sent at commit)."""
-    return f"flywheel_trainer_runs_{schema}"
+# Runs are the trainer's job queue: claiming one also records when it started.
+RUN_QUEUE = JobTable("runs", queued=QUEUED, running=RUNNING, issuer="trainer",
+                on_claim="started_at = now(), updated_at = now(), stage = 'starting'")
 
 
 @dataclass
@@ -80,22 +75,6 @@ class LabelRow:
     flag: bool
 
 
-def _page_token(run: Run) -> str:
-    assert run.created_at is not None
-    data = {"created_at": run.created_at.isoformat(), "id": run.id}
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
-
-
-def _parse_page_token(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(data["created_at"]), str(data["id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"page_token {token!r} is not a token this trainer issued") from exc
-
-
 class TrainerStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -120,7 +99,7 @@ class TrainerStore:
             " %s, 'queued') RETURNING *",
             (run.id, run.model_name, QUEUED, run.window_start, run.window_end, Jsonb(run.params), run.reason,
              run.retrain_request_id, run.drift_event_id, run.parent_version, run.code_version))).fetchone()
-        await conn.execute("SELECT pg_notify(%s, %s)", (runs_channel(self.db.schema), run.id))
+        await RUN_QUEUE.notify(conn, self.db.schema, run.id)
         assert row is not None
         return Run.from_row(row), False
 
@@ -151,31 +130,14 @@ class TrainerStore:
         return Run.from_row(row)
 
     async def list(self, model_name: str, page_size: int, page_token: str) -> tuple[list[Run], str]:
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must not be negative, got {page_size}")
-        size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
-        where, params = ["TRUE"], []
-        if model_name:
-            where.append("model_name = %s")
-            params.append(model_name)
-        after = _parse_page_token(page_token)
-        if after is not None:
-            where.append("(created_at, id) < (%s, %s)")
-            params += list(after)
         async with self.db.connection() as conn:
-            rows = await (await conn.execute(
-                f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-                (*params, size + 1))).fetchall()
-        runs = [Run.from_row(r) for r in rows[:size]]
-        return runs, (_page_token(runs[-1]) if len(rows) > size else "")
+            rows, token = await RUN_QUEUE.page(conn, page_size, page_token, model_name=model_name)
+        return [Run.from_row(r) for r in rows], token
 
     async def claim_next(self) -> Run | None:
         """Move the oldest queued run to RUNNING and return it (safe with several schedulers)."""
         async with self.db.connection() as conn:
-            row = await (await conn.execute(
-                "UPDATE runs SET status = %s, started_at = now(), updated_at = now(), stage = 'starting'"
-                " WHERE id = (SELECT id FROM runs WHERE status = %s ORDER BY created_at, id"
-                " FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING *", (RUNNING, QUEUED))).fetchone()
+            row = await RUN_QUEUE.claim_next(conn)
         return Run.from_row(row) if row else None
 
     async def update(self, run_id: str, **values: Any) -> None:
@@ -190,10 +152,9 @@ class TrainerStore:
         await self.update(run_id, status=status, finished_at=datetime.now(UTC), **values)
 
     async def running(self) -> list[Run]:
+        """Runs left RUNNING (by a crash: called before this process schedules any)."""
         async with self.db.connection() as conn:
-            rows = await (await conn.execute("SELECT * FROM runs WHERE status = %s ORDER BY created_at",
-                                             (RUNNING,))).fetchall()
-        return [Run.from_row(r) for r in rows]
+            return [Run.from_row(r) for r in await RUN_QUEUE.interrupted(conn)]
 
     # -- labels --------------------------------------------------------------------------------
 

@@ -26,20 +26,21 @@ from typing import Any
 
 import pandas as pd
 from prometheus_client import Counter, Gauge, Histogram
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 
+from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
+from flywheel.common.jobs import JobScheduler
+from flywheel.predictive.encoding import numeric_column
+from flywheel.predictive.spec import ModelSpec, SpecCatalog, apply_params, entity_keys, registry_tags
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
-from flywheel.trainer.clients import FeatureSource, ModelRegistry
-from flywheel.trainer.model import numeric_column
 from flywheel.trainer.pipeline import EVENT_TIME, LABEL, EpochMetrics, TrainedModel, TrainingDataError
 from flywheel.trainer.profile import reference_profile
-from flywheel.trainer.spec import ModelSpec, SpecCatalog, apply_params, registry_tags
-from flywheel.trainer.store import FAILED, SUCCEEDED, LabelRow, Run, TrainerStore, runs_channel
+from flywheel.trainer.store import FAILED, RUN_QUEUE, SUCCEEDED, LabelRow, Run, TrainerStore
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +111,6 @@ def label_row(feedback: predictions_pb2.FeedbackReceived, received_at: datetime)
     }
 
 
-def entity_keys(spec: ModelSpec, label: LabelRow) -> dict[str, str | int]:
-    """The spec's join keys of a label, typed as the spec says (text unless int64)."""
-    keys: dict[str, str | int] = {}
-    for key in spec.entity_keys:
-        text = label.entity_keys[key]
-        if spec.entity_key_types.get(key) == "int64":
-            try:
-                keys[key] = int(text)
-            except ValueError:
-                raise TrainingDataError(f"label {label.label_key}: entity key {key}={text!r} is not an integer "
-                                        "(entity_key_types says int64)") from None
-        else:
-            keys[key] = text
-    return keys
-
-
 def training_frame(spec: ModelSpec, labels: list[LabelRow], names: list[str], rows: list[list[Any]]) -> pd.DataFrame:
     """One row per label: entity keys, event time, label, then the spec's features (raw values)."""
     position = {n: i for i, n in enumerate(names)}
@@ -160,14 +145,14 @@ class Trainer:
         self.registry = registry
         self.code_version = code_version
         self.torch_threads = torch_threads
-        self.max_concurrent_runs = max(1, max_concurrent_runs)
         self.profile_sample_rows = profile_sample_rows
         self.poll_interval = poll_interval
         self.label_wait_seconds = label_wait_seconds
-        self._wake = asyncio.Event()
-        self._executing: dict[str, tuple[asyncio.Task, threading.Event]] = {}
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._background: list[asyncio.Task] = []
+        self.scheduler: JobScheduler[Run] = JobScheduler(
+            "trainer-runs", claim=self.store.claim_next, execute=self._execute_claimed, key=lambda run: run.id,
+            max_concurrent=max_concurrent_runs, poll_interval=poll_interval, listen_url=db.url,
+            channel=RUN_QUEUE.channel(db.schema), on_done=self._notify)
 
     # -- asking for runs -----------------------------------------------------------------------
 
@@ -281,23 +266,15 @@ class Trainer:
     # -- the scheduler -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        self.scheduler.wake()
 
     async def start(self) -> None:
         await self.recover()
-        self._background = [asyncio.create_task(self._schedule(), name="trainer-scheduler"),
-                            asyncio.create_task(self._listen(), name="trainer-listener")]
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
-        for task, cancelled in list(self._executing.values()):
-            cancelled.set()
-            task.cancel()
-        for task in [*self._background, *(t for t, _ in self._executing.values())]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background = []
+        """Cancel every run in progress (each is marked failed) and the scheduler."""
+        await self.scheduler.stop()
 
     async def recover(self) -> None:
         """Runs left RUNNING by a crash: SUCCEEDED if their version made it into the registry, else FAILED."""
@@ -314,56 +291,15 @@ class Trainer:
                 RUNS.labels(run.model_name, "failed").inc()
                 log.warning("run interrupted by a restart marked failed", extra={"run_id": run.id})
 
-    async def _schedule(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                while len(self._executing) < self.max_concurrent_runs:
-                    run = await self.store.claim_next()
-                    if run is None:
-                        break
-                    cancelled = threading.Event()
-                    task = asyncio.create_task(self._execute(run, cancelled), name=f"run-{run.id}")
-                    self._executing[run.id] = (task, cancelled)
-                    task.add_done_callback(lambda _, run_id=run.id: self._done(run_id))
-                backoff = 0.5
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                self._wake.clear()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("run scheduler error; retrying")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    def _done(self, run_id: str) -> None:
-        self._executing.pop(run_id, None)
-        self._notify(run_id)
-        self.wake()
-
-    async def _listen(self) -> None:
-        """Wake the scheduler when any process queues a run (NOTIFY at commit)."""
-        channel = sql.Identifier(runs_channel(self.db.schema))
-        while True:
-            try:
-                conn = await AsyncConnection.connect(self.db.url, autocommit=True)
-                async with conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(channel))
-                    async for _ in conn.notifies():
-                        self.wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("run listener reconnecting", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
-
     # -- executing a run -----------------------------------------------------------------------
 
     async def _stage(self, run: Run, stage: str, progress: float, **values: Any) -> None:
         run.stage, run.progress = stage, progress
         await self.store.update(run.id, stage=stage, progress=progress, **values)
         self._notify(run.id)
+
+    async def _execute_claimed(self, run: Run) -> None:
+        await self._execute(run, threading.Event())
 
     async def _execute(self, run: Run, cancelled: threading.Event) -> None:
         started = time.monotonic()
@@ -427,7 +363,7 @@ class Trainer:
             epochs=[asdict(e) for e in trained.epochs], dataset_snapshot_id=outcome.snapshot_id,
             feature_names=spec.feature_names, train_rows=len(trained.splits.train),
             validation_rows=len(trained.splits.validation), test_rows=len(trained.splits.test))
-        parent = await self.registry.version_of_alias(spec.name, CHAMPION)
+        parent = await self.registry.version_of(spec.name, CHAMPION)
         version = await self._register(run, spec, outcome, parent)
         await self.store.finish(run.id, SUCCEEDED, registered_version=version.version, parent_version=parent,
                                 stage="succeeded", progress=1.0)

@@ -1,22 +1,22 @@
-"""Model specs: what to train, read from one YAML file per model (`<name>.yaml`).
+"""Model specs: what to train and how to judge it, read from one YAML file per model (`<name>.yaml`).
 
 A spec names the feature service, the entity keys, the label source, the input
-features and how to train, split, calibrate and threshold. Run parameters may
-override a documented subset of it (`apply_params`).
+features and how to train, split, calibrate and threshold; its `gate` says when a
+new version may replace the champion. Run parameters may override a documented
+subset of it (`apply_params`). The trainer trains from it, the evaluator judges by it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flywheel.common.errors import InvalidArgument, NotFound
+from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel.proto.events.v1 import predictions_pb2
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -244,29 +244,22 @@ def registry_tags(params: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
-def default_specs_dir() -> Path | None:
-    """`payments_demo/models` of the installed demo, found without importing it; None if absent."""
-    try:
-        found = importlib.util.find_spec("payments_demo")
-    except (ImportError, ValueError):
-        return None
-    if found is None or not found.submodule_search_locations:
-        return None
-    folder = Path(next(iter(found.submodule_search_locations))) / "models"
-    return folder if folder.is_dir() else None
-
-
 class SpecCatalog:
-    """The model specs of one directory, read on every lookup (so new specs need no restart)."""
+    """The model specs of one directory, read on every lookup (so new specs need no restart).
 
-    def __init__(self, directory: Path | None) -> None:
+    `setting` names the environment variable that configures the directory, for the message
+    when none is configured.
+    """
+
+    def __init__(self, directory: Path | None, setting: str = "the specs directory setting") -> None:
         self.directory = directory
+        self.setting = setting
 
     def get(self, name: str) -> ModelSpec:
         """The spec of model `name`: NotFound if there is none, InvalidArgument if it is broken."""
         if self.directory is None:
-            raise NotFound(f"no model spec {name!r}: no spec directory is configured "
-                           "(set FLYWHEEL_TRAINER_SPECS_DIR, or install the payments demo)")
+            raise NotFound(f"no model spec {name!r}: no spec directory is configured (set {self.setting} to a "
+                           "directory of <name>.yaml model specs)")
         if not name or "/" in name or name.startswith("."):
             raise NotFound(f"no model spec {name!r}")
         for suffix in (".yaml", ".yml"):
@@ -280,3 +273,32 @@ class SpecCatalog:
         if self.directory is None or not self.directory.is_dir():
             return []
         return sorted({p.stem for p in self.directory.iterdir() if p.suffix in (".yaml", ".yml")})
+
+
+class LabelledRow(Protocol):
+    """A label as a service stores it: what names the judged row, and the row's entity keys as text."""
+
+    @property
+    def label_key(self) -> str: ...
+
+    @property
+    def entity_keys(self) -> Mapping[str, str]: ...
+
+
+def entity_keys(spec: ModelSpec, label: LabelledRow) -> dict[str, str | int]:
+    """The spec's join keys of a label, typed as the spec says (text unless int64).
+
+    FailedPrecondition when a key that must be an integer is not one.
+    """
+    keys: dict[str, str | int] = {}
+    for key in spec.entity_keys:
+        text = label.entity_keys[key]
+        if spec.entity_key_types.get(key) == "int64":
+            try:
+                keys[key] = int(text)
+            except ValueError:
+                raise FailedPrecondition(f"label {label.label_key}: entity key {key}={text!r} is not an integer "
+                                         "(entity_key_types says int64)") from None
+        else:
+            keys[key] = text
+    return keys

@@ -1,19 +1,26 @@
-"""Model specs: parsing with clear errors, run parameters, the spec directory, and the
-CLI's window and parameter parsing."""
+"""Model specs (flywheel.predictive.spec): parsing with clear errors, the gate, run parameters,
+the spec directory and typed entity keys."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 
-from flywheel.common.errors import InvalidArgument, NotFound
-from flywheel.trainer.cli import parse_params, parse_window
-from flywheel.trainer.spec import SpecCatalog, apply_params, default_specs_dir, load_spec, parse_spec, registry_tags
-from tests.unit.test_trainer_pipeline import SPEC
+from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from flywheel.predictive.spec import (
+    SpecCatalog,
+    apply_params,
+    entity_keys,
+    load_spec,
+    parse_spec,
+    registry_tags,
+)
+from tests.service_helpers import fixture_spec
+
+SPEC = fixture_spec("fraud")
 
 EXAMPLE = """
 name: fraud
@@ -44,14 +51,6 @@ def test_the_example_spec_parses() -> None:
     assert spec.training.epochs == 40 and spec.model.hidden == [64, 32]
     assert spec.split.train == pytest.approx(0.7)
     assert spec.label.source_code == 1  # FEEDBACK_SOURCE_GROUND_TRUTH
-
-
-def test_the_payments_demo_spec_parses() -> None:
-    folder = default_specs_dir()
-    assert folder is not None and (folder / "fraud.yaml").exists(), "make setup installs examples/payments"
-    spec = SpecCatalog(folder).get("fraud")
-    assert spec.features.feature_service and spec.feature_names
-    assert spec.gate is not None and (spec.gate.metric, spec.gate.floor) == ("roc_auc", 0.65)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -104,23 +103,12 @@ def test_spec_directory(tmp_path: Path) -> None:
         catalog.get("wrong")
     with pytest.raises(InvalidArgument, match=r"broken.yaml is not valid YAML"):
         catalog.get("broken")
-    with pytest.raises(NotFound, match="no spec directory is configured"):
-        SpecCatalog(None).get("fraud")
+    with pytest.raises(NotFound, match="no spec directory is configured "
+                                       r"\(set FLYWHEEL_TRAINER_SPECS_DIR to a directory of <name>.yaml model specs"):
+        SpecCatalog(None, "FLYWHEEL_TRAINER_SPECS_DIR").get("fraud")
     with pytest.raises(NotFound):
         catalog.get("../fraud")
     assert load_spec(tmp_path / "fraud.yaml").name == "fraud"
-
-
-def test_cli_window_and_params() -> None:
-    assert parse_window("2026-01-01:2026-02-01") == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
-    assert parse_window("2026-01-01T06:00Z/2026-01-02T00:00+01:00") == (
-        datetime(2026, 1, 1, 6, tzinfo=UTC), datetime(2026, 1, 1, 23, tzinfo=UTC))
-    for bad in ("2026-02-01:2026-01-01", "january", "2026-01-01:2026-13-01"):
-        with pytest.raises(click.BadParameter):
-            parse_window(bad)
-    assert parse_params(("epochs=5", "scenario = stable")) == {"epochs": "5", "scenario": "stable"}
-    with pytest.raises(click.BadParameter):
-        parse_params(("epochs",))
 
 
 def test_the_gate_has_defaults_and_is_validated() -> None:
@@ -135,3 +123,17 @@ def test_the_gate_has_defaults_and_is_validated() -> None:
         parse_spec({**yaml.safe_load(EXAMPLE), "gate": {"tolerance": -0.1}})
     with pytest.raises(InvalidArgument, match=r"gate\.threshold"):
         parse_spec({**yaml.safe_load(EXAMPLE), "gate": {"threshold": 0.5}})  # a typo is an error, not ignored
+
+
+@dataclass(frozen=True)
+class Label:
+    label_key: str
+    entity_keys: dict[str, str]
+
+
+def test_entity_keys_are_typed_as_the_spec_says() -> None:
+    spec = parse_spec({**SPEC, "entity_key_types": {"merchant_id": "int64"}})
+    label = Label("t-1", {"transaction_id": "t-1", "customer_id": "c-1", "merchant_id": "42", "other": "x"})
+    assert entity_keys(spec, label) == {"transaction_id": "t-1", "customer_id": "c-1", "merchant_id": 42}
+    with pytest.raises(FailedPrecondition, match=r"label t-2: entity key merchant_id='m-7' is not an integer"):
+        entity_keys(spec, Label("t-2", {**label.entity_keys, "merchant_id": "m-7"}))

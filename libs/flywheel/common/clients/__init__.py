@@ -1,0 +1,11 @@
+"""Typed async clients of Flywheel's services, for services, CLIs, the demo and tests.
+
+- `ports`: what use cases depend on (`ModelRegistry`, `FeatureSource`), free of gRPC, so they can be faked;
+- `registry`: `RegistryClient` (versions by number, alias or tag; chunked, sha256-checked uploads and
+  downloads; lineage and metrics);
+- `featurestore`: `FeatureStoreClient` (point-in-time training sets, online lookups) and the
+  FeatureValue conversions.
+
+Every client takes `address` and `auth` (`flywheel.common.rpc.ClientAuth`: bearer token, TLS), gives
+every call a deadline, and raises domain errors (`flywheel.common.rpc.domain_error`), never gRPC ones.
+"""

@@ -1,0 +1,72 @@
+"""The ports use cases depend on: the registry and the feature store as abstract classes, free of gRPC
+(the adapters are `registry.RegistryClient` and `featurestore.FeatureStoreClient`), so a test can
+hand a use case a fake. Failures are domain errors (`flywheel.common.errors`)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flywheel.proto.events.v1 import common_pb2
+from flywheel.proto.registry.v1 import registry_service_pb2 as reg
+
+# What an artifact to register can be: its bytes, a file, or its bytes in chunks.
+ArtifactSource = bytes | Path | AsyncIterable[bytes]
+
+
+class ModelRegistry(abc.ABC):
+    """Model versions: looked up, registered, downloaded, annotated."""
+
+    @abc.abstractmethod
+    async def get_version(self, model_name: str, version: int = 0, alias: str = "") -> reg.ModelVersion | None:
+        """A version by number, or by alias when `alias` is set; None when the model, version or alias does
+        not exist."""
+
+    async def version_of(self, model_name: str, alias: str) -> int:
+        """The version an alias points at; 0 when the model or the alias does not exist."""
+        found = await self.get_version(model_name, alias=alias)
+        return found.version if found is not None else 0
+
+    @abc.abstractmethod
+    async def find_by_tag(self, model_name: str, key: str, value: str) -> reg.ModelVersion | None:
+        """The newest version tagged key=value (None if none, or the model is unknown)."""
+
+    @abc.abstractmethod
+    async def register(self, spec: reg.ModelVersionSpec, artifact: ArtifactSource, *,
+                       on_progress: Callable[[int], None] | None = None) -> reg.ModelVersion:
+        """Register a new version holding `artifact`; `on_progress` hears the size of every chunk sent."""
+
+    @abc.abstractmethod
+    async def download(self, model_name: str, version: int = 0, alias: str = "") -> bytes:
+        """A version's artifact, checked against its sha256."""
+
+    @abc.abstractmethod
+    async def record_lineage(self, model_name: str, version: int, lineage: common_pb2.Lineage) -> reg.ModelVersion:
+        """Merge into a version's lineage (set fields overwrite, lists append, report refs are kept once)."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds open (nothing, unless it keeps a channel)."""
+        return None
+
+
+@dataclass
+class HistoricalFeatures:
+    """Feature values for entity rows, in request order: `rows[i][j]` is feature `names[j]` of row i."""
+
+    names: list[str]
+    rows: list[list[Any]]
+
+
+class FeatureSource(abc.ABC):
+    """Where training and evaluation features come from."""
+
+    @abc.abstractmethod
+    async def historical(self, feature_service: str, keys: Sequence[dict[str, str | int]],
+                         times: Sequence[datetime], progress: Callable[[int], Awaitable[None]] | None = None,
+                         ) -> HistoricalFeatures:
+        """Point-in-time correct values of `feature_service` for each (keys, time), in order; `progress`
+        hears how many rows have arrived."""
