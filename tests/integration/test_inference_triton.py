@@ -19,10 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.main import InferenceApp
-from flywheel.inference.testing import build_predictive_artifact, register_artifact
+from flywheel.inference.testing import build_predictive_artifact
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from tests.integration import registry_client
 from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ MAX_BATCH = 8
 async def app(infra, registry, registry_app) -> AsyncIterator[InferenceApp]:  # type: ignore[no-untyped-def]
     artifact = build_predictive_artifact(n_numeric=4, vocab={"merchant": ["grocery", "online"]}, hidden=(8,), seed=3,
                                          name=MODEL)
-    mv = await register_artifact(registry, MODEL, artifact)
+    mv = await registry_client.register(registry, MODEL, artifact)
     await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion", version=mv.version))
     suffix = uuid.uuid4().hex[:8]
     settings = InferenceSettings(**shared_settings(infra), http_port=0, models=[MODEL, EMPTY],
