@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import payments_demo
 import pytest
 import yaml
+from payments_demo.generator import all_events, generate, publish
 
 from flywheel.common import rpc
 from flywheel.common.kafka import wait_assigned
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODELS_REGISTERED
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
+from flywheel.featurestore.config import FeatureStoreSettings
+from flywheel.featurestore.main import FeatureStoreApp
 from flywheel.inference.testing import build_predictive_artifact, register_artifact
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
@@ -36,12 +40,6 @@ from flywheel.trainer.store import LabelRow
 from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling
 from tests.kafka_helpers import read_records
-
-payments_demo = pytest.importorskip("payments_demo")
-featurestore_main = pytest.importorskip("flywheel.featurestore.main")
-from payments_demo.generator import all_events, generate, publish  # noqa: E402
-
-from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +88,7 @@ def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
 @pytest.fixture(scope="module")
 async def world(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
+    store = FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}"))
     await store.start()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn import metrics as sk
 
 from flywheel.trainer import metrics as m
 from flywheel.trainer.artifact import MODEL_JSON, MODEL_PT, PROFILE_JSON, build_artifact, load_model, read_artifact
@@ -170,7 +171,6 @@ def test_expected_calibration_error_on_known_cases() -> None:
 
 
 def test_metrics_agree_with_scikit_learn() -> None:
-    sk = pytest.importorskip("sklearn.metrics")
     r = np.random.default_rng(5)
     y = (r.random(400) < 0.2).astype(int)
     score = np.round(r.random(400) * 0.6 + 0.4 * y * r.random(400), 2)  # rounded: plenty of ties
