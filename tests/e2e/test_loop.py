@@ -8,6 +8,10 @@ trainer trains on that window, the evaluator passes the candidate against the ch
 registry promotes it, inference answers with it, and the detection quality on drifted traffic
 (fraud F1, see RECOVERED_F1) recovers. Each event carries the same lineage, which the registry
 returns in one call. Then the negative case: a worse candidate is rejected and the champion stays.
+
+Every assertion reads the service that owns the fact (the monitor's windows and alerts, the trainer's runs,
+the evaluator's evaluations, the registry's lineage and decisions), never the driver's narration of the
+topics: the narration is a separate consumer that nothing orders before the barriers this test waits on.
 """
 
 from __future__ import annotations
@@ -19,10 +23,20 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import payments_demo
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from payments_demo.live import DRIFT, STABLE, Addresses, DemoDriver, DriverConfig
 
 from flywheel.common import rpc
+from flywheel.evaluator import main as evaluator_main
+from flywheel.evaluator.config import EvaluatorSettings
+from flywheel.featurestore import main as featurestore_main
+from flywheel.featurestore.config import FeatureStoreSettings
+from flywheel.inference import main as inference_main
+from flywheel.inference.config import InferenceSettings
+from flywheel.monitor import main as monitor_main
+from flywheel.monitor.config import MonitorSettings
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as epb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as epb_grpc
 from flywheel.proto.events.v1 import models_pb2
@@ -31,23 +45,10 @@ from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as mpb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as tpb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as tpb_grpc
+from flywheel.trainer import main as trainer_main
+from flywheel.trainer.config import TrainerSettings
 from tests import polling
 from tests.service_helpers import fraud_spec_dir, shared_settings
-
-payments_demo = pytest.importorskip("payments_demo")
-monitor_main = pytest.importorskip("flywheel.monitor.main")
-evaluator_main = pytest.importorskip("flywheel.evaluator.main")
-featurestore_main = pytest.importorskip("flywheel.featurestore.main")
-inference_main = pytest.importorskip("flywheel.inference.main")
-trainer_main = pytest.importorskip("flywheel.trainer.main")
-
-from payments_demo.live import DRIFT, STABLE, Addresses, DemoDriver, DriverConfig  # noqa: E402
-
-from flywheel.evaluator.config import EvaluatorSettings  # noqa: E402
-from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
-from flywheel.inference.config import InferenceSettings  # noqa: E402
-from flywheel.monitor.config import MonitorSettings  # noqa: E402
-from flywheel.trainer.config import TrainerSettings  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -109,17 +110,6 @@ async def platform(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
             await app.stop()
 
 
-def events_of(driver: DemoDriver, topic: str, model: str) -> list[dict[str, Any]]:
-    """Events the driver heard on `topic` about `model` (payload as a dict, proto field names)."""
-    found = []
-    for entry in driver.events:
-        event = entry["event"]
-        name = event.get("model_name") or event.get("model", {}).get("name")
-        if entry["topic"] == topic and name == model:
-            found.append(event)
-    return found
-
-
 @pytest.mark.timeout(1200)
 async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry) -> None:  # type: ignore[no-untyped-def]
     model = platform["model"]
@@ -138,8 +128,24 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
         evaluator = epb_grpc.EvaluatorServiceStub(ech)
 
         async def windows(version: int) -> list[mpb.Window]:
-            page = await monitor.ListWindows(mpb.ListWindowsRequest(model_name=model, version=version, page_size=100))
-            return list(page.windows)
+            """The monitor's closed windows of `version` (0 = every version), newest first."""
+            found: list[mpb.Window] = []
+            token = ""
+            while True:
+                page = await monitor.ListWindows(mpb.ListWindowsRequest(
+                    model_name=model, version=version, page_size=100, page_token=token))
+                found.extend(page.windows)
+                if not (token := page.next_page_token):
+                    return found
+
+        async def evaluations_of(version: int) -> list[epb.Evaluation]:
+            """The evaluator's evaluations with `version` as the candidate (queued and running ones too)."""
+            listed = await evaluator.ListEvaluations(epb.ListEvaluationsRequest(model_name=model, page_size=100))
+            return [e for e in listed.evaluations if e.candidate_version == version]
+
+        async def lineage(version: int) -> reg.GetLineageResponse:
+            return await registry.GetLineage(reg.GetLineageRequest(ref=reg.ModelVersionRef(model_name=model,
+                                                                                           version=version)))
 
         async def champion() -> int:
             answer = await registry.GetModelVersion(reg.GetModelVersionRequest(
@@ -160,7 +166,7 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
                 return ws if len(ws) >= 3 else []
             stable_windows = await eventually(analyzed_stable, 90, "3 analyzed stable windows")
             assert all(w.rows == WINDOW_ROWS for w in stable_windows)
-            alarms = events_of(driver, "drift.detected", model)
+            alarms = [w for w in await windows(0) if w.drift_event_id]
             assert not alarms, f"false alarm on stable traffic: {alarms}"
             status = await monitor.GetModelStatus(mpb.GetModelStatusRequest(model_name=model))
             [v1_status] = [v for v in status.versions if v.model.version == v1]
@@ -194,56 +200,61 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
                         " FROM labels")).fetchone()
             v2 = await eventually(new_champion_serving, LOOP_TIMEOUT, "a new champion answering drifted traffic",
                                   state=loop_state)
-            assert driver.phase == DRIFT
+            assert driver.phase == DRIFT and await champion() == v2
 
-            [alert] = events_of(driver, "drift.detected", model)
-            drift_id = alert["drift_id"]
-            assert alert["model"]["version"] == str(v1) and alert["features"]
-            assert alert["drifted_share"] > 0 or alert["prediction_drift"].get("drifted")
-            alert_window = [w for w in await windows(v1) if w.window_id == alert["window_id"]]
-            assert alert_window and alert_window[0].drift_event_id == drift_id
-            assert alert_window[0].start.ToDatetime(UTC) >= onset - timedelta(seconds=5)
+            # The drift alert, from the monitor: one window of v1 tipped it, after the onset, and it is v1's last
+            # alert (no other version alerted).
+            [alert_window] = [w for w in await windows(0) if w.drift_event_id]
+            drift_id = alert_window.drift_event_id
+            assert alert_window.model.version == v1
+            assert alert_window.start.ToDatetime(UTC) >= onset - timedelta(seconds=5)
+            status = await monitor.GetModelStatus(mpb.GetModelStatusRequest(model_name=model))
+            [v1_status] = [v for v in status.versions if v.model.version == v1]
+            alert = v1_status.last_alert
+            assert (alert.drift_id, alert.window_id, alert.model.version) == (drift_id, alert_window.window_id, v1)
+            assert alert.features and (alert.drifted_share > 0 or alert.prediction_drift.drifted)
+            assert not [v for v in status.versions if v.model.version != v1 and v.last_alert.drift_id]
 
-            [request] = events_of(driver, "retrain.requests", model)
-            assert request["drift_event_id"] == drift_id and request["parent"]["version"] == str(v1)
-            assert request["reason"] in ("RETRAIN_REASON_DRIFT", "RETRAIN_REASON_PERFORMANCE")
+            # The retrain request the monitor sent after that alert, and the run it started in the trainer.
+            request_id = v1_status.last_retrain_request_id
+            assert request_id
 
-            runs = (await trainer.ListRuns(tpb.ListRunsRequest(model_name=model))).runs
-            [run] = [r for r in runs if r.retrain_request_id == request["request_id"]]
-            assert run.drift_event_id == drift_id and run.registered_version == v2
-            assert run.status == tpb.RUN_STATUS_SUCCEEDED
+            async def request_runs() -> list[tpb.Run]:
+                """The trainer's runs for that request, once finished (it records the outcome right after the
+                registry took the version; nothing orders that write before the promotion that followed)."""
+                runs = (await trainer.ListRuns(tpb.ListRunsRequest(model_name=model))).runs
+                mine = [r for r in runs if r.retrain_request_id == request_id]
+                return mine if mine and all(r.HasField("finished_at") for r in mine) else []
+            [run] = await eventually(request_runs, 60, "the trainer's run for the retrain request")
+            assert run.drift_event_id == drift_id and run.parent.version == v1
+            assert run.reason in (models_pb2.RETRAIN_REASON_DRIFT, models_pb2.RETRAIN_REASON_PERFORMANCE)
+            assert run.status == tpb.RUN_STATUS_SUCCEEDED and run.registered_version == v2
 
-            [registered] = [e for e in events_of(driver, "models.registered", model)
-                            if e["model"]["version"] == str(v2)]
-            for lineage in (registered["lineage"],):
-                assert lineage["drift_event_id"] == drift_id
-                assert lineage["retrain_request_id"] == request["request_id"]
-                assert lineage["training_run_id"] == run.run_id and lineage["parent_version"] == str(v1)
+            # The version the run registered, with its lineage, from the registry.
+            registered = (await registry.GetModelVersion(reg.GetModelVersionRequest(
+                ref=reg.ModelVersionRef(model_name=model, version=v2)))).model_version
+            assert (registered.lineage.drift_event_id, registered.lineage.retrain_request_id,
+                    registered.lineage.training_run_id, registered.lineage.parent_version) == (
+                drift_id, request_id, run.run_id, v1)
 
-            [verdict] = [e for e in events_of(driver, "evaluations.completed", model)
-                         if e["candidate_version"] == str(v2)]
-            assert verdict["verdict"] == "EVALUATION_VERDICT_PASSED" and verdict["baseline_version"] == str(v1)
-            assert verdict["lineage"]["drift_event_id"] == drift_id
-            assert verdict["lineage"]["training_run_id"] == run.run_id
-
-            [promoted] = [e for e in events_of(driver, "models.promoted", model)
-                          if e["alias"] == "champion" and e["version"] == str(v2)]
-            assert promoted["evaluation_id"] == verdict["evaluation_id"]
-            assert promoted["reason"] == "PROMOTION_REASON_EVALUATION"
-            assert promoted["lineage"]["drift_event_id"] == drift_id
-
-            # The whole chain from the registry, in one call.
-            chain = await registry.GetLineage(reg.GetLineageRequest(ref=reg.ModelVersionRef(model_name=model,
-                                                                                            version=v2)))
-            assert (chain.drift_event_id, chain.retrain_request_id, chain.training_run_id, chain.parent_version) == (
-                drift_id, request["request_id"], run.run_id, v1)
-            assert [(e.evaluation_id, e.decision) for e in chain.evaluations] == [(verdict["evaluation_id"],
-                                                                                    "promoted")]
-            assert any(c.alias == "champion" and (c.previous_version, c.version) == (v1, v2)
-                       and c.evaluation_id == verdict["evaluation_id"] for c in chain.alias_changes)
+            # The evaluator's verdict on it: passed against v1.
+            [verdict] = await evaluations_of(v2)
+            assert verdict.verdict == models_pb2.EVALUATION_VERDICT_PASSED and verdict.baseline_version == v1
             evaluation = (await evaluator.GetEvaluation(epb.GetEvaluationRequest(
-                evaluation_id=verdict["evaluation_id"]))).evaluation
+                evaluation_id=verdict.evaluation_id))).evaluation
             assert evaluation.rows >= 200 and evaluation.candidate_calibration
+
+            # The whole chain from the registry, in one call: the same lineage, the evaluation with the registry's
+            # decision (its report merged into the lineage), and the promotion it justified.
+            chain = await lineage(v2)
+            assert (chain.drift_event_id, chain.retrain_request_id, chain.training_run_id, chain.parent_version) == (
+                drift_id, request_id, run.run_id, v1)
+            assert [(e.evaluation_id, e.verdict, e.baseline_version, e.decision) for e in chain.evaluations] == [
+                (verdict.evaluation_id, models_pb2.EVALUATION_VERDICT_PASSED, v1, "promoted")]
+            assert evaluation.report_uri and evaluation.report_uri in chain.model_version.lineage.eval_report_refs
+            [promoted] = [c for c in chain.alias_changes if c.alias == "champion" and c.version == v2]
+            assert (promoted.previous_version, promoted.evaluation_id, promoted.reason) == (
+                v1, verdict.evaluation_id, models_pb2.PROMOTION_REASON_EVALUATION)
 
             # -- recovery: the new champion on drifted traffic ------------------------------------------------------
             async def scored_by_new() -> bool:
@@ -257,31 +268,32 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
             assert new["recall"] > old["recall"]
 
             # -- the negative case: a worse candidate is rejected, the champion stays --------------------------------
-            window_start, window_end = Timestamp(), Timestamp()
-            window_start.FromJsonString(request["window_start"])
+            window_end = Timestamp()
             window_end.GetCurrentTime()
             bad = await trainer.StartRun(tpb.StartRunRequest(
-                model_name=model, window_start=window_start, window_end=window_end,
+                model_name=model, window_start=run.window_start, window_end=window_end,
                 params={"epochs": "1", "learning_rate": "0.000001", "hidden": "2", "calibration": "none",
                         "note": "deliberately undertrained"},
                 reason=models_pb2.RETRAIN_REASON_MANUAL))
 
-            async def bad_verdict() -> dict[str, Any] | None:
+            async def bad_verdict() -> epb.Evaluation | None:
                 run = (await trainer.GetRun(tpb.GetRunRequest(run_id=bad.run.run_id))).run
                 if run.status == tpb.RUN_STATUS_FAILED:
                     raise AssertionError(f"the undertrained run failed: {run.failure_reason}")
-                found = [e for e in events_of(driver, "evaluations.completed", model)
-                         if run.registered_version and e["candidate_version"] == str(run.registered_version)]
-                return found[0] if found else None
+                done = [e for e in await evaluations_of(run.registered_version) if e.HasField("completed_at")] \
+                    if run.registered_version else []
+                return done[0] if done else None
             rejected = await eventually(bad_verdict, 240, "the verdict on the undertrained candidate")
-            assert rejected["verdict"] == "EVALUATION_VERDICT_FAILED" and rejected["baseline_version"] == str(v2)
-            assert any(not c.get("passed") for c in rejected["checks"])
-            await asyncio.sleep(2)  # the registry has acted on it (its decision is recorded below)
-            assert await champion() == v2
-            v3 = int(rejected["candidate_version"])
-            chain3 = await registry.GetLineage(reg.GetLineageRequest(ref=reg.ModelVersionRef(model_name=model,
-                                                                                             version=v3)))
-            assert [e.decision for e in chain3.evaluations] == ["failed"] and not chain3.alias_changes
+            assert rejected.verdict == models_pb2.EVALUATION_VERDICT_FAILED and rejected.baseline_version == v2
+            assert any(not c.passed for c in rejected.checks)
+            v3 = rejected.candidate_version
+
+            async def decided() -> reg.GetLineageResponse | None:
+                chain3 = await lineage(v3)
+                return chain3 if chain3.evaluations else None
+            chain3 = await eventually(decided, 60, "the registry's decision on the undertrained candidate")
+            assert [(e.evaluation_id, e.decision) for e in chain3.evaluations] == [(rejected.evaluation_id, "failed")]
+            assert not chain3.alias_changes and await champion() == v2
         finally:
             driver.request_stop()
             if traffic is not None:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import payments_demo
 import pytest
 import yaml
+from payments_demo.generator import all_events, generate, publish
 
 from flywheel.common import rpc
 from flywheel.common.clients.featurestore import FeatureStoreClient
@@ -24,6 +26,8 @@ from flywheel.common.kafka import wait_assigned
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED, MODELS_REGISTERED
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
+from flywheel.featurestore.config import FeatureStoreSettings
+from flywheel.featurestore.main import FeatureStoreApp
 from flywheel.inference.testing import build_predictive_artifact
 from flywheel.predictive.spec import parse_spec
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
@@ -38,12 +42,6 @@ from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 from tests.service_helpers import fixture_spec
-
-payments_demo = pytest.importorskip("payments_demo")
-featurestore_main = pytest.importorskip("flywheel.featurestore.main")
-from payments_demo.generator import all_events, generate, publish  # noqa: E402
-
-from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +90,7 @@ def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
 @pytest.fixture(scope="module")
 async def world(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
+    store = FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
         token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",

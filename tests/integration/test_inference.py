@@ -23,6 +23,7 @@ from flywheel.proto.events.v1 import predictions_pb2
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
 from tests.service_helpers import shared_settings
@@ -263,13 +264,16 @@ async def test_promotion_under_load_swaps_without_failures(app, client, registry
                 failures.append(exc)
 
     workers = [asyncio.create_task(load()) for _ in range(8)]
-    await asyncio.sleep(0.3)
+
+    async def answered(version: int, count: int) -> bool:
+        return seen.count(str(version)) >= count or bool(failures)
+    await polling.eventually(lambda: answered(v1, 20), 30, "the load answered by v1")  # before the swap
     await promote(registry, SWAP, v2)
     for _ in range(300):
         if seen and seen[-1] == str(v2) and seen[-20:].count(str(v2)) == 20:
             break
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
+    await polling.eventually(lambda: answered(v2, 40), 30, "the load answered by v2")  # and some more after it
     stop.set()
     await asyncio.gather(*workers)
     assert not failures, failures[:3]

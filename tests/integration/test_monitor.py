@@ -4,7 +4,6 @@ and gRPC status codes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from tests import polling
 from tests.integration import registry_client
-from tests.kafka_helpers import header, read_records
+from tests.kafka_helpers import consumed_through, end_offsets, header, read_records
 
 NUMERIC = ["x0", "x1", "x2"]
 CATS = ["a", "b", "c"]
@@ -261,11 +260,13 @@ async def test_restart_poison_no_loss_no_double_count(infra, registry_app, regis
         await app.stop()  # mid-stream
     await send_events(producer, second)
     await send_events(producer, first[:20])  # a replay of events already counted
+    sent = await end_offsets(infra.kafka_bootstrap, PREDICTIONS_LOGGED.name)
     app = MonitorApp(settings)
     await app.start()
     try:
-        await eventually(lambda: _at_least(rows_stored, 970), what="every row ingested")
-        await asyncio.sleep(1.5)  # a double count would show up now
+        # faust commits an offset once its batch's transaction committed: a double count would be stored by then.
+        await consumed_through(infra.kafka_bootstrap, settings.consumer_group, PREDICTIONS_LOGGED.name, sent,
+                               timeout=120)
         assert await rows_stored() == 970
         async with await psycopg.AsyncConnection.connect(url) as conn:
             cur = await conn.execute(

@@ -10,25 +10,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import payments_demo
 import pytest
+from payments_demo.live import Addresses, DemoDriver, DriverConfig
+from payments_demo.status import StatusPage
 
 from flywheel.common.topics import FEEDBACK_RECEIVED
+from flywheel.featurestore.config import FeatureStoreSettings
+from flywheel.featurestore.main import FeatureStoreApp
+from flywheel.inference.config import InferenceSettings
+from flywheel.inference.main import InferenceApp
 from flywheel.proto.events.v1 import predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
+from tests import polling
 from tests.kafka_helpers import read_records
-
-payments_demo = pytest.importorskip("payments_demo")
-featurestore_main = pytest.importorskip("flywheel.featurestore.main")
-inference_main = pytest.importorskip("flywheel.inference.main")
-
-from payments_demo.live import Addresses, DemoDriver, DriverConfig  # noqa: E402
-from payments_demo.status import StatusPage  # noqa: E402
-
-from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
-from flywheel.inference.config import InferenceSettings  # noqa: E402
-from tests.service_helpers import fraud_spec_dir, shared_settings  # noqa: E402
+from tests.service_helpers import fraud_spec_dir, shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +39,7 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
     specs = fraud_spec_dir(tmp_path_factory, model)
     started: list[Any] = []
     try:
-        store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
+        store = FeatureStoreApp(FeatureStoreSettings(
             **common, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
             repo=str(payments_demo.FEATURE_REPO)))
         await store.start()
@@ -51,7 +49,7 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
             featurestore_addr=store.address, registry_addr=registry_app.address, poll_interval=0.2))
         await trainer.start()
         started.append(trainer)
-        inference = inference_main.InferenceApp(InferenceSettings(
+        inference = InferenceApp(InferenceSettings(
             **common, http_port=0, models=[model], registry_addr=registry_app.address,
             featurestore_addr=store.address, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}"))
         await inference.start()
@@ -113,8 +111,10 @@ async def test_bootstrap_serves_v1_and_live_traffic_is_scored_and_labelled(servi
                 assert fb.observed_at.ToDatetime() >= fb.event_time.ToDatetime()
                 assert fb.entity_keys["transaction_id"] == fb.entity_id
 
-        # The driver heard its own promotion on models.promoted.
-        assert any(e["topic"] == "models.promoted" and e["event"].get("version") == "1" for e in driver.events)
+        # The driver narrates its own promotion from models.promoted (a consumer of its own, so waited for).
+        async def narrated() -> bool:
+            return any(e["topic"] == "models.promoted" and e["event"].get("version") == "1" for e in driver.events)
+        await polling.eventually(narrated, 30, "the promotion of v1 narrated")
 
         await page.view.refresh()
         async with aiohttp.ClientSession() as http:

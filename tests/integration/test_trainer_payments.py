@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import payments_demo
 import pytest
 import yaml
+from payments_demo.generator import all_events, generate, publish
 
 from flywheel.common import rpc
 from flywheel.common.clients.featurestore import FeatureStoreClient
@@ -24,6 +26,8 @@ from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.topics import RETRAIN_REQUESTS
+from flywheel.featurestore.config import FeatureStoreSettings
+from flywheel.featurestore.main import FeatureStoreApp
 from flywheel.predictive import metrics
 from flywheel.predictive.scoring import load_model
 from flywheel.proto.events.v1 import common_pb2, models_pb2
@@ -33,12 +37,7 @@ from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
-
-payments_demo = pytest.importorskip("payments_demo")
-featurestore_main = pytest.importorskip("flywheel.featurestore.main")
-from payments_demo.generator import all_events, generate, publish  # noqa: E402
-
-from flywheel.featurestore.config import FeatureStoreSettings  # noqa: E402
+from tests.kafka_helpers import consumed_through, end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +73,7 @@ async def count(app: Any, query: str, *args: Any) -> int:
 @pytest.fixture(scope="module")
 async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Demo]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    store = featurestore_main.FeatureStoreApp(FeatureStoreSettings(
+    store = FeatureStoreApp(FeatureStoreSettings(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
         token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
@@ -184,6 +183,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(demo: Demo) -> N
     event = Event(RETRAIN_REQUESTS, demo.model, request, "tests/monitor")
     before = len((await demo.stub.ListRuns(pb.ListRunsRequest(model_name=demo.model))).runs)
     await send_events(demo.producer, [event, event])
+    sent = await end_offsets(demo.infra.kafka_bootstrap, RETRAIN_REQUESTS.name)
 
     async def one_new_run() -> list[pb.Run]:
         runs = (await demo.stub.ListRuns(pb.ListRunsRequest(model_name=demo.model))).runs
@@ -192,7 +192,9 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(demo: Demo) -> N
     run = await finished(demo, run.run_id)
     assert run.status == pb.RUN_STATUS_SUCCEEDED, run.failure_reason
     assert run.reason == models_pb2.RETRAIN_REASON_SCHEDULE
-    await asyncio.sleep(1.0)
+    # The second delivery is handled (as a duplicate) once the trainer's group has committed past both.
+    await consumed_through(demo.infra.kafka_bootstrap, demo.trainer.settings.consumer_group, RETRAIN_REQUESTS.name,
+                           sent)
     assert len((await demo.stub.ListRuns(pb.ListRunsRequest(model_name=demo.model))).runs) == before + 1
 
 

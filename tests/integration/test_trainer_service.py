@@ -38,7 +38,7 @@ from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
-from tests.kafka_helpers import header, read_records
+from tests.kafka_helpers import consumed_through, end_offsets, header, read_records
 from tests.unit.test_trainer_pipeline import CATEGORY, NUMERIC, SPEC, synthetic
 
 pytestmark = pytest.mark.integration
@@ -373,6 +373,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(stack: Stack, un
     same_request = Event(RETRAIN_REQUESTS, model, request(f"rr-1-{unique}"), "tests/monitor")
     second = Event(RETRAIN_REQUESTS, model, request(f"rr-2-{unique}"), "tests/monitor")
     await send_events(stack.producer, [first, first, same_request, second])
+    sent = await end_offsets(stack.infra.kafka_bootstrap, RETRAIN_REQUESTS.name)
 
     async def linked() -> list[dict]:
         async with stack.app.db.connection() as conn:
@@ -391,7 +392,8 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(stack: Stack, un
     assert len(run.epochs) <= 4
     mv = (await versions(stack, model))[0]
     assert mv.lineage.retrain_request_id == f"rr-1-{unique}" and mv.lineage.drift_event_id == f"drift-{unique}"
-    await asyncio.sleep(1.0)  # nothing else starts later
+    # Nothing else starts later: the trainer's group has handled every request sent above.
+    await consumed_through(stack.infra.kafka_bootstrap, stack.app.settings.consumer_group, RETRAIN_REQUESTS.name, sent)
     assert len((await stack.stub.ListRuns(pb.ListRunsRequest(model_name=model))).runs) == 1
 
     # A request for a model without a spec cannot ever work: dead-lettered, the consumer goes on.

@@ -1,13 +1,20 @@
-"""The live demo driver's pure parts: the time map, label scheduling, windowed metrics, the plot, the status JSON."""
+"""The live demo driver's pure parts: the time map, label scheduling, windowed metrics, the plot, the status JSON;
+and its narration consumer against a fake Kafka consumer."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-
-payments_demo = pytest.importorskip("payments_demo")
-from payments_demo.live import (  # noqa: E402
+from aiokafka import TopicPartition
+from aiokafka.errors import UnknownError
+from payments_demo.live import (
+    Addresses,
+    DemoDriver,
     DriverConfig,
     LabelSchedule,
     LiveStats,
@@ -18,8 +25,13 @@ from payments_demo.live import (  # noqa: E402
     label_event,
     restamp_row,
 )
-from payments_demo.pipeline import FeatureRow  # noqa: E402
-from payments_demo.status import accuracy_svg, status_document  # noqa: E402
+from payments_demo.pipeline import FeatureRow
+from payments_demo.status import accuracy_svg, status_document
+
+from flywheel.common.events import Event
+from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED
+from flywheel.proto.events.v1 import models_pb2
+from tests import polling
 
 WALL = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 SIM = datetime(2026, 1, 10, tzinfo=UTC)
@@ -119,3 +131,71 @@ def test_status_document_shape() -> None:
     assert [e["text"] for e in doc["promotions"]] == ["PROMOTED"] and [e["text"] for e in doc["alerts"]] == ["ALERT"]
     assert doc["counts"]["labels_pending"] == 3 and doc["unavailable"] == {"windows": "UNAVAILABLE: down"}
     assert set(doc) >= {"drift_windows", "retraining", "evaluations", "markers", "registered"}
+
+
+class FakeConsumer:
+    """Just what the narration uses of AIOKafkaConsumer: assigned at once, then the scripted `getmany` answers."""
+
+    script: deque[Any] = deque()
+
+    def __init__(self, *topics: str, **options: Any) -> None:
+        self.topics = topics
+
+    async def start(self) -> None:
+        pass
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(t, 0) for t in self.topics}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+        if not self.script:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        answer = self.script.popleft()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def stop(self) -> None:
+        pass
+
+
+def record(event: Event) -> SimpleNamespace:
+    key, value, headers = event.encode()
+    return SimpleNamespace(topic=event.topic.name, key=key, value=value, headers=headers)
+
+
+async def test_narration_skips_what_it_cannot_describe_and_outlives_broker_errors(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A promotion with a reason newer than this demo knows: describing it fails; a non-retriable broker error;
+    # then an evaluation the narration must still hear.
+    newer = models_pb2.ModelPromoted(model_name="fraud", alias="champion", version=2, reason=99)  # type: ignore[arg-type]
+    later = models_pb2.EvaluationCompleted(evaluation_id="ev-1", model_name="fraud", candidate_version=3,
+                                           verdict=models_pb2.EVALUATION_VERDICT_FAILED)
+    FakeConsumer.script = deque([
+        {TopicPartition(MODELS_PROMOTED.name, 0): [record(Event(MODELS_PROMOTED, "fraud", newer, "tests"))]},
+        UnknownError("the broker had a bad moment"),
+        {TopicPartition(EVALUATIONS_COMPLETED.name, 0): [
+            record(Event(EVALUATIONS_COMPLETED, "fraud", later, "tests"))]},
+    ])
+    monkeypatch.setattr("aiokafka.AIOKafkaConsumer", FakeConsumer)
+    config = DriverConfig(warmup_days=0, history_days=1, stable_days=1, drift_days=0, rate=2.0)
+    driver = DemoDriver(config, Addresses(kafka_bootstrap="127.0.0.1:9", database_url="postgresql://unused"),
+                        session="unit")
+    ready = asyncio.Event()
+    task = asyncio.create_task(driver._consume_events(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+
+        async def narrated_or_ended() -> bool:
+            return bool(driver.events) or task.done()
+        await polling.eventually(narrated_or_ended, 5, "the evaluation narrated", every=0.05)
+        assert not task.done(), task.exception()
+        assert [(e["topic"], e["event"]["evaluation_id"]) for e in driver.events] == [
+            ("evaluations.completed", "ev-1")]
+        assert not FakeConsumer.script
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -606,6 +606,8 @@ class DemoDriver:
             ready = asyncio.Event()
             self._consumer_task = asyncio.create_task(self._consume_events(ready), name="demo-events")
             await asyncio.wait_for(ready.wait(), timeout=30)
+            if self._consumer_task.done():  # it failed before listening: say so instead of narrating nothing
+                self._consumer_task.result()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -840,10 +842,14 @@ class DemoDriver:
     # -- narration --
 
     async def _consume_events(self, ready: asyncio.Event) -> None:
-        """Read the watched topics from their latest offsets (a group of its own) and narrate each event."""
-        from aiokafka import AIOKafkaConsumer
+        """Read the watched topics from their latest offsets (a group of its own) and narrate each event.
 
-        from flywheel.common.errors import PoisonEvent
+        The narration is a view that follows the topics on its own schedule, not the platform's record, and
+        it keeps going: an event it cannot read or describe (e.g. an enum value newer than this demo) is
+        skipped and a broker error retried, both logged, instead of ending the narration for the session."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+
         from flywheel.common.events import decode
         from flywheel.common.kafka import stop_consumer
         from flywheel.common.topics import topic
@@ -860,15 +866,19 @@ class DemoDriver:
                 await consumer.position(tp)
             ready.set()
             while True:
-                batches = await consumer.getmany(timeout_ms=500)
+                try:
+                    batches = await consumer.getmany(timeout_ms=500)
+                except KafkaError as exc:
+                    log.warning(f"events: {exc!r}; still listening")
+                    await asyncio.sleep(1.0)
+                    continue
                 for records in batches.values():
                     for record in records:
                         try:
                             event = decode(topic(record.topic), record.key, record.value, record.headers)
-                        except PoisonEvent as exc:
-                            log.warning(f"event on {record.topic} not understood: {exc}")
-                            continue
-                        self.on_event(record.topic, event.payload)
+                            self.on_event(record.topic, event.payload)
+                        except Exception as exc:
+                            log.warning(f"event on {record.topic} not narrated: {exc!r}")
         finally:
             ready.set()
             await stop_consumer(consumer)
