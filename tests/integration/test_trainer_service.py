@@ -491,10 +491,11 @@ async def test_list_runs_newest_first_in_pages(stack: Stack, unique: str) -> Non
 
 
 async def flywheel_train(stack: Stack, *args: str) -> tuple[int, str]:
+    """`flywheel train` as an operator runs it (FLYWHEEL_TOKEN: the session's operator token)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flywheel.common.cli", "train", "--address", stack.app.address, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": stack.infra.tokens.operator})
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 
