@@ -7,6 +7,7 @@ the same suite against a real Kafka and PostgreSQL instead.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,10 +17,46 @@ from pathlib import Path
 import pytest
 
 from flywheel.common import rpc
+from flywheel.common.auth import Role, TokenStore
+from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
+from flywheel.common.launcher import DEMO_ROLES
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from flywheel.registry.config import RegistrySettings
 from flywheel.registry.main import RegistryApp
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Bearer tokens of the session, one per role (principal = the role's name, e.g. `operator`)."""
+
+    admin: str
+    operator: str
+    service: str
+    reader: str
+    predict: str
+    reviewer: str
+    # What `make run` gives a demo: it trains, promotes and predicts like a user's project.
+    demo: str
+
+    def auth(self, role: str = "admin") -> rpc.ClientAuth:
+        return rpc.ClientAuth(token=getattr(self, role))
+
+
+def create_tokens(database_url: str) -> Tokens:
+    async def create() -> Tokens:
+        store = TokenStore(Database(database_url, "auth", min_size=1, max_size=1))
+        await store.db.pool.open(wait=True, timeout=30)
+        try:
+            await store.migrate()
+            made = {}
+            for role in Role:
+                made[role.value], _ = await store.create(role.value, [role], created_by="tests")
+            made["demo"], _ = await store.create("demo", DEMO_ROLES, created_by="tests")
+            return Tokens(**made)
+        finally:
+            await store.db.close()
+    return asyncio.run(create())
 
 
 @dataclass
@@ -28,6 +65,7 @@ class Infrastructure:
     database_url: str
     home: Path
     embedded: EmbeddedStack | None
+    tokens: Tokens
 
     def stop_broker(self) -> None:
         if self.embedded is None:
@@ -45,11 +83,11 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
     home = tmp_path_factory.mktemp("flywheel")
     kafka, database = os.environ.get("FLYWHEEL_KAFKA_BOOTSTRAP"), os.environ.get("FLYWHEEL_DATABASE_URL")
     if kafka and database:
-        yield Infrastructure(kafka, database, home, None)
+        yield Infrastructure(kafka, database, home, None, create_tokens(database))
         return
     stack = EmbeddedStack(home, durable=False).start()
     try:
-        yield Infrastructure(stack.kafka.bootstrap, stack.postgres.url, home, stack)
+        yield Infrastructure(stack.kafka.bootstrap, stack.postgres.url, home, stack, create_tokens(stack.postgres.url))
     finally:
         stack.stop()
 
@@ -81,7 +119,7 @@ def registry_settings(infra, **overrides) -> RegistrySettings:  # type: ignore[n
     values = dict(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
         grpc_port=0, metrics_port=0, db_schema=f"registry_{suffix}", consumer_group=f"registry-{suffix}",
-        max_artifact_bytes=8 * 1024 * 1024,
+        max_artifact_bytes=8 * 1024 * 1024, token=infra.tokens.service,
     )
     values.update(overrides)
     return RegistrySettings(**values)
@@ -96,8 +134,9 @@ async def registry_app(infra) -> AsyncIterator[RegistryApp]:  # type: ignore[no-
 
 
 @pytest.fixture(scope="session")
-async def registry(registry_app: RegistryApp) -> AsyncIterator[pb_grpc.RegistryServiceStub]:
-    async with rpc.channel(registry_app.address) as channel:
+async def registry(infra, registry_app: RegistryApp) -> AsyncIterator[pb_grpc.RegistryServiceStub]:  # type: ignore[no-untyped-def]
+    """A registry client with the session's admin token (tests register, read and move aliases)."""
+    async with rpc.channel(registry_app.address, auth=infra.tokens.auth("admin")) as channel:
         yield pb_grpc.RegistryServiceStub(channel)
 
 

@@ -13,9 +13,10 @@ FIXTURE_SPECS = Path(__file__).parent / "fixtures" / "specs"
 
 
 def shared_settings(infra: Any) -> dict[str, Any]:
-    """Settings every service takes on the session's embedded stack: free ports, no metrics server."""
+    """Settings every service takes on the session's embedded stack: free ports, no metrics server, the
+    session's `service` token for calls to other services."""
     return dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-                grpc_port=0, metrics_port=0)
+                grpc_port=0, metrics_port=0, token=infra.tokens.service)
 
 
 def fixture_spec(name: str = "fraud") -> dict[str, Any]:

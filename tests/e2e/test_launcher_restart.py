@@ -88,7 +88,7 @@ def test_make_run_restarts_a_killed_service_and_gives_up_on_a_crash_loop(tmp_pat
     console = Console(proc, lines)
     children = psutil.Process(proc.pid).children(recursive=True)
     try:
-        assert "registered demo:1" in cli(address, "register", "demo", str(tmp_path / "m.bin"))
+        assert "registered demo:1" in cli(address, home, "register", "demo", str(tmp_path / "m.bin"))
         before = service_pids(proc)
         assert set(before) == set(ports), before
 
@@ -105,7 +105,7 @@ def test_make_run_restarts_a_killed_service_and_gives_up_on_a_crash_loop(tmp_pat
             {n: p for n, p in before.items() if n != "registry"}  # the others ran on, untouched
 
         # Work goes on through the restarted registry: a new version, and its event on the topic.
-        assert "registered demo:2" in cli(address, "register", "demo", str(tmp_path / "m.bin"))
+        assert "registered demo:2" in cli(address, home, "register", "demo", str(tmp_path / "m.bin"))
         bootstrap = json.loads((home / "stack.json").read_text())["kafka_bootstrap"]
 
         def versions(records: list) -> list[int]:  # type: ignore[type-arg]

@@ -101,6 +101,7 @@ async def platform(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
             featurestore_addr=store.address, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}")))
         yield {"model": model, "trainer": trainer, "monitor": monitor, "evaluator": evaluator, "addresses": Addresses(
             kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.demo,
             registry_addr=registry_app.address, featurestore_addr=store.address, trainer_addr=trainer.address,
             inference_addr=inference.grpc_address, monitor_addr=monitor.address, evaluator_addr=evaluator.address,
             status_port=0)}
@@ -119,8 +120,10 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
     driver = DemoDriver(config, platform["addresses"])
     await driver.start()
     traffic: asyncio.Task | None = None
-    async with rpc.channel(platform["monitor"].address) as mch, rpc.channel(platform["trainer"].address) as tch, \
-            rpc.channel(platform["evaluator"].address) as ech:
+    auth = platform["addresses"].client_auth()  # the demo's token: it reads, trains and evaluates
+    async with rpc.channel(platform["monitor"].address, auth=auth) as mch, \
+            rpc.channel(platform["trainer"].address, auth=auth) as tch, \
+            rpc.channel(platform["evaluator"].address, auth=auth) as ech:
         monitor, trainer = mpb_grpc.MonitorServiceStub(mch), tpb_grpc.TrainerServiceStub(tch)
         evaluator = epb_grpc.EvaluatorServiceStub(ech)
 

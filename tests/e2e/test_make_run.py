@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -41,11 +42,16 @@ def start_launcher(home: Path, env: dict[str, str], *options: str) -> tuple[subp
     raise AssertionError("launcher did not become ready:\n" + "\n".join(lines))
 
 
-def cli(address: str, *args: str) -> str:
+def cli(address: str, home: Path, *args: str, check: bool = True) -> str:
+    """`flywheel registry --address ADDRESS ARGS` as a user runs it next to `make run`: with FLYWHEEL_HOME
+    set, it authenticates with the admin token the launcher wrote there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     result = subprocess.run([sys.executable, "-m", "flywheel.common.cli", "registry", "--address", address, *args],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+                            capture_output=True, text=True, timeout=60,
+                            env={**env, "COLUMNS": "200", "FLYWHEEL_HOME": str(home)})
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 def stop(proc: subprocess.Popen) -> list[str]:
@@ -92,9 +98,14 @@ def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
             names = {s.name for r in reflection for s in r.list_services_response.service}
             assert "flywheel.registry.v1.RegistryService" in names
-        assert "no models registered yet" in cli(address, "list")
+        admin_token = home / "admin.token"
+        assert any(str(admin_token) in line for line in lines), lines  # the launcher says where it is
+        assert stat.S_IMODE(admin_token.stat().st_mode) == 0o600
+        assert "no models registered yet" in cli(address, home, "list")
+        # Without the token the registry refuses (another home has none).
+        assert "UNAUTHENTICATED" in cli(address, tmp_path / "elsewhere", "list", check=False)
         (tmp_path / "m.bin").write_bytes(b"weights that must survive a restart")
-        assert "registered demo:1" in cli(address, "register", "demo", str(tmp_path / "m.bin"))
+        assert "registered demo:1" in cli(address, home, "register", "demo", str(tmp_path / "m.bin"))
     finally:
         out = stop(proc)
     assert out[-1] == "flywheel: stopped"
@@ -102,6 +113,6 @@ def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
 
     proc, _ = start_launcher(home, env)  # same data directory: the model is still there
     try:
-        assert "demo" in cli(address, "list")
+        assert "demo" in cli(address, home, "list")  # and the admin token still works
     finally:
         stop(proc)

@@ -91,7 +91,8 @@ def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
 async def world(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(payments_demo.FEATURE_REPO)))  # the test's data: payments from the demo's generator
     await store.start()
@@ -104,7 +105,8 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
         spec["gate"] = {"metric": "roc_auc", "tolerance": 0.1, "floor": 0.6}
         specs: Path = tmp_path_factory.mktemp("evaluator-specs")
         app = EvaluatorApp(EvaluatorSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.service, grpc_port=0,
             metrics_port=0, db_schema=f"evaluator_{suffix}", consumer_group=f"evaluator-{suffix}", specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, min_rows=100, min_positives=3,
             max_wait_seconds=2.0, label_poll_seconds=0.5, min_slice_rows=20, poll_interval=0.2))
@@ -136,12 +138,12 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
                                             "merchant_id": t.merchant_id}, t.event_time, t.label_observed_at,
                          t.is_fraud) for t in labelled]
         parsed = parse_spec(spec)
-        got = await FeatureStoreClient(store.address, timeout=120).historical(
+        got = await FeatureStoreClient(store.address, timeout=120, auth=infra.tokens.auth("reader")).historical(
             parsed.features.feature_service, [dict(r.entity_keys) for r in rows], [r.event_time for r in rows])
         frame = training_frame(parsed, rows, got.names, got.rows)
         (good, holdout), (other_good, _) = await asyncio.to_thread(
             lambda: (train(parsed, frame, 7), train(parsed, frame, 8)))
-        channel = rpc.channel(app.address, default_timeout=60)
+        channel = rpc.channel(app.address, default_timeout=60, auth=infra.tokens.auth("operator"))
         yield World(infra, app, pb_grpc.EvaluatorServiceStub(channel), registry, specs, spec, good, other_good,
                     holdout, producer)
     finally:
@@ -163,8 +165,7 @@ async def register(world: World, name: str, data: bytes, *, champion: bool = Fal
     tags = {"holdout_start": world.holdout, **spec.pop("tags", {})}
     mv = await registry_client.register(world.registry, name, data, framework="pytorch", tags=tags, **spec)
     if champion:
-        await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
-                                                          actor="tests"))
+        await world.registry.SetAlias(reg.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
     return mv.version
 
 

@@ -46,6 +46,7 @@ def featurestore_settings(infra, **overrides: Any) -> FeatureStoreSettings:  # t
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(
         kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service,
         grpc_port=0, metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(FEAST_REPO))
     values.update(overrides)
@@ -62,8 +63,8 @@ async def app(infra) -> AsyncIterator[FeatureStoreApp]:  # type: ignore[no-untyp
 
 
 @pytest.fixture(scope="module")
-async def stub(app: FeatureStoreApp) -> AsyncIterator[pb_grpc.FeatureStoreServiceStub]:
-    async with rpc.channel(app.address, default_timeout=30) as channel:
+async def stub(infra, app: FeatureStoreApp) -> AsyncIterator[pb_grpc.FeatureStoreServiceStub]:
+    async with rpc.channel(app.address, default_timeout=30, auth=infra.tokens.auth()) as channel:
         yield pb_grpc.FeatureStoreServiceStub(channel)
 
 

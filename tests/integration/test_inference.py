@@ -26,6 +26,7 @@ from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
+from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +38,16 @@ RT_ARTIFACT = build_predictive_artifact(n_numeric=4, vocab=VOCAB, hidden=(8,), s
 
 def settings(infra, registry_app, models, **overrides) -> InferenceSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    values = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-                  grpc_port=0, http_port=0, metrics_port=0, models=models, registry_addr=registry_app.address,
-                  db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}")
+    # Stock OIP clients send no token, as on `make run`'s loopback stack (tests/integration/test_auth_doors.py
+    # covers the tokens).
+    values = dict(**shared_settings(infra), http_port=0, models=models, registry_addr=registry_app.address,
+                  db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}", allow_anonymous_predict=True)
     values.update(overrides)
     return InferenceSettings(**values)
 
 
 async def promote(registry, name: str, version: int, alias: str = "champion") -> None:  # type: ignore[no-untyped-def]
-    await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias=alias, version=version, actor="tests"))
+    await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias=alias, version=version))
 
 
 async def constant_versions(registry, name: str, *constants: float) -> list[int]:  # type: ignore[no-untyped-def]

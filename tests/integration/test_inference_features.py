@@ -30,6 +30,7 @@ from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
+from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ CUST_VOCAB = {"customer_profile__segment": ["gold", "silver"]}
 def featurestore_settings(infra) -> FeatureStoreSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     return FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(FEAST_REPO))
 
@@ -53,9 +55,9 @@ def featurestore_settings(infra) -> FeatureStoreSettings:  # type: ignore[no-unt
 def inference_settings(infra, registry_app, featurestore_addr: str) -> InferenceSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     return InferenceSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
-        http_port=0, metrics_port=0, models=[FRAUD, CUST], registry_addr=registry_app.address,
-        featurestore_addr=featurestore_addr, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}")
+        **shared_settings(infra), http_port=0, models=[FRAUD, CUST], registry_addr=registry_app.address,
+        featurestore_addr=featurestore_addr, db_schema=f"inference_{suffix}", consumer_group=f"inference-{suffix}",
+        allow_anonymous_predict=True)
 
 
 def ids_request(model: str, request_id: str = "", **keys: list[Any]) -> ipb.ModelInferRequest:
@@ -81,7 +83,7 @@ async def probabilities(stub: ipb_grpc.GRPCInferenceServiceStub, request: ipb.Mo
     return np.frombuffer(out.raw_output_contents[0], dtype="<f4")
 
 
-async def push(address: str, c1: str, c2: str, m1: int, m2: int) -> None:
+async def push(address: str, auth: rpc.ClientAuth, c1: str, c2: str, m1: int, m2: int) -> None:
     now = datetime.now(UTC)
     when = fpb.EntityRow().event_time
     when.FromDatetime(now)
@@ -97,7 +99,7 @@ async def push(address: str, c1: str, c2: str, m1: int, m2: int) -> None:
         return fpb.PushRow(entity_keys={"merchant_id": FeatureValue(int64_value=merchant)}, event_time=when,
                            values={"chargeback_rate": FeatureValue(double_value=rate)})
 
-    async with rpc.channel(address, default_timeout=30) as channel:
+    async with rpc.channel(address, default_timeout=30, auth=auth) as channel:
         stub = fpb_grpc.FeatureStoreServiceStub(channel)
         await stub.PushFeatures(fpb.PushFeaturesRequest(push_source="customer_profile_push", rows=[
             profile(c1, 120.5, 3, "gold", True), profile(c2, 8.25, 40, "silver", False)]))
@@ -113,8 +115,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
                                      name=CUST, feature_service="customer_features", entity_keys=["customer_id"])
     for name, data in ((FRAUD, fraud), (CUST, cust)):
         mv = await registry_client.register(registry, name, data)
-        await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version,
-                                                    actor="tests"))
+        await registry.SetAlias(rpb.SetAliasRequest(model_name=name, alias="champion", version=mv.version))
 
     c1, c2, nobody = f"c1-{U}", f"c2-{U}", f"nobody-{U}"
     m1, m2, no_merchant = (int(uuid.uuid4().int % 10**12) + k for k in (1, 2, 3))
@@ -123,7 +124,7 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
     store_running = True
     app: InferenceApp | None = None
     try:
-        await push(store.address, c1, c2, m1, m2)
+        await push(store.address, infra.tokens.auth("service"), c1, c2, m1, m2)
         app = InferenceApp(inference_settings(infra, registry_app, store.address))
         await app.start()
         async with grpc.aio.insecure_channel(app.grpc_address) as channel, aiohttp.ClientSession() as http:

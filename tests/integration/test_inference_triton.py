@@ -39,11 +39,12 @@ async def app(infra, registry, registry_app) -> AsyncIterator[InferenceApp]:  # 
     artifact = build_predictive_artifact(n_numeric=4, vocab={"merchant": ["grocery", "online"]}, hidden=(8,), seed=3,
                                          name=MODEL)
     mv = await registry_client.register(registry, MODEL, artifact)
-    await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion", version=mv.version, actor="tests"))
+    await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion", version=mv.version))
     suffix = uuid.uuid4().hex[:8]
     settings = InferenceSettings(**shared_settings(infra), http_port=0, models=[MODEL, EMPTY],
                                  registry_addr=registry_app.address, db_schema=f"inference_{suffix}",
-                                 consumer_group=f"inference-{suffix}", max_batch_size=MAX_BATCH, max_batch_wait_ms=1)
+                                 consumer_group=f"inference-{suffix}", max_batch_size=MAX_BATCH, max_batch_wait_ms=1,
+                                 allow_anonymous_predict=True)
     application = InferenceApp(settings)
     await application.start()
     yield application

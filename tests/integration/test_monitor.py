@@ -97,6 +97,7 @@ def feedback_events(name: str, truth: list[tuple[str, str, bool]],
 
 def monitor_settings(infra, registry_app, suffix: str, **overrides) -> MonitorSettings:  # type: ignore[no-untyped-def]
     values = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+    token=infra.tokens.service,
                   grpc_port=0, metrics_port=0, db_schema=f"monitor_{suffix}", consumer_group=f"monitor-{suffix}",
                   registry_addr=registry_app.address, window_size=200, hysteresis_n=2, hysteresis_m=3,
                   cooldown_seconds=3600, retrain_min_labels=150, retrain_max_wait_seconds=3600,
@@ -128,7 +129,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
     name = f"fraud_{unique}"
     version = (await registry_client.register(registry, name, reference_artifact(name))).version
     rng = np.random.default_rng(1)
-    async with rpc.channel(monitor.address) as channel:
+    async with rpc.channel(monitor.address, auth=infra.tokens.auth("reader")) as channel:
         stub = pb_grpc.MonitorServiceStub(channel)
         stable, stable_truth = prediction_events(name, version, 30, 20, rng)  # 600 rows = 3 windows
         await send_events(producer, stable)
@@ -286,7 +287,7 @@ async def test_restart_poison_no_loss_no_double_count(infra, registry_app, regis
 
 
 async def _status_seen(app: MonitorApp, name: str) -> bool:
-    async with rpc.channel(app.address) as channel:
+    async with rpc.channel(app.address, auth=app.settings.client_auth()) as channel:
         try:
             status = await pb_grpc.MonitorServiceStub(channel).GetModelStatus(pb.GetModelStatusRequest(model_name=name))
         except grpc.aio.AioRpcError:
@@ -299,7 +300,7 @@ async def _at_least(fn, n: int) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_grpc_status_codes(monitor):  # type: ignore[no-untyped-def]
-    async with rpc.channel(monitor.address) as channel:
+    async with rpc.channel(monitor.address, auth=monitor.settings.client_auth()) as channel:
         stub = pb_grpc.MonitorServiceStub(channel)
         cases = [
             (stub.GetReport(pb.GetReportRequest(window_id="no-such-window")), grpc.StatusCode.NOT_FOUND),

@@ -56,6 +56,7 @@ async def services(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
         started.append(inference)
         yield {"model": model, "addresses": Addresses(
             kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.demo,
             registry_addr=registry_app.address, featurestore_addr=store.address, trainer_addr=trainer.address,
             inference_addr=inference.grpc_address, status_port=0,
             # Nothing listens here: the page must say so, not fail.

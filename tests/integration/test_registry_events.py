@@ -55,20 +55,26 @@ async def test_register_emits_models_registered_with_cloudevents_headers(infra, 
 
 
 async def test_alias_move_emits_models_promoted(infra, registry, unique: str) -> None:
+    """The actor of every move is the principal of the caller's token (here the session's `operator` and
+    `admin` tokens), in the event and in the registry's alias history."""
     name = f"promo-{unique}"
     await register(registry, name, b"a")
     await register(registry, name, b"b")
-    await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=1, actor="alice"))
-    await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=2, actor="alice"))
-    await registry.DeleteAlias(pb.DeleteAliasRequest(model_name=name, alias="champion", actor="bob"))
+    as_operator = (("authorization", f"Bearer {infra.tokens.operator}"),)
+    await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=1), metadata=as_operator)
+    await registry.SetAlias(pb.SetAliasRequest(model_name=name, alias="champion", version=2), metadata=as_operator)
+    await registry.DeleteAlias(pb.DeleteAliasRequest(model_name=name, alias="champion"))  # the admin token
 
     def moves(rs):  # type: ignore[no-untyped-def]
         return [(e.alias, e.previous_version, e.version, e.actor)
                 for _, e in payloads(rs, models_pb2.ModelPromoted, model_name=name)]
     records = await read_records(infra.kafka_bootstrap, MODELS_PROMOTED.name, until=lambda rs: len(moves(rs)) >= 4)
     # Moving the champion keeps the old one as `previous`, in the same transaction.
-    assert moves(records) == [("champion", 0, 1, "alice"), ("previous", 0, 1, "alice"), ("champion", 1, 2, "alice"),
-                              ("champion", 2, 0, "bob")]
+    assert moves(records) == [("champion", 0, 1, "operator"), ("previous", 0, 1, "operator"),
+                              ("champion", 1, 2, "operator"), ("champion", 2, 0, "admin")]
+    chain = await registry.GetLineage(pb.GetLineageRequest(ref=pb.ModelVersionRef(model_name=name, version=2)))
+    assert [(c.alias, c.version, c.actor) for c in chain.alias_changes] == [("champion", 2, "operator"),
+                                                                             ("champion", 0, "admin")]
     [(_, second)] = [(r, e) for r, e in payloads(records, models_pb2.ModelPromoted, model_name=name, version=2)]
     assert second.alias == "champion" and second.reason == models_pb2.PROMOTION_REASON_MANUAL
 

@@ -44,7 +44,7 @@ class Health:
     """A real RpcServer (with one dummy service name) and a client of its grpc.health.v1."""
 
     def __init__(self) -> None:
-        self.server = rpc.RpcServer("127.0.0.1", 0)
+        self.server = rpc.RpcServer("127.0.0.1", 0, auth=None)
         self.server.add(lambda servicer, server: None, None, DUMMY_SERVICE)
         self.channel: grpc.aio.Channel | None = None
 

@@ -74,7 +74,8 @@ async def count(app: Any, query: str, *args: Any) -> int:
 async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Demo]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(payments_demo.FEATURE_REPO)))
     await store.start()
@@ -87,7 +88,8 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         specs: Path = tmp_path_factory.mktemp("payments-specs")
         (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
         trainer = TrainerApp(TrainerSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+            token=infra.tokens.service, grpc_port=0,
             metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, poll_interval=0.2))
         await trainer.start()
@@ -109,7 +111,7 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         # Generous: ~15k events through two consumers; seconds on an idle machine, more on a busy one.
         await eventually(consumed, timeout=300, what="feature rows and labels consumed")
 
-        channel = rpc.channel(trainer.address, default_timeout=30)
+        channel = rpc.channel(trainer.address, default_timeout=30, auth=infra.tokens.auth("operator"))
         yield Demo(store, trainer, pb_grpc.TrainerServiceStub(channel), registry, model, transactions, infra, producer)
     finally:
         if channel is not None:
@@ -133,7 +135,8 @@ async def finished(demo: Demo, run_id: str) -> pb.Run:
 
 async def historical_features(demo: Demo, transactions: list[Any]) -> dict[str, list[Any]]:
     """The fraud_model_v1 features of `transactions` at their event times, straight from the feature store."""
-    client = FeatureStoreClient(demo.trainer.settings.featurestore_addr, timeout=120)
+    client = FeatureStoreClient(demo.trainer.settings.featurestore_addr, timeout=120,
+                                auth=demo.trainer.settings.client_auth())
     got = await client.historical("fraud_model_v1", [
         {"transaction_id": t.transaction_id, "customer_id": t.customer_id, "merchant_id": t.merchant_id}
         for t in transactions], [t.event_time for t in transactions])
@@ -159,8 +162,8 @@ async def test_training_on_the_payments_demo_registers_a_model_that_scores(demo:
     assert mv.metrics["roc_auc"] == pytest.approx(run.metrics["roc_auc"]) and mv.tags["scenario"] == "stable"
 
     path = tmp_path / "fraud.tar.gz"
-    path.write_bytes(await RegistryClient(demo.trainer.settings.registry_addr).download(
-        demo.model, run.registered_version))
+    versions = RegistryClient(demo.trainer.settings.registry_addr, auth=demo.trainer.settings.client_auth())
+    path.write_bytes(await versions.download(demo.model, run.registered_version))
     model = load_model(path)
 
     # Scoring the latest slice again, with features fetched independently, reproduces the reported ROC AUC.
@@ -234,7 +237,7 @@ async def test_generated_features_are_served_online_and_payments_published(demo:
         if row.view == "customer_stats":
             latest[row.entity_keys["customer_id"]] = dict(row.values)
     customers = sorted(latest)[:20]
-    async with rpc.channel(demo.store.address) as channel:
+    async with rpc.channel(demo.store.address, auth=demo.infra.tokens.auth("reader")) as channel:
         response = await fs_grpc.FeatureStoreServiceStub(channel).GetOnlineFeatures(fs.GetOnlineFeaturesRequest(
             features=fs.FeatureSelection(features=fs.FeatureRefs(refs=["customer_stats:txn_count_24h",
                                                                        "customer_stats:avg_amount_30d"])),

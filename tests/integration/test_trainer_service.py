@@ -117,14 +117,14 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     fake = FakeFeatureStore()
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(fs_grpc.add_FeatureStoreServiceServicer_to_server, fake, "flywheel.featurestore.v1.FeatureStoreService")
     await server.start()
     specs = tmp_path_factory.mktemp("specs")
     app = TrainerApp(trainer_settings(infra, specs, f"127.0.0.1:{server.port}", registry_app.address))
     await app.start()
     await wait_assigned(app.consumer)
-    channel = rpc.channel(app.address, default_timeout=30)
+    channel = rpc.channel(app.address, default_timeout=30, auth=infra.tokens.auth("operator"))
     try:
         yield Stack(app, pb_grpc.TrainerServiceStub(channel), registry, fake, specs, infra, producer, channel)
     finally:
@@ -136,7 +136,8 @@ async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> As
 def trainer_settings(infra, specs: Path, featurestore: str, registry: str, **overrides: Any) -> TrainerSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home, grpc_port=0,
+        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
+        token=infra.tokens.service, grpc_port=0,
         metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
         featurestore_addr=featurestore, registry_addr=registry, poll_interval=0.2)
     values.update(overrides)
@@ -242,7 +243,8 @@ async def versions(stack: Stack, model: str) -> list[reg.ModelVersion]:
 
 async def download(stack: Stack, model: str, version: int, tmp_path: Path) -> Path:
     path = tmp_path / f"{model}-{version}.tar.gz"
-    path.write_bytes(await RegistryClient(stack.app.settings.registry_addr).download(model, version))
+    path.write_bytes(await RegistryClient(stack.app.settings.registry_addr, auth=stack.app.settings.client_auth())
+                     .download(model, version))
     return path
 
 
@@ -489,10 +491,11 @@ async def test_list_runs_newest_first_in_pages(stack: Stack, unique: str) -> Non
 
 
 async def flywheel_train(stack: Stack, *args: str) -> tuple[int, str]:
+    """`flywheel train` as an operator runs it (FLYWHEEL_TOKEN: the session's operator token)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flywheel.common.cli", "train", "--address", stack.app.address, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": stack.infra.tokens.operator})
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 

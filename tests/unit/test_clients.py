@@ -104,7 +104,7 @@ class FakeRegistry(reg_grpc.RegistryServiceServicer):
 @pytest.fixture
 async def registry() -> AsyncIterator[tuple[FakeRegistry, RegistryClient]]:
     fake = FakeRegistry()
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(reg_grpc.add_RegistryServiceServicer_to_server, fake, "flywheel.registry.v1.RegistryService")
     port = await server.start()
     try:
@@ -193,7 +193,7 @@ class FakeFeatureStore(fs_grpc.FeatureStoreServiceServicer):
 
 async def test_feature_store_client_checks_what_it_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeFeatureStore()
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(fs_grpc.add_FeatureStoreServiceServicer_to_server, fake, "flywheel.featurestore.v1.FeatureStoreService")
     port = await server.start()
     try:

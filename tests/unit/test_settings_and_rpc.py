@@ -184,7 +184,7 @@ def identity(b: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 async def server() -> AsyncIterator[rpc.RpcServer]:
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(register_generic, generic_handler(Servicer()), SERVICE)
     port = await server.start()
     assert port > 0 and server.port == port
@@ -311,7 +311,7 @@ async def test_health_serves_every_added_service(channel: grpc.aio.Channel) -> N
 
 
 async def test_graceful_shutdown_turns_health_not_serving() -> None:
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(register_generic, generic_handler(Servicer()), SERVICE)
     port = await server.start()
     try:
@@ -327,7 +327,7 @@ async def test_graceful_shutdown_turns_health_not_serving() -> None:
 
 
 async def test_stop_reports_not_serving_to_watchers_before_the_server_goes() -> None:
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(register_generic, generic_handler(Servicer()), SERVICE)
     port = await server.start()
     stopping: asyncio.Task | None = None

@@ -84,7 +84,7 @@ def test_health_board_is_healthy_only_when_every_component_says_so() -> None:
 # --- a real gRPC server whose health follows its components -----------------------------------------------------------
 
 async def test_rpc_server_health_follows_its_components() -> None:
-    server = rpc.RpcServer("127.0.0.1", 0)
+    server = rpc.RpcServer("127.0.0.1", 0, auth=None)
     server.add(lambda servicer, s: None, None, "tests.Dummy")
     consumer = server.component_health("consumer")
     relay = server.component_health("relay")

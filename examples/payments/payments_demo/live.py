@@ -714,7 +714,7 @@ class DemoDriver:
         if not champion:
             try:
                 await self.platform.registry.SetAlias(reg.SetAliasRequest(
-                    model_name=model, alias="champion", version=version, actor="demo-driver"))
+                    model_name=model, alias="champion", version=version))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise

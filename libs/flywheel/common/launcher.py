@@ -19,11 +19,18 @@ Kubernetes would: after a delay that doubles per crash (1 s, 2 s, 4 s, ... at mo
 must report SERVING again within 60 s. A crash loop ends it: a service that crashed
 `--max-crashes` times within `--crash-window` seconds stops everything (exit code 1), since
 restarting it again would only hide the problem. Every step is printed.
+
+Every door takes a bearer token. On the first start the launcher creates an admin token, writes it
+to `<home>/admin.token` (mode 0600; the `flywheel` CLI picks it up from there) and gives every
+service and demo a token of its own (`<home>/tokens/<name>.token`, role `service`; demos also
+`operator` and `predict`), reused on later starts. Inference accepts anonymous predictions here
+(loopback only), so stock OIP clients work unchanged; production manifests turn that off.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -38,6 +45,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flywheel.common.auth import Role, TokenStore
+from flywheel.common.cli import ADMIN_TOKEN_FILE
+from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
 from flywheel.common.supervise import CrashLoopPolicy
 
@@ -74,6 +84,37 @@ def installed_services() -> dict[str, type]:
 def installed_demos() -> dict[str, str]:
     """Demo name -> the module `python -m` runs (e.g. payments -> payments_demo.live)."""
     return {ep.name: ep.module for ep in sorted(entry_points(group="flywheel.demos"), key=lambda e: e.name)}
+
+
+# The roles each kind of process gets; a demo plays a user's project (trains, promotes, predicts).
+SERVICE_ROLES = (Role.SERVICE,)
+DEMO_ROLES = (Role.SERVICE, Role.OPERATOR, Role.PREDICT)
+
+
+async def provision_tokens(home: Path, database_url: str, principals: dict[str, tuple[Role, ...]]) -> dict[str, str]:
+    """The admin token (written to <home>/admin.token) and one token per principal
+    (<home>/tokens/<name>.token), each created on first use and reused while it stays valid."""
+    store = TokenStore(Database(database_url, "auth", min_size=1, max_size=1))
+    await store.db.pool.open(wait=True, timeout=30)
+    try:
+        await store.migrate()
+        wanted = {"admin": (home / ADMIN_TOKEN_FILE, (Role.ADMIN,))}
+        wanted |= {name: (home / "tokens" / f"{name}.token", roles) for name, roles in principals.items()}
+        tokens = {}
+        for name, (path, roles) in wanted.items():
+            token = path.read_text().strip() if path.is_file() else ""
+            principal = await store.lookup(token) if token else None
+            if principal is None or principal.roles != frozenset(roles):
+                token, _ = await store.create(name, roles, created_by="make run",
+                                              description=f"created by make run for {name}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o600)
+                path.chmod(0o600)  # before the secret is written
+                path.write_text(token + "\n")
+            tokens[name] = token
+        return tokens
+    finally:
+        await store.db.close()
 
 
 def apply_project_settings(env: dict[str, str], projects: Iterable[EntryPoint] | None = None) -> dict[str, str]:
@@ -207,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka.bootstrap,
                "FLYWHEEL_DATABASE_URL": stack.postgres.url}
         env.setdefault("FLYWHEEL_LOG_JSON", "true" if args.json_logs else "false")
+        demos_wanted = {} if args.no_demo or args.only else installed_demos()
+        tokens = asyncio.run(provision_tokens(home, stack.postgres.url, {
+            **{n: SERVICE_ROLES for n in services}, **{f"demo-{n}": DEMO_ROLES for n in demos_wanted}}))
+        print(f"  admin token {home / ADMIN_TOKEN_FILE} (the flywheel CLI uses it; role admin)", flush=True)
+        # Stock OIP clients (tritonclient, load tools) send no token: on loopback, predictions are open.
+        env.setdefault("FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT", "true")
         apply_project_settings(env)
         planned = {name: settings_class(_env_file=None, home=home) for name, settings_class in services.items()}
         # Every service finds the others through FLYWHEEL_<NAME>_ADDR (e.g. FLYWHEEL_REGISTRY_ADDR).
@@ -214,18 +261,19 @@ def main(argv: list[str] | None = None) -> int:
             env.setdefault(f"FLYWHEEL_{name.upper()}_ADDR", f"{settings.grpc_host}:{settings.grpc_port}")
         for name, settings in planned.items():
             argv = [sys.executable, "-m", f"flywheel.{name}"]
+            child_env = {**env, "FLYWHEEL_TOKEN": tokens[name]}
             children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port,
-                                  subprocess.Popen(argv, env=env), argv, env,
+                                  subprocess.Popen(argv, env=child_env), argv, child_env,
                                   CrashLoopPolicy(args.max_crashes, args.crash_window)))
         for child in children:
             wait_serving(child, timeout=60)
             print(f"  {child.name:<12} grpc {child.grpc_address}   "
                   f"metrics http://127.0.0.1:{child.metrics_port}/metrics", flush=True)
         demos: list[Child] = []
-        if not args.no_demo and not args.only:
-            for name, module in installed_demos().items():
-                demos.append(Child(name, "", 0, subprocess.Popen([sys.executable, "-m", module], env=env)))
-                print(f"  demo {name:<7} python -m {module}", flush=True)
+        for name, module in demos_wanted.items():
+            demo_env = {**env, "FLYWHEEL_TOKEN": tokens[f"demo-{name}"]}
+            demos.append(Child(name, "", 0, subprocess.Popen([sys.executable, "-m", module], env=demo_env)))
+            print(f"  demo {name:<7} python -m {module}", flush=True)
         print("flywheel: ready (Ctrl-C stops everything)", flush=True)
         children[:0] = demos  # stopped first: a demo talks to the services until the end
         while not stopping:

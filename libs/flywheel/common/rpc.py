@@ -1,5 +1,6 @@
-"""gRPC bootstrap: an aio server with health checking and reflection, domain-error
-mapping, tracing, and client channels whose calls always carry a deadline.
+"""gRPC bootstrap: an aio server with health checking, reflection, authentication and roles,
+domain-error mapping, tracing and optional (mutual) TLS, and client channels whose calls
+always carry a deadline and this process's credentials.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import inspect
 import logging
 import signal
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 
 from flywheel.common import errors
+from flywheel.common.auth import Authenticator, AuthError, Roles, bind_principal, unbind_principal
 from flywheel.common.supervise import HealthBoard, HealthReporter
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,117 @@ def map_errors(method: F) -> F:
     return unary_wrapper  # type: ignore[return-value]
 
 
+# Services every client may call without a token: probes and tooling must work unauthenticated.
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call of the server's own services and checks the roles its RPC declares.
+
+    The handler is wrapped (not answered here), so the check runs with the call's context: a failure
+    aborts with UNAUTHENTICATED / PERMISSION_DENIED and a message that says what is missing, and on
+    success the principal is bound for `flywheel.common.auth.current_principal()`. An RPC without
+    declared roles is refused: a new method is closed until someone decides who may call it.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+        self.policy: dict[str, Roles] = {}
+
+    def declare(self, service_name: str, roles: Mapping[str, Roles]) -> None:
+        """Roles per RPC of `service_name`; every method of the service must be listed."""
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+        methods = {m.name for m in service.methods}
+        missing, unknown = sorted(methods - set(roles)), sorted(set(roles) - methods)
+        if missing or unknown:
+            raise ValueError(f"roles of {service_name}: " + "; ".join(
+                part for part in (f"no roles declared for {', '.join(missing)}" if missing else "",
+                                  f"no such RPCs {', '.join(unknown)}" if unknown else "") if part))
+        for name, allowed in roles.items():
+            self.policy[f"/{service_name}/{name}"] = allowed
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.split("/")[1] in OPEN_SERVICES:
+            return handler
+        allowed = self.policy.get(method)
+        if allowed is not None and not allowed:  # declared open (e.g. OIP's ServerLive / ServerReady)
+            return handler
+        action = f"call {method.rsplit('/', 1)[-1]}"
+
+        async def check(context: grpc.aio.ServicerContext) -> Any:
+            if allowed is None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"{method} declares no roles: nobody may call it")
+            header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+            try:
+                principal = await self.authenticator.authorize(header, allowed, action)  # type: ignore[arg-type]
+            except AuthError as exc:
+                code = grpc.StatusCode.UNAUTHENTICATED if exc.status == 401 else grpc.StatusCode.PERMISSION_DENIED
+                await context.abort(code, str(exc))
+            return bind_principal(principal)
+
+        return _guarded(handler, check)
+
+
+def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any]) -> Any:
+    """`handler` with `check(context)` run before its behaviour (and the principal unbound after)."""
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            bound = await check(context)
+            try:
+                return await inner(request, context)
+            finally:
+                unbind_principal(bound)
+        return handler._replace(unary_unary=unary_unary)
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            bound = await check(context)
+            try:
+                return await inner_su(requests, context)
+            finally:
+                unbind_principal(bound)
+        return handler._replace(stream_unary=stream_unary)
+    kind = "unary_stream" if handler.unary_stream is not None else "stream_stream"
+    inner_stream = getattr(handler, kind)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        bound = await check(context)
+        try:
+            result = inner_stream(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:  # a behaviour that writes with context.write and returns nothing
+                await result
+        finally:
+            unbind_principal(bound)
+    return handler._replace(**{kind: streaming})
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate and key (PEM files); with `client_ca_file` and `require_client_auth`,
+    clients must show a certificate that CA signed (mutual TLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+    require_client_auth: bool = False
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())], root_certificates=ca,
+            require_client_auth=self.require_client_auth and ca is not None)
+
+
 class RpcServer:
     """A grpc.aio server with `grpc.health.v1`, reflection and tracing built in.
 
@@ -120,12 +234,19 @@ class RpcServer:
     # collected after its event loop closed blocks interpreter exit).
     running: weakref.WeakSet[RpcServer] = weakref.WeakSet()
 
-    def __init__(self, host: str, port: int, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+    def __init__(self, host: str, port: int, *, auth: Authenticator | None,
+                 tls: ServerTls | None = None, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+        """`auth`: every call of an added service is authenticated and checked against the roles its RPC
+        declares (see `add`; `auth.OPEN` = no token needed); None only where nothing but plumbing is
+        served (tests of this module)."""
         self.address = f"{host}:{port}"
+        self.tls = tls
         # No spans for health checks: besides being noise, the OpenTelemetry aio interceptor breaks
         # Health/Watch, which writes with context.write (opentelemetry-python-contrib#3066).
         tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))
-        self.server = grpc.aio.server(interceptors=[tracing, *interceptors],
+        self.auth = AuthInterceptor(auth) if auth is not None else None
+        guards = [self.auth] if self.auth is not None else []
+        self.server = grpc.aio.server(interceptors=[tracing, *guards, *interceptors],
                                       options=CHANNEL_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -138,7 +259,13 @@ class RpcServer:
         self._serving = False
         self._published: bool | None = None
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str) -> None:
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str,
+            roles: Mapping[str, Roles] | None = None) -> None:
+        """Serve `servicer`; `roles` says which roles may call each of its RPCs (all must be listed)."""
+        if self.auth is not None:
+            if roles is None:
+                raise ValueError(f"{service_name}: an authenticated server needs the roles of every RPC")
+            self.auth.declare(service_name, roles)
         register(servicer, self.server)
         self.service_names.append(service_name)
 
@@ -146,7 +273,10 @@ class RpcServer:
         """Bind and start; returns the bound port (useful with port 0)."""
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(self.address)
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(self.address, self.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(self.address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC server to {self.address}")
         await self.server.start()

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flywheel.common.rpc import ClientAuth
+from flywheel.common.rpc import ClientAuth, ServerTls
 
 STACK_FILE = "stack.json"
 
@@ -70,6 +70,12 @@ class ServiceSettings(BaseSettings):
         """How this process authenticates to other services (token, TLS)."""
         return ClientAuth(token=self.token, ca_file=self.tls_ca_file, cert_file=self.tls_cert_file,
                           key_file=self.tls_key_file)
+
+    def server_tls(self) -> ServerTls | None:
+        """TLS of this process's servers when a certificate is configured (mutual with tls_client_auth)."""
+        if not (self.tls_cert_file and self.tls_key_file):
+            return None
+        return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_client_auth)
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when no broker or database is configured."""

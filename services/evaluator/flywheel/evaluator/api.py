@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from flywheel.common import auth
 from flywheel.common.rpc import map_errors
 from flywheel.evaluator.evaluator import REPORT_PREFIX, EvaluationRequest, Evaluator
 from flywheel.evaluator.store import EvaluationRow
@@ -39,6 +40,13 @@ def evaluation_to_proto(row: EvaluationRow) -> pb.Evaluation:
         if value is not None:
             getattr(message, name).FromDatetime(value)
     return message
+
+
+# Who may call what: an on-demand evaluation is an operator's decision (automatic ones follow
+# models.registered); reading evaluations is open to readers, operators and services.
+ROLES: dict[str, auth.Roles] = {
+    "Evaluate": auth.OPERATE, "GetEvaluation": auth.READ, "ListEvaluations": auth.READ,
+}
 
 
 class EvaluatorServicer(pb_grpc.EvaluatorServiceServicer):

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel.common import rpc
+from flywheel.common.cli import client_auth
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as pb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as pb_grpc
 from flywheel.proto.events.v1 import models_pb2
@@ -49,7 +50,7 @@ def show(evaluation: pb.Evaluation) -> None:
 
 
 async def _run(address: str, timeout: float, model: str, version: int | None, baseline: int, listing: bool) -> int:
-    async with rpc.channel(address, default_timeout=timeout) as channel:
+    async with rpc.channel(address, default_timeout=timeout, auth=client_auth()) as channel:
         stub = pb_grpc.EvaluatorServiceStub(channel)
         if listing:
             response = await stub.ListEvaluations(pb.ListEvaluationsRequest(model_name=model, page_size=50))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.clients.featurestore import FeatureStoreClient
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
@@ -17,7 +18,7 @@ from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
-from flywheel.evaluator.api import EvaluatorServicer
+from flywheel.evaluator.api import ROLES, EvaluatorServicer
 from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.evaluator import SOURCE, Evaluator
 from flywheel.evaluator.handlers import batch_handlers, handlers
@@ -37,7 +38,8 @@ class EvaluatorApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.evaluator = Evaluator(
             self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_EVALUATOR_SPECS_DIR"),
             FeatureStoreClient(settings.featurestore_addr, auth=settings.client_auth(),
@@ -55,7 +57,8 @@ class EvaluatorApp:
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
                                  idempotent=settings.kafka_enable_idempotence,
                                  health=self.rpc.component_health("outbox-relay"))
-        self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME)
+        self.rpc.add(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(self.evaluator), SERVICE_NAME,
+                     ROLES)
 
     @property
     def address(self) -> str:
@@ -64,6 +67,7 @@ class EvaluatorApp:
     async def start(self) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.relay.start()
         await self.evaluator.start()
         await self.consumer.start()

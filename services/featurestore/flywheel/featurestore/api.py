@@ -6,11 +6,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from flywheel.common import auth
 from flywheel.common.rpc import map_errors
 from flywheel.featurestore import convert
 from flywheel.featurestore.features import Features
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as pb
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as pb_grpc
+
+# Who may call what: reading features is open to readers, operators and services (trainer,
+# evaluator, inference); pushing features is a service's or an operator's write; materialization
+# rewrites the online store, an operator's decision.
+ROLES: dict[str, auth.Roles] = {
+    "GetOnlineFeatures": auth.READ, "GetHistoricalFeatures": auth.READ, "ListFeatureViews": auth.READ,
+    "PushFeatures": auth.WRITE, "Materialize": auth.OPERATE,
+}
 
 
 class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):

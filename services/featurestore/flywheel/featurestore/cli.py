@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel.common import rpc
+from flywheel.common.cli import client_auth
 from flywheel.common.errors import InvalidArgument
 from flywheel.proto.events.v1.features_pb2 import FeatureValue
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as pb
@@ -41,7 +42,7 @@ def run(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
 
 
 def stub(ctx: click.Context) -> tuple[grpc.aio.Channel, pb_grpc.FeatureStoreServiceStub]:
-    channel = rpc.channel(ctx.obj["address"], default_timeout=ctx.obj["timeout"])
+    channel = rpc.channel(ctx.obj["address"], default_timeout=ctx.obj["timeout"], auth=client_auth())
     return channel, pb_grpc.FeatureStoreServiceStub(channel)
 
 

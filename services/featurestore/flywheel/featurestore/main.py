@@ -8,11 +8,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
-from flywheel.featurestore.api import FeatureStoreServicer
+from flywheel.featurestore.api import ROLES, FeatureStoreServicer
 from flywheel.featurestore.config import FeatureStoreSettings
 from flywheel.featurestore.features import SOURCE, Features
 from flywheel.featurestore.handlers import batch_handlers
@@ -33,7 +34,8 @@ class FeatureStoreApp:
         self.settings = settings
         self.repo_path = settings.repo_path()
         self.db = Database(settings.database_url, settings.db_schema)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         config = feast_config(settings.database_url, settings.db_schema, settings.project,
                               cache_ttl_seconds=settings.registry_cache_ttl_seconds,
                               online_pool_size=settings.online_threads + 2)
@@ -42,7 +44,7 @@ class FeatureStoreApp:
                                        db=self.db, batch_handlers=batch_handlers(self.features), source=SOURCE,
                                        health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_FeatureStoreServiceServicer_to_server, FeatureStoreServicer(self.features),
-                     SERVICE_NAME)
+                     SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:
@@ -50,6 +52,7 @@ class FeatureStoreApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.features.start()
         await self.consumer.start()
         await self.rpc.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from flywheel.common import auth
 from flywheel.common.rpc import map_errors
 from flywheel.inference.convert import (
     config_to_grpc,
@@ -16,6 +17,16 @@ from flywheel.inference.convert import (
 from flywheel.inference.dataplane import DataPlane
 from flywheel.proto.inference import grpc_service_pb2 as pb
 from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+# Who may call what: liveness and readiness are probes (open, like grpc.health.v1); predictions take
+# the `predict` role (anonymous callers get it when FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT is on);
+# metadata is readable by predictors and by readers, operators and services.
+DESCRIBE: auth.Roles = auth.PREDICT | auth.READ
+ROLES: dict[str, auth.Roles] = {
+    "ServerLive": auth.OPEN, "ServerReady": auth.OPEN, "ModelReady": DESCRIBE, "ServerMetadata": DESCRIBE,
+    "ModelMetadata": DESCRIBE, "ModelInfer": auth.PREDICT, "RepositoryIndex": DESCRIBE, "ModelConfig": DESCRIBE,
+    "ModelStatistics": DESCRIBE,
+}
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -52,6 +52,9 @@ class InferenceSettings(ServiceSettings):
         description="Kafka consumer group for models.promoted; must be unique per replica (every replica "
                     "reacts to every promotion). Default: inference-<hostname>.")
     load_timeout_s: float = Field(120.0, description="Longest time a model download + load may take.")
+    allow_anonymous_predict: bool = Field(
+        False, description="Calls without a token may predict (role `predict`), so stock OIP clients work unchanged; "
+                           "`make run` turns it on for its loopback stack, production manifests leave it off.")
 
     def route(self, model: str) -> Route:
         return self.routing.get(model) or Route()

@@ -9,12 +9,13 @@ import argparse
 import asyncio
 import logging
 
+from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
-from flywheel.inference.api import InferenceServicer
+from flywheel.inference.api import ROLES, InferenceServicer
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
@@ -52,13 +53,16 @@ class InferenceApp:
             settings.registry_addr, auth=settings.client_auth(), transfer_timeout=settings.load_timeout_s,
             keep_channel=True))
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db),
+                                  anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
                                        db=self.db, handlers=handlers(self.repository), source=SOURCE,
                                        health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
-                     SERVICE_NAME)
-        self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port)
+                     SERVICE_NAME, ROLES)
+        self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
+                               tls=settings.server_tls())
 
     @property
     def grpc_address(self) -> str:
@@ -72,6 +76,7 @@ class InferenceApp:
 
     async def start(self) -> None:
         await self.db.open()  # the common migrations only (processed_events for the consumer)
+        await self.auth.start()
         await self.publisher.start()
         await self.repository.start()
         # Consumer first, then a reconcile per model: a promotion is never missed in between.

@@ -1,10 +1,15 @@
-"""The OIP v2 REST front door (Starlette, served by uvicorn in the gRPC server's event loop)."""
+"""The OIP v2 REST front door (Starlette, served by uvicorn in the gRPC server's event loop).
+
+Every route takes the same bearer token and roles as its gRPC twin (see api.ROLES): health routes are
+open, predictions need `predict`, metadata `predict` or a reading role.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -13,7 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from flywheel.common.errors import FailedPrecondition, FlywheelError, InvalidArgument, NotFound, Unavailable
+from flywheel.common.auth import Authenticator
+from flywheel.common.errors import InvalidArgument
+from flywheel.common.http import Endpoint, guard
+from flywheel.common.http import error_response as error
+from flywheel.common.rpc import ServerTls
+from flywheel.inference.api import ROLES
 from flywheel.inference.convert import (
     HEADER_LENGTH,
     config_to_rest,
@@ -27,20 +37,13 @@ from flywheel.inference.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
-STATUS = {InvalidArgument: 400, NotFound: 404, FailedPrecondition: 409, Unavailable: 503}
 
+def build_app(dp: DataPlane, authenticator: Authenticator | None = None) -> Starlette:
+    """The REST app; `authenticator` None serves without authentication (unit tests of the routes only)."""
 
-def error(exc: BaseException) -> JSONResponse:
-    if isinstance(exc, FlywheelError):
-        for cls in type(exc).__mro__:
-            if cls in STATUS:
-                return JSONResponse({"error": str(exc)}, status_code=STATUS[cls])
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    log.exception("unhandled error in the REST front door")
-    return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+    def needs(rpc: str) -> Callable[[Endpoint], Endpoint]:
+        return guard(authenticator, ROLES[rpc], f"call {rpc}")
 
-
-def build_app(dp: DataPlane) -> Starlette:
     async def live(request: Request) -> Response:
         return JSONResponse({"live": dp.live()}, status_code=200 if dp.live() else 503)
 
@@ -108,6 +111,11 @@ def build_app(dp: DataPlane) -> Starlette:
         return JSONResponse({"error": f"no route {request.method} {request.url.path}"},
                             status_code=getattr(exc, "status_code", 404))
 
+    live, ready = needs("ServerLive")(live), needs("ServerReady")(ready)
+    server_metadata, model_metadata = needs("ServerMetadata")(server_metadata), needs("ModelMetadata")(model_metadata)
+    model_ready, infer = needs("ModelReady")(model_ready), needs("ModelInfer")(infer)
+    repository_index, model_config = needs("RepositoryIndex")(repository_index), needs("ModelConfig")(model_config)
+    model_stats = needs("ModelStatistics")(model_stats)
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
         # Before /v2/models/{name}, which would take "stats" for a model name: a model called "stats"
@@ -130,9 +138,18 @@ def build_app(dp: DataPlane) -> Starlette:
 class RestServer:
     """uvicorn running `build_app(dp)` as a task of the current event loop."""
 
-    def __init__(self, dp: DataPlane, host: str, port: int) -> None:
-        config = uvicorn.Config(build_app(dp), host=host, port=port, lifespan="off", log_level="warning",
-                                access_log=False, http="httptools", loop="none")
+    def __init__(self, dp: DataPlane, host: str, port: int, *, authenticator: Authenticator | None,
+                 tls: ServerTls | None = None) -> None:
+        """`tls`: HTTPS with the server certificate (and client certificates when it requires them)."""
+        ssl: dict[str, Any] = {}
+        if tls is not None:
+            import ssl as ssl_module
+
+            ssl = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+                   "ssl_ca_certs": tls.client_ca_file or None,
+                   "ssl_cert_reqs": ssl_module.CERT_REQUIRED if tls.require_client_auth else ssl_module.CERT_NONE}
+        config = uvicorn.Config(build_app(dp, authenticator), host=host, port=port, lifespan="off",
+                                log_level="warning", access_log=False, http="httptools", loop="none", **ssl)
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task | None = None
         self.port = 0

@@ -8,12 +8,18 @@ import json
 import grpc
 from google.protobuf import json_format
 
+from flywheel.common import auth
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
 from flywheel.common.rpc import map_errors
 from flywheel.monitor.analysis import render_html, snapshot_metrics
 from flywheel.monitor.store import MonitorStore
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
+
+# Who may call what: the monitor's API only reads.
+ROLES: dict[str, auth.Roles] = {
+    "GetModelStatus": auth.READ, "ListWindows": auth.READ, "GetReport": auth.READ,
+}
 
 
 class MonitorServicer(pb_grpc.MonitorServiceServicer):

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel.common import rpc
+from flywheel.common.cli import client_auth
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 
@@ -22,7 +23,7 @@ console = Console()
 
 def _call(address: str, timeout: float, fn: Callable[[pb_grpc.MonitorServiceStub], Awaitable[Any]]) -> None:
     async def run() -> None:
-        async with rpc.channel(address, default_timeout=timeout) as channel:
+        async with rpc.channel(address, default_timeout=timeout, auth=client_auth()) as channel:
             await fn(pb_grpc.MonitorServiceStub(channel))
     try:
         asyncio.run(run())

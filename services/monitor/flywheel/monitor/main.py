@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import ensure_topics, new_producer
@@ -21,7 +22,7 @@ from flywheel.common.topics import (
     REVIEWS_REQUESTED,
 )
 from flywheel.monitor.analyzer import Analyzer
-from flywheel.monitor.api import MonitorServicer
+from flywheel.monitor.api import ROLES, MonitorServicer
 from flywheel.monitor.config import MonitorSettings
 from flywheel.monitor.handlers import DeadLetters, MonitorStream
 from flywheel.monitor.ingest import SOURCE, Ingest
@@ -43,7 +44,8 @@ class MonitorApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.references = ReferenceCache(RegistryClient(
             settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
             transfer_timeout=settings.download_timeout))
@@ -57,7 +59,7 @@ class MonitorApp:
                                  health=self.rpc.component_health("outbox-relay"))
         self.store = MonitorStore(self.db, hysteresis_n=settings.hysteresis_n, hysteresis_m=settings.hysteresis_m,
                                   cooldown_seconds=settings.cooldown_seconds)
-        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME)
+        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:
@@ -65,6 +67,7 @@ class MonitorApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await ensure_topics(self.settings.kafka_bootstrap, TOPICS)
         await self.dlq_producer.start()
         await self.relay.start()

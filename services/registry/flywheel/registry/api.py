@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument
 from flywheel.common.rpc import map_errors
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
@@ -13,6 +14,17 @@ from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from flywheel.registry.registry import Registry
 
 DOWNLOAD_CHUNK = 1 << 20
+
+# Who may call what: reading is open to readers, operators and services; registering versions and
+# recording metrics/lineage is what the trainer and fine-tuner (services) do; moving aliases and
+# policies is an operator's decision (automatic promotion happens inside the registry).
+ROLES: dict[str, auth.Roles] = {
+    "RegisterModelVersion": auth.WRITE, "RecordMetrics": auth.WRITE, "RecordLineage": auth.WRITE,
+    "GetModelVersion": auth.READ, "ListModelVersions": auth.READ, "ListModels": auth.READ,
+    "DownloadArtifact": auth.READ, "GetPromotionPolicy": auth.READ, "GetLineage": auth.READ,
+    "SetAlias": auth.OPERATE, "DeleteAlias": auth.OPERATE, "RollbackChampion": auth.OPERATE,
+    "SetPromotionPolicy": auth.OPERATE,
+}
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -53,19 +65,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     @map_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.SetAliasResponse:
         previous, version = await self.registry.set_alias(request.model_name, request.alias, request.version,
-                                                          request.actor)
+                                                          auth.principal_name())
         return pb.SetAliasResponse(previous_version=previous, model_version=version)
 
     @map_errors
     async def DeleteAlias(self, request: pb.DeleteAliasRequest,
                           context: grpc.aio.ServicerContext) -> pb.DeleteAliasResponse:
-        previous = await self.registry.delete_alias(request.model_name, request.alias, request.actor)
+        previous = await self.registry.delete_alias(request.model_name, request.alias, auth.principal_name())
         return pb.DeleteAliasResponse(previous_version=previous)
 
     @map_errors
     async def RollbackChampion(self, request: pb.RollbackChampionRequest,
                                context: grpc.aio.ServicerContext) -> pb.RollbackChampionResponse:
-        champion, previous = await self.registry.rollback_champion(request.model_name, request.actor)
+        champion, previous = await self.registry.rollback_champion(request.model_name, auth.principal_name())
         return pb.RollbackChampionResponse(champion=champion, previous_version=previous)
 
     @map_errors

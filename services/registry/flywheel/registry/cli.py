@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from flywheel.common import rpc
+from flywheel.common.cli import client_auth
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.errors import FlywheelError, InvalidArgument
 from flywheel.proto.events.v1 import common_pb2
@@ -47,13 +47,14 @@ def run(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
 
 
 def stub(ctx: click.Context) -> tuple[grpc.aio.Channel, pb_grpc.RegistryServiceStub]:
-    channel = rpc.channel(ctx.obj["address"], default_timeout=ctx.obj["timeout"])
+    channel = rpc.channel(ctx.obj["address"], default_timeout=ctx.obj["timeout"], auth=client_auth())
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 
 def client(ctx: click.Context) -> RegistryClient:
     """For transfers: chunked, sha256-checked, each bounded by --timeout."""
-    return RegistryClient(ctx.obj["address"], timeout=ctx.obj["timeout"], transfer_timeout=ctx.obj["timeout"])
+    return RegistryClient(ctx.obj["address"], timeout=ctx.obj["timeout"], transfer_timeout=ctx.obj["timeout"],
+                          auth=client_auth())
 
 
 def version_line(mv: pb.ModelVersion) -> str:
@@ -165,8 +166,7 @@ async def promote(ctx: click.Context, model: str, version: int, alias: str) -> N
     """Point ALIAS (default champion) of MODEL at VERSION; the old champion becomes `previous`."""
     channel, s = stub(ctx)
     async with channel:
-        moved = await s.SetAlias(pb.SetAliasRequest(model_name=model, alias=alias, version=version,
-                                                    actor=os.environ.get("USER", "cli")))
+        moved = await s.SetAlias(pb.SetAliasRequest(model_name=model, alias=alias, version=version))
     was = f" (was {moved.previous_version})" if moved.previous_version else ""
     console.print(f"{model}@{alias} -> {version}{was}")
 
@@ -180,7 +180,7 @@ async def rollback(ctx: click.Context, model: str) -> None:
     channel, s = stub(ctx)
     async with channel:
         result = await s.RollbackChampion(pb.RollbackChampionRequest(model_name=model,
-                                                                     actor=os.environ.get("USER", "cli")))
+                                                                     ))
     console.print(f"{model}@champion -> {result.champion.version} (was {result.previous_version})")
 
 

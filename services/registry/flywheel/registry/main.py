@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from flywheel.common.artifacts import artifact_store_from_uri
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.db import Database
 from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
@@ -16,7 +17,7 @@ from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from flywheel.registry.api import RegistryServicer
+from flywheel.registry.api import ROLES, RegistryServicer
 from flywheel.registry.config import RegistrySettings
 from flywheel.registry.handlers import handlers
 from flywheel.registry.registry import SOURCE, Registry
@@ -33,7 +34,8 @@ class RegistryApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         artifacts = artifact_store_from_uri(settings.artifact_store_uri(),
                                             s3_endpoint_url=settings.s3_endpoint_url or None)
         self.registry = Registry(self.db, artifacts, max_artifact_bytes=settings.max_artifact_bytes,
@@ -44,7 +46,8 @@ class RegistryApp:
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
                                        db=self.db, handlers=handlers(self.registry), source=SOURCE,
                                        health=self.rpc.component_health("consumer"))
-        self.rpc.add(pb_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(self.registry), SERVICE_NAME)
+        self.rpc.add(pb_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(self.registry), SERVICE_NAME,
+                     ROLES)
 
     @property
     def address(self) -> str:
@@ -52,6 +55,7 @@ class RegistryApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.relay.start()
         await self.consumer.start()
         await self.rpc.start()

@@ -7,6 +7,7 @@ from datetime import UTC
 
 import grpc
 
+from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument
 from flywheel.common.rpc import map_errors
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
@@ -45,6 +46,13 @@ def run_request(request: pb.StartRunRequest) -> RunRequest:
         window_start=request.window_start.ToDatetime(UTC) if request.HasField("window_start") else None,
         window_end=request.window_end.ToDatetime(UTC) if request.HasField("window_end") else None,
         params=dict(request.params), reason=request.reason)
+
+
+# Who may call what: starting a run is an operator's decision (the monitor asks through
+# retrain.requests instead); reading runs is open to readers, operators and services.
+ROLES: dict[str, auth.Roles] = {
+    "StartRun": auth.OPERATE, "GetRun": auth.READ, "ListRuns": auth.READ, "WatchRun": auth.READ,
+}
 
 
 class TrainerServicer(pb_grpc.TrainerServiceServicer):

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from rich.table import Table
 
 from flywheel.common import rpc
+from flywheel.common.cli import client_auth
 from flywheel.proto.events.v1 import models_pb2
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
@@ -93,7 +94,7 @@ async def start_and_follow(address: str, timeout: float, wait_timeout: float, mo
                                  reason=models_pb2.RetrainReason.Value(f"RETRAIN_REASON_{reason.upper()}"))
     request.window_start.FromDatetime(start)
     request.window_end.FromDatetime(end)
-    async with rpc.channel(address, default_timeout=timeout) as channel:
+    async with rpc.channel(address, default_timeout=timeout, auth=client_auth()) as channel:
         stub = pb_grpc.TrainerServiceStub(channel)
         started = await stub.StartRun(request)
         run = started.run

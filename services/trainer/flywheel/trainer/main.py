@@ -10,6 +10,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from flywheel.common.auth import Authenticator, TokenStore
 from flywheel.common.clients.featurestore import FeatureStoreClient
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
@@ -19,7 +20,7 @@ from flywheel.common.service import run_service
 from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
-from flywheel.trainer.api import TrainerServicer
+from flywheel.trainer.api import ROLES, TrainerServicer
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.handlers import batch_handlers, handlers
 from flywheel.trainer.trainer import SOURCE, Trainer
@@ -53,7 +54,8 @@ class TrainerApp:
         settings.require_infrastructure()
         self.settings = settings
         self.db = Database(settings.database_url, settings.db_schema)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port)
+        self.auth = Authenticator(TokenStore(self.db))
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.trainer = Trainer(
             self.db, SpecCatalog(settings.specs_dir, "FLYWHEEL_TRAINER_SPECS_DIR"),
             FeatureStoreClient(settings.featurestore_addr, auth=settings.client_auth(),
@@ -67,7 +69,7 @@ class TrainerApp:
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.trainer), batch_handlers=batch_handlers(self.trainer),
                                        source=SOURCE, health=self.rpc.component_health("consumer"))
-        self.rpc.add(pb_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(self.trainer), SERVICE_NAME)
+        self.rpc.add(pb_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(self.trainer), SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:
@@ -75,6 +77,7 @@ class TrainerApp:
 
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)
+        await self.auth.start()
         await self.trainer.start()
         await self.consumer.start()
         await self.rpc.start()

@@ -218,16 +218,14 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetAliasRequest(_message.Message):
-    __slots__ = ("model_name", "alias", "version", "actor")
+    __slots__ = ("model_name", "alias", "version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    ACTOR_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     alias: str
     version: int
-    actor: str
-    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[int] = ..., actor: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SetAliasResponse(_message.Message):
     __slots__ = ("previous_version", "model_version")
@@ -238,14 +236,12 @@ class SetAliasResponse(_message.Message):
     def __init__(self, previous_version: _Optional[int] = ..., model_version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class DeleteAliasRequest(_message.Message):
-    __slots__ = ("model_name", "alias", "actor")
+    __slots__ = ("model_name", "alias")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
-    ACTOR_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     alias: str
-    actor: str
-    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class DeleteAliasResponse(_message.Message):
     __slots__ = ("previous_version",)
@@ -254,12 +250,10 @@ class DeleteAliasResponse(_message.Message):
     def __init__(self, previous_version: _Optional[int] = ...) -> None: ...
 
 class RollbackChampionRequest(_message.Message):
-    __slots__ = ("model_name", "actor")
+    __slots__ = ("model_name",)
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
-    ACTOR_FIELD_NUMBER: _ClassVar[int]
     model_name: str
-    actor: str
-    def __init__(self, model_name: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
 
 class RollbackChampionResponse(_message.Message):
     __slots__ = ("champion", "previous_version")
