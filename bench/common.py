@@ -8,6 +8,7 @@ turns it into `<out>/<name>.json` and `<out>/<name>.md`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -27,7 +28,10 @@ from psycopg import AsyncConnection, sql
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from flywheel.common.auth import Role, TokenStore
+from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
+from flywheel.common.rpc import ClientAuth
 
 MiB = 1 << 20
 REPEATS = 3
@@ -35,12 +39,31 @@ REPEATS = 3
 
 @dataclass
 class Infrastructure:
-    """The broker and database every benchmark of a run uses, plus a scratch directory on local disk."""
+    """The broker and database every benchmark of a run uses, plus a scratch directory on local disk and an
+    admin token for the benchmarks' own calls (every door takes one)."""
 
     kafka_bootstrap: str
     database_url: str
     home: Path
     description: str
+    admin_token: str = ""
+
+    def auth(self) -> ClientAuth:
+        return ClientAuth(token=self.admin_token)
+
+
+def admin_token(database_url: str) -> str:
+    """A fresh admin token in the database's token store (the benchmarks play an operator)."""
+    async def create() -> str:
+        store = TokenStore(Database(database_url, "auth", min_size=1, max_size=1))
+        await store.db.pool.open(wait=True, timeout=30)
+        try:
+            await store.migrate()
+            token, _ = await store.create("bench", [Role.ADMIN], created_by="make bench")
+            return token
+        finally:
+            await store.db.close()
+    return asyncio.run(create())
 
 
 @contextlib.contextmanager
@@ -50,12 +73,14 @@ def infrastructure() -> Iterator[Infrastructure]:
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
         home = Path(tmp)
         if kafka and database:
-            yield Infrastructure(kafka, database, home, "external Kafka + PostgreSQL (FLYWHEEL_* settings)")
+            yield Infrastructure(kafka, database, home, "external Kafka + PostgreSQL (FLYWHEEL_* settings)",
+                                 admin_token(database))
             return
         stack = EmbeddedStack(home, durable=False).start()
         try:
             yield Infrastructure(stack.kafka.bootstrap, stack.postgres.url, home,
-                                 "embedded Tansu broker (memory) + PostgreSQL 18 (fsync off), loopback")
+                                 "embedded Tansu broker (memory) + PostgreSQL 18 (fsync off), loopback",
+                                 admin_token(stack.postgres.url))
         finally:
             stack.stop()
 

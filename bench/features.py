@@ -240,7 +240,7 @@ async def run(ctx: Context) -> BenchResult:
         with ctx.steps.step("start the feature store in-process (apply the Feast repo, consumer group, gRPC)"):
             await app.start()
         peer = FeatureStore(config=app.features.config)
-        async with rpc.channel(app.address, default_timeout=CALL_TIMEOUT) as channel:
+        async with rpc.channel(app.address, default_timeout=CALL_TIMEOUT, auth=ctx.infra.auth()) as channel:
             stub = pb_grpc.FeatureStoreServiceStub(channel)
             await wait_assigned(app.consumer)
             loading = await load(ctx, stub, peer, n)

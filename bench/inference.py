@@ -151,7 +151,9 @@ def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bo
            "FLYWHEEL_INFERENCE_DB_SCHEMA": f"bench_{key}_{ctx.run_id}",
            "FLYWHEEL_INFERENCE_CONSUMER_GROUP": f"bench-{key}-{ctx.run_id}",
            "FLYWHEEL_INFERENCE_LOG_SAMPLE_RATE": json.dumps({MODEL: 1.0 if logging_on else 0.0}),
-           "FLYWHEEL_LOG_LEVEL": "WARNING"}
+           "FLYWHEEL_LOG_LEVEL": "WARNING", "FLYWHEEL_TOKEN": ctx.infra.admin_token,
+           # As on `make run`'s loopback: stock clients (tritonclient, like MLServer's) send no token.
+           "FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT": "true"}
     return spawn(key, [sys.executable, "-m", "flywheel.inference"], env, scratch, ports)
 
 
@@ -448,12 +450,13 @@ async def run(ctx: Context) -> BenchResult:
     try:
         with steps.step("registry in-process; register the artifact and promote it to champion"):
             await registry_app.start()
-            version = await RegistryClient(registry_app.address, timeout=30.0).register(rpb.ModelVersionSpec(
+            versions = RegistryClient(registry_app.address, timeout=30.0, auth=ctx.infra.auth())
+            version = await versions.register(rpb.ModelVersionSpec(
                 model_name=MODEL, kind=common_pb2.MODEL_KIND_PREDICTIVE, framework="pytorch"), artifact)
-            async with rpc.channel(registry_app.address, default_timeout=30.0) as channel:
+            async with rpc.channel(registry_app.address, default_timeout=30.0, auth=ctx.infra.auth()) as channel:
                 registry = rpb_grpc.RegistryServiceStub(channel)
                 await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion",
-                                                            version=version.version, actor="bench"))
+                                                            version=version.version))
         with servers_stopped(servers):
             with steps.step("start Flywheel (logging on, logging off) and MLServer; wait for /v2/health/ready"):
                 servers.append(start_flywheel(ctx, FLYWHEEL_ON, registry_app.address, logging_on=True,

@@ -120,6 +120,8 @@ def launched(driver_args: list[str], ready_timeout: float = 180.0) -> Iterator[L
                     break
             else:
                 raise RuntimeError("launcher not ready in time:\n" + "\n".join(launch.log[-30:]))
+            # The driver plays the project with the admin token `make run` wrote (it trains, promotes, predicts).
+            env["FLYWHEEL_TOKEN"] = (home / "admin.token").read_text().strip()
             launch.driver = subprocess.Popen([sys.executable, "-m", "payments_demo.live", *driver_args], env=env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             yield launch
@@ -218,7 +220,7 @@ def analyzed_windows(launch: Launch, model: str) -> int:
         count, token = 0, ""
         while True:
             page = stub.ListWindows(mpb.ListWindowsRequest(model_name=model, page_size=500, page_token=token),
-                                    timeout=30)
+                                    timeout=30, metadata=(("authorization", f"Bearer {launch.env['FLYWHEEL_TOKEN']}"),))
             count += sum(1 for w in page.windows if w.state == mpb.WINDOW_STATE_ANALYZED)
             token = page.next_page_token
             if not token:

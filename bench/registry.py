@@ -275,7 +275,7 @@ async def run(ctx: Context) -> BenchResult:
     try:
         with ctx.steps.step("start the registry in-process (database, relay, consumer group, gRPC)"):
             await app.start()
-        async with rpc.channel(app.address, default_timeout=CALL_TIMEOUT) as channel:
+        async with rpc.channel(app.address, default_timeout=CALL_TIMEOUT, auth=ctx.infra.auth()) as channel:
             stub = pb_grpc.RegistryServiceStub(channel)
             transfers, registered = await transfer_cases(ctx, stub, sizes)
             ref = pb.ModelVersionRef(model_name=f"bench-1mib-{ctx.run_id}", version=1)
