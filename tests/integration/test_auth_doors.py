@@ -132,8 +132,8 @@ async def doors(infra, registry_app) -> AsyncIterator[dict[str, str]]:  # type: 
                                            registry_addr=registry_app.address)),
             MonitorApp(MonitorSettings(**common, db_schema=f"monitor_auth_{suffix}",
                                        consumer_group=f"monitor-auth-{suffix}", registry_addr=registry_app.address)),
-            InferenceApp(InferenceSettings(**common, http_port=0, models=[], registry_addr=registry_app.address,
-                                           db_schema=f"inference_auth_{suffix}",
+            InferenceApp(InferenceSettings(**common, http_port=0, models=["nothing"],
+                                           registry_addr=registry_app.address, db_schema=f"inference_auth_{suffix}",
                                            consumer_group=f"inference-auth-{suffix}")),
         ):
             await app.start()
@@ -252,8 +252,8 @@ async def test_the_rest_door_takes_the_same_tokens(infra, doors: dict[str, str])
         async with http.post(f"{base}/v2/models/nothing/infer", json=body, headers=bearer("reader")) as answer:
             assert answer.status == 403
             assert "reader (roles: reader) may not call ModelInfer" in (await answer.json())["error"]
-        async with http.post(f"{base}/v2/models/nothing/infer", json=body, headers=bearer("predict")) as answer:
-            assert answer.status == 404 and "unknown model 'nothing'" in (await answer.json())["error"]
+        async with http.post(f"{base}/v2/models/unknown/infer", json=body, headers=bearer("predict")) as answer:
+            assert answer.status == 404 and "unknown model 'unknown'" in (await answer.json())["error"]
         async with http.get(f"{base}/v2/models/stats", headers=bearer("reader")) as answer:
             assert answer.status == 200
         async with http.get(f"{base}/v2/health/ready") as answer:  # probes stay open
@@ -262,7 +262,7 @@ async def test_the_rest_door_takes_the_same_tokens(infra, doors: dict[str, str])
 
 async def test_anonymous_predictions_only_when_allowed(infra, registry_app) -> None:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
-    app = InferenceApp(InferenceSettings(**shared_settings(infra), http_port=0, models=[],
+    app = InferenceApp(InferenceSettings(**shared_settings(infra), http_port=0, models=["nothing"],
                                          registry_addr=registry_app.address, db_schema=f"inference_anon_{suffix}",
                                          consumer_group=f"inference-anon-{suffix}", allow_anonymous_predict=True))
     await app.start()

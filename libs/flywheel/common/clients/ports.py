@@ -32,6 +32,10 @@ class ModelRegistry(abc.ABC):
         return found.version if found is not None else 0
 
     @abc.abstractmethod
+    async def models_with_alias(self, alias: str) -> list[str]:
+        """The names of the models that have `alias` (e.g. every model with a champion)."""
+
+    @abc.abstractmethod
     async def find_by_tag(self, model_name: str, key: str, value: str) -> reg.ModelVersion | None:
         """The newest version tagged key=value (None if none, or the model is unknown)."""
 

@@ -130,6 +130,17 @@ class RegistryClient(ServiceClient, ModelRegistry):
         response = await self._call(lambda s: s.ListModelVersions(request, timeout=self.timeout))
         return list(response.model_versions), response.next_page_token
 
+    async def models_with_alias(self, alias: str) -> list[str]:
+        names: list[str] = []
+        token = ""
+        while True:
+            request = reg.ListModelsRequest(page_size=1000, page_token=token)
+            response = await self._call(lambda s, r=request: s.ListModels(r, timeout=self.timeout))
+            names += [m.name for m in response.models if alias in m.aliases]
+            token = response.next_page_token
+            if not token:
+                return names
+
     async def find_by_tag(self, model_name: str, key: str, value: str) -> reg.ModelVersion | None:
         try:
             versions, _ = await self.list_versions(model_name, tags={key: value}, page_size=1)

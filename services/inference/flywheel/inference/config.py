@@ -27,7 +27,9 @@ class InferenceSettings(ServiceSettings):
     http_host: str = Field("127.0.0.1", description="Interface the OIP v2 REST server binds.")
     http_port: int = Field(8000, description="OIP v2 REST port.")
     metrics_port: int = Field(8002, description="Prometheus /metrics port; 0 turns it off.")
-    models: list[str] = Field(default_factory=lambda: ["fraud"], description="Model names served (JSON list).")
+    models: list[str] = Field(
+        default_factory=list, description="Model names served (JSON list); empty = every predictive model that has "
+                                          "a champion in the registry, found at start and on each promotion.")
     registry_addr: str = shared("registry_addr", "127.0.0.1:50051", "Address of the registry gRPC server.")  # type: ignore[assignment]
     featurestore_addr: str = shared(  # type: ignore[assignment]
         "featurestore_addr", "127.0.0.1:50052",

@@ -38,8 +38,7 @@ class InferenceApp:
         settings.require_infrastructure()
         self.settings = settings
         self.initial_load_timeout = initial_load_timeout
-        self.slots = {name: ModelSlot(name, settings.route(name), settings.sample_rate(name))
-                      for name in settings.models}
+        self.slots = {name: self._new_slot(name) for name in settings.models}
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
                                           max_queue=settings.log_queue_size,
                                           idempotent=settings.kafka_enable_idempotence)
@@ -51,7 +50,7 @@ class InferenceApp:
                                    max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
         self.repository = Repository(self.slots, RegistryClient(
             settings.registry_addr, auth=settings.client_auth(), transfer_timeout=settings.load_timeout_s,
-            keep_channel=True))
+            keep_channel=True), new_slot=None if settings.models else self._new_slot)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
@@ -63,6 +62,9 @@ class InferenceApp:
                      SERVICE_NAME, ROLES)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
                                tls=settings.server_tls())
+
+    def _new_slot(self, name: str) -> ModelSlot:
+        return ModelSlot(name, self.settings.route(name), self.settings.sample_rate(name))
 
     @property
     def grpc_address(self) -> str:
@@ -78,11 +80,9 @@ class InferenceApp:
         await self.db.open()  # the common migrations only (processed_events for the consumer)
         await self.auth.start()
         await self.publisher.start()
-        await self.repository.start()
         # Consumer first, then a reconcile per model: a promotion is never missed in between.
         await self.consumer.start()
-        for name in self.slots:
-            self.repository.schedule(name)
+        await self.repository.start()
         try:
             await asyncio.wait_for(self.repository.wait_idle(), self.initial_load_timeout)
         except TimeoutError:

@@ -3,6 +3,9 @@ points at. `reconcile(name)` resolves `champion` (and `challenger` when the rout
 downloads and loads (in a worker thread) and warms what changed, then swaps it in with one
 reference assignment. Requests hold the reference they started with, so in-flight requests
 finish on their version. Reconciles of one model are serialized and coalesced.
+
+Which models: a configured list, or (no list) every predictive model that has a champion in the
+registry, found at start and whenever `models.promoted` names a model not served yet.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from prometheus_client import Gauge
 
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.inference.dataplane import ModelSlot
 from flywheel.inference.model import LoadedModel, load_artifact
+from flywheel.proto.events.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +28,56 @@ LOADED_VERSION = Gauge("flywheel_inference_loaded_version", "Version loaded per 
                        ["model", "alias"])
 
 
+# What inference serves; other kinds (LLMs, adapters, embeddings) are served elsewhere.
+SERVED_KINDS = (common_pb2.MODEL_KIND_PREDICTIVE, common_pb2.MODEL_KIND_UNSPECIFIED)
+
+
 class Repository:
-    def __init__(self, slots: dict[str, ModelSlot], registry: ModelRegistry) -> None:
-        """`registry` is this repository's own: `stop` closes it."""
+    def __init__(self, slots: dict[str, ModelSlot], registry: ModelRegistry, *,
+                 new_slot: Callable[[str], ModelSlot] | None = None) -> None:
+        """`registry` is this repository's own: `stop` closes it. `new_slot`: serve every predictive model
+        with a champion (a slot is made for each on first sight); None: only the models in `slots`."""
         self.slots = slots
         self.registry = registry
+        self.new_slot = new_slot
         self._locks = {name: asyncio.Lock() for name in slots}
         self._pending: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
         self._retry_tasks: set[asyncio.Task] = set()
+        self._discovery: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Nothing to open: the registry client connects on first use."""
+        """Schedule every configured model, or (none configured) every model with a champion: found in the
+        background, retried until the registry answers, so inference can start before the registry."""
+        for name in list(self.slots):
+            self.schedule(name)
+        if self.new_slot is not None:
+            self._discovery = asyncio.create_task(self._discover(), name="discover-models")
+
+    async def _discover(self) -> None:
+        while True:
+            try:
+                names = await self.registry.models_with_alias("champion")
+            except Exception as exc:
+                log.warning("listing the registry's models failed, retrying in 2s", extra={"error": repr(exc)})
+                await asyncio.sleep(2.0)
+                continue
+            for name in names:
+                self.schedule(name)
+            return
 
     async def stop(self) -> None:
-        for task in [*self._pending.values(), *self._retry_tasks]:
+        tasks = [*self._pending.values(), *self._retry_tasks, *([self._discovery] if self._discovery else [])]
+        for task in tasks:
             task.cancel()
-        for task in [*self._pending.values(), *self._retry_tasks]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.registry.close()
 
     def schedule(self, name: str) -> None:
         """Reconcile `name` soon (coalesced: at most one running and one queued per model)."""
-        if name not in self.slots:
+        if name not in self.slots and self.new_slot is None:
             return
         task = self._pending.get(name)
         if task is not None and not task.done():
@@ -55,30 +86,45 @@ class Repository:
         self._pending[name] = asyncio.create_task(self._reconcile_loop(name), name=f"reconcile-{name}")
 
     async def wait_idle(self) -> None:
+        """Until discovery (if any) and every scheduled reconcile have finished."""
+        if self._discovery is not None:
+            await asyncio.gather(self._discovery, return_exceptions=True)
         while any(not t.done() for t in self._pending.values()):
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
     async def _reconcile_loop(self, name: str) -> None:
+        backoff = 2.0
         while True:
             self._again.discard(name)
             try:
                 await self.reconcile(name)
-                self.slots[name].load_error = ""
             except Exception as exc:
-                self.slots[name].load_error = f"{type(exc).__name__}: {exc}"  # shown by the repository index
-                log.warning("model reconcile failed, retrying in 2s", extra={"model": name, "error": repr(exc)})
-                await asyncio.sleep(2.0)
+                if name in self.slots:
+                    self.slots[name].load_error = f"{type(exc).__name__}: {exc}"  # shown by the repository index
+                log.warning("model reconcile failed, retrying", extra={"model": name, "error": repr(exc),
+                                                                       "retry_in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)  # a broken artifact is retried, ever more slowly
                 self._again.add(name)
             if name not in self._again:
                 return
 
     async def reconcile(self, name: str) -> None:
+        if name not in self.slots:
+            if self.new_slot is None:
+                return
+            self.slots[name] = self.new_slot(name)  # a model seen for the first time
         slot = self.slots[name]
-        async with self._locks[name]:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            slot.load_error = ""
             aliases = ["champion"] + (["challenger"] if slot.route.mode != "champion" else [])
             for alias in aliases:
                 current: LoadedModel | None = getattr(slot, alias)
-                version = await self.registry.version_of(name, alias)
+                found = await self.registry.get_version(name, alias=alias)
+                if found is not None and found.kind not in SERVED_KINDS:
+                    self._not_served(name, found.kind)
+                    return
+                version = found.version if found is not None else 0
                 if version == 0:
                     if current is not None and alias == "challenger":
                         slot.challenger = None  # the challenger alias was deleted
@@ -100,6 +146,17 @@ class Repository:
                 LOADED_VERSION.labels(name, alias).set(version)
                 log.info("model version live", extra={"model": name, "alias": alias, "version": version,
                                                       "previous": current.version if current else 0})
+            if self.new_slot is not None and not slot.versions():
+                del self.slots[name]  # discovered, but no champion (any more): not served
+
+    def _not_served(self, name: str, kind: int) -> None:
+        """A model of another kind: a discovered one stops being served, a configured one says why."""
+        reason = f"{common_pb2.ModelKind.Name(kind)}: inference serves predictive models"  # type: ignore[arg-type]
+        if self.new_slot is not None and not self.slots[name].versions():
+            del self.slots[name]
+            log.info("model not served", extra={"model": name, "reason": reason})
+        else:
+            self.slots[name].load_error = reason
 
     async def _load(self, name: str, version: int) -> LoadedModel:
         data = await self.registry.download(name, version)
