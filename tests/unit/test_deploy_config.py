@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
 K8S_BASE = REPO / "infra" / "k8s" / "base"
 PROMETHEUS_FILE = REPO / "infra" / "prometheus" / "prometheus.yml"
 OTEL_FILE = REPO / "infra" / "otel" / "collector.yaml"
@@ -60,17 +61,11 @@ def build_dockerfile(service: dict[str, Any]) -> Path | None:
 
 
 def flywheel_service_folder(service: dict[str, Any]) -> str | None:
-    """`<name>` when the service's image is built from services/<name>/Dockerfile, else None."""
+    """`<name>` when the service's image is the one Dockerfile built with `SERVICE: <name>`, else None."""
     dockerfile = build_dockerfile(service)
-    if dockerfile is None:
+    if dockerfile != DOCKERFILE:
         return None
-    try:
-        parts = dockerfile.relative_to(REPO).parts
-    except ValueError:
-        return None
-    if len(parts) == 3 and parts[0] == "services" and parts[2] == "Dockerfile":
-        return parts[1]
-    return None
+    return str((service["build"].get("args") or {}).get("SERVICE") or "") or None
 
 
 def flywheel_services() -> dict[str, str]:
@@ -257,24 +252,43 @@ def test_docker_compose_config_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
-# ---------------------------------------------------------------- Dockerfiles
+# ---------------------------------------------------------------- the Dockerfile
 
-def service_dockerfiles() -> list[Path]:
-    return sorted((REPO / "services").glob("*/Dockerfile"))
+def service_folders() -> list[str]:
+    return sorted(p.parent.name for p in (REPO / "services").glob("*/pyproject.toml"))
 
 
-@pytest.mark.parametrize("dockerfile", service_dockerfiles(), ids=lambda p: p.parent.name)
-def test_service_dockerfile_conventions(dockerfile: Path) -> None:
-    folder = dockerfile.parent.name
-    text = dockerfile.read_text()
-    assert "python:3.11-slim" in text, f"{folder}: not based on python:3.11-slim"
+def test_one_parameterised_dockerfile() -> None:
+    assert not list((REPO / "services").glob("*/Dockerfile")), "one Dockerfile at the root, built with SERVICE=<name>"
+    text = DOCKERFILE.read_text()
+    assert "python:3.11-slim" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
-    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{folder}: must end as a non-root USER"
-    assert f'ENTRYPOINT ["python", "-m", "flywheel.{folder}"]' in text
-    needs_torch = "torch" in (dockerfile.parent / "pyproject.toml").read_text()
-    if not needs_torch:  # a multi-GB dependency only where the service's own dependencies ask for it
-        assert "torch" not in re.sub(r"#.*", "", text), f"{folder}: the image must not install torch"
-    assert not re.search(r"pip install[^\n]*\s-e\s", text), f"{folder}: install non-editable"
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must end as a non-root USER"
+    assert 'exec python -m \\"flywheel.${FLYWHEEL_SERVICE}\\"' in text
+    assert not re.search(r"pip install[^\n]*\s-e\s", text), "install non-editable"
+    # Torch only from the CPU index and only when the service's dependencies ask for it.
+    assert re.search(r'if python tools/image_requirements.py "\$\{SERVICE\}" --needs-torch; then\s*\\?\s*'
+                     r'pip install --index-url "\$\{TORCH_INDEX_URL\}"', text)
+
+
+@pytest.mark.parametrize("folder", service_folders())
+def test_image_installs_what_the_pyprojects_say(folder: str) -> None:
+    """tools/image_requirements.py (what the Dockerfile installs) follows the service's dependencies: its
+    libs from the repo, torch only where they ask for it (the monitor and the registry stay torch-free)."""
+    import tools.image_requirements as image
+
+    local, third_party = image.resolve(folder)
+    assert local[0] == REPO / "libs" and local[-1] == REPO / "services" / folder
+    assert not any(r.startswith("flywheel") for r in third_party)
+    text = (REPO / "services" / folder / "pyproject.toml").read_text()
+    needs_torch = "torch" in re.sub(r"#.*", "", text) or "flywheel-predictive[scoring]" in text
+    assert (image.main([folder, "--needs-torch"]) == 0) == needs_torch
+    if "flywheel-predictive" in text:
+        assert REPO / "libs" / "predictive" in local
+
+
+def test_compose_builds_every_service_from_the_one_dockerfile() -> None:
+    assert sorted(flywheel_services().values()) == service_folders()
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
@@ -429,3 +443,37 @@ def test_otel_collector_pipeline_is_complete() -> None:
                 assert component in config.get(section, {}), f"pipeline uses undefined {section[:-1]} {component}"
     exporters = config["service"]["pipelines"]["traces"]["exporters"]
     assert "debug" in exporters and any(e.split("/")[0] == "otlp" for e in exporters)
+
+
+# ---------------------------------------------------------------- tokens (every door takes one)
+
+def test_every_deployment_presents_its_own_token_and_the_job_registers_them() -> None:
+    deployments = of_kind("Deployment")
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [token] = [e for e in container.get("env", []) if e["name"] == "FLYWHEEL_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "flywheel-tokens", "key": name}, name
+    [job] = of_kind("Job")
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tokens", "secret": {"secretName": "flywheel-tokens"}} in volumes
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "flywheel auth create-token" in script and "--from-stdin" in script
+
+
+def test_production_inference_takes_no_anonymous_predictions() -> None:
+    [inference] = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "inference"]
+    env = {e["name"]: e.get("value") for e in inference["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT"] == "false"
+    assert compose_services()["inference"]["environment"]["FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT"] == "false"
+
+
+def test_compose_services_present_tokens_the_tokens_job_registers() -> None:
+    services = compose_services()
+    script = "\n".join(services["tokens"]["command"])
+    for name in flywheel_services():
+        env = services[name]["environment"]
+        assert env["FLYWHEEL_TOKEN"].startswith(f"${{FLYWHEEL_{name.upper()}_TOKEN:-"), name
+        assert f"TOKEN_{name.upper()}" in services["tokens"]["environment"], name
+        assert name in script, f"the tokens service does not register {name}"
+        assert services[name]["depends_on"]["tokens"] == {"condition": "service_completed_successfully"}
