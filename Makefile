@@ -27,8 +27,8 @@ run: setup ## Start the embedded broker + database and every service; Ctrl-C sto
 test: setup proto-check ## The test suite: unit + integration against the embedded broker and database
 	$(PY) -m pytest
 
-test-unit: setup ## Unit tests only (no broker, no database)
-	$(PY) -m pytest tests/unit
+test-unit: setup ## Unit tests only (no broker, no database), the platform's and the examples'
+	$(PY) -m pytest tests/unit $(wildcard examples/*/tests/unit)
 
 proto: setup ## Regenerate Python code (+ .pyi stubs) from protos/
 	$(PY) tools/gen_protos.py
