@@ -27,8 +27,8 @@ run: setup ## Start the embedded broker + database and every service; Ctrl-C sto
 test: setup proto-check ## The test suite: unit + integration against the embedded broker and database
 	$(PY) -m pytest
 
-test-unit: setup ## Unit tests only (no broker, no database)
-	$(PY) -m pytest tests/unit
+test-unit: setup ## Unit tests only (no broker, no database), the platform's and the examples'
+	$(PY) -m pytest tests/unit $(wildcard examples/*/tests/unit)
 
 proto: setup ## Regenerate Python code (+ .pyi stubs) from protos/
 	$(PY) tools/gen_protos.py
@@ -38,7 +38,7 @@ proto-check: proto ## Fail when the generated code differs from what is committe
 	@test -z "$$(git status --porcelain -- libs/flywheel/proto)" || { git status --porcelain -- libs/flywheel/proto; echo 'generated code is stale: run make proto and commit'; exit 1; }
 
 lint: setup ## ruff + buf lint (buf via npx when node is present)
-	$(VENV)/bin/ruff check libs services tests tools bench
+	$(VENV)/bin/ruff check libs services tests tools bench examples conftest.py
 	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1.75.0 lint; else echo 'npx not found: skipping buf lint'; fi
 
 MLSERVER_VENV := bench/mlserver_runtime/.venv

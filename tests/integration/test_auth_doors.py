@@ -44,7 +44,7 @@ from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as tpb_grpc
 from flywheel.registry.main import RegistryApp
 from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
-from tests.conftest import registry_settings
+from tests.fixtures_plugin import registry_settings
 from tests.service_helpers import shared_settings
 from tests.tls_helpers import make_pki
 

@@ -1,8 +1,10 @@
 """Flywheel's demo project: card payments at a bank, fraud labels that arrive late as chargebacks.
 
 A user's project, not platform code: a data generator (`generator`), the bank's streaming
-feature pipeline and event publishing (`pipeline`), a Feast repo (`feature_repo`) and
-model specs (`models/`). `python -m payments_demo --help` shows the command line.
+feature pipeline and event publishing (`pipeline`), a Feast repo (`feature_repo`), model
+specs (`models/`), and the live driver that plays the bank around a running platform
+(`python -m payments_demo.live`; its docstring maps the driver's modules) with its status page
+(`status`). `python -m payments_demo --help` shows the command line.
 """
 
 from pathlib import Path

@@ -3,6 +3,10 @@
 By default they are the embedded ones (Tansu + PostgreSQL from PyPI), started in a
 temporary directory. Set FLYWHEEL_KAFKA_BOOTSTRAP and FLYWHEEL_DATABASE_URL to run
 the same suite against a real Kafka and PostgreSQL instead.
+
+A plugin, not a conftest: the repository's root `conftest.py` loads it (`pytest_plugins`), so every
+test tree of the session (`tests/`, `examples/*/tests/`) shares these fixtures, and the one broker
+and database, and its hooks order the whole session.
 """
 
 from __future__ import annotations

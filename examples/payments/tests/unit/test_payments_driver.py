@@ -12,21 +12,14 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import UnknownError
-from payments_demo.live import (
-    Addresses,
-    DemoDriver,
-    DriverConfig,
-    LabelSchedule,
-    LiveStats,
-    Prediction,
-    TimeMap,
-    build_timeline,
-    confusion,
-    label_event,
-    restamp_row,
-)
+from payments_demo.config import Addresses, DriverConfig
+from payments_demo.driver import DemoDriver
+from payments_demo.labels import LabelSchedule, label_event
+from payments_demo.narration import Narration
 from payments_demo.pipeline import FeatureRow
+from payments_demo.stats import LiveStats, Prediction, confusion
 from payments_demo.status import accuracy_svg, status_document
+from payments_demo.timeline import DRIFT, TimeMap, build_timeline, restamp_row
 
 from flywheel.common.events import Event
 from flywheel.common.topics import EVALUATIONS_COMPLETED, MODELS_PROMOTED
@@ -181,21 +174,36 @@ async def test_narration_skips_what_it_cannot_describe_and_outlives_broker_error
             record(Event(EVALUATIONS_COMPLETED, "fraud", later, "tests"))]},
     ])
     monkeypatch.setattr("aiokafka.AIOKafkaConsumer", FakeConsumer)
-    config = DriverConfig(warmup_days=0, history_days=1, stable_days=1, drift_days=0, rate=2.0)
-    driver = DemoDriver(config, Addresses(kafka_bootstrap="127.0.0.1:9", database_url="postgresql://unused"),
-                        session="unit")
+    narration = Narration("fraud", bootstrap_servers="127.0.0.1:9", group_id="payments-demo-unit", markers=[])
     ready = asyncio.Event()
-    task = asyncio.create_task(driver._consume_events(ready))
+    task = asyncio.create_task(narration.consume(ready))
     try:
         await asyncio.wait_for(ready.wait(), 5)
 
         async def narrated_or_ended() -> bool:
-            return bool(driver.events) or task.done()
+            return bool(narration.events) or task.done()
         await polling.eventually(narrated_or_ended, 5, "the evaluation narrated", every=0.05)
         assert not task.done(), task.exception()
-        assert [(e["topic"], e["event"]["evaluation_id"]) for e in driver.events] == [
+        assert [(e["topic"], e["event"]["evaluation_id"]) for e in narration.events] == [
             ("evaluations.completed", "ev-1")]
         assert not FakeConsumer.script
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_driver_shows_its_parts_on_one_status() -> None:
+    """The narration and the live traffic mark the same plot; the status reads every part of the driver."""
+    config = DriverConfig(warmup_days=0, history_days=1, stable_days=1, drift_days=1, rate=2.0)
+    driver = DemoDriver(config, Addresses(kafka_bootstrap="127.0.0.1:9", database_url="postgresql://unused"),
+                        session="unit", consume_events=False)
+    assert driver.timeline.transactions[0].transaction_id.startswith("tunit-") and driver.phase == "bootstrap"
+    driver.narration.on_event(MODELS_PROMOTED.name, models_pb2.ModelPromoted(
+        model_name="fraud", alias="champion", version=2, previous_version=1))
+    driver.narration.on_event(MODELS_PROMOTED.name, models_pb2.ModelPromoted(model_name="other", alias="champion"))
+    driver.traffic._enter(DRIFT)
+    status = driver.status()
+    assert [m["kind"] for m in status["markers"]] == ["promotion", "drift"] and status["phase"] == DRIFT
+    assert [e["text"].split()[0] for e in status["events"]] == ["PROMOTED", "PROMOTED"]
+    assert status["drift"] == "both" and status["time"]["onset_wall"] is not None
+    assert status["stats"]["scored"] == 0 and status["pending_labels"] == 0
