@@ -8,7 +8,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := libs/pyproject.toml libs/predictive/pyproject.toml $(wildcard services/*/pyproject.toml) examples/payments/pyproject.toml requirements-dev.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration proto proto-check lint bench clean
+.PHONY: help setup run test test-unit proto proto-check lint bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'

@@ -20,7 +20,7 @@ from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from flywheel.registry.main import RegistryApp
 from tests import polling
-from tests.conftest import registry_settings
+from tests.fixtures_plugin import registry_settings
 from tests.integration import registry_client
 from tests.kafka_helpers import consumed_through, end_offsets
 from tests.service_helpers import shared_settings
