@@ -117,6 +117,23 @@ async def monitor(infra, registry_app, unique) -> AsyncIterator[MonitorApp]:  # 
 eventually = partial(polling.eventually, timeout=60.0)
 
 
+async def emitted(app: MonitorApp, topic: str, key: str) -> list[str]:
+    """The event ids the monitor emitted on `topic` with `key`: its outbox is the record (each event is
+    written there in the transaction of the decision that caused it), whatever the broker has relayed yet."""
+    async with app.db.connection() as conn:
+        rows = await (await conn.execute("SELECT event_id FROM outbox WHERE topic = %s AND key = %s ORDER BY id",
+                                         (topic, key))).fetchall()
+    return [r["event_id"] for r in rows]
+
+
+async def published(infra, topic: str, ids: list[str]) -> list:  # type: ignore[no-untyped-def]
+    """The records of `topic` with these event ids, read until every one of them is there."""
+    wanted = set(ids)
+    records = await read_records(infra.kafka_bootstrap, topic, timeout=120,
+                                 until=lambda rs: wanted <= {header(r, "ce_id") for r in rs})
+    return [r for r in records if header(r, "ce_id") in wanted]
+
+
 async def analyzed(stub: pb_grpc.MonitorServiceStub, name: str, count: int) -> list[pb.Window]:
     async def check():  # type: ignore[no-untyped-def]
         response = await stub.ListWindows(pb.ListWindowsRequest(model_name=name, page_size=100))
@@ -143,10 +160,11 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
         await send_events(producer, shifted)
         windows = await analyzed(stub, name, 6)
         assert [w.drifted for w in windows] == [False, False, False, True, True, True]
-        alerts = await read_records(infra.kafka_bootstrap, "drift.detected",
-                                    until=lambda rs: any(r.key == name.encode() for r in rs), settle=1.0)
-        mine = [r for r in alerts if r.key == name.encode()]
-        assert len(mine) == 1  # 3 drifted windows, one alert (cooldown)
+        # Every window is analyzed, so every decision is made: 3 drifted windows, one alert (cooldown).
+        alert_ids = await emitted(monitor, "drift.detected", name)
+        assert len(alert_ids) == 1
+        mine = await published(infra, "drift.detected", alert_ids)
+        assert len(mine) == 1
         alert = monitoring_pb2.DriftDetected.FromString(mine[0].value)
         assert header(mine[0], "ce_id") == alert.drift_id
         assert alert.model.version == version and alert.window_id == windows[4].window_id
@@ -154,8 +172,11 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
         assert alert.drifted_share >= 0.5 and alert.performance_estimated
         assert {f.feature for f in alert.features if f.drifted} >= {"x0", "x1", "x2"}
 
-        # Reviews: low-confidence rows (|p - 0.5| <= 0.05), at most 3 per window.
-        reviews = await read_records(infra.kafka_bootstrap, "reviews.requested", until=lambda rs: False, timeout=3)
+        # Reviews: low-confidence rows (|p - 0.5| <= 0.05), at most 3 per window (sampled as windows close).
+        async with monitor.db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT event_id FROM outbox WHERE topic = 'reviews.requested' ORDER BY id")).fetchall()
+        reviews = await published(infra, "reviews.requested", [r["event_id"] for r in rows])
         low = [reviews_pb2.ReviewRequested.FromString(r.value) for r in reviews]
         low = [r for r in low if r.model.name == name]
         assert low and all(r.reason == reviews_pb2.REVIEW_REASON_LOW_CONFIDENCE for r in low)
@@ -172,11 +193,9 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
 
         # Labels join late: performance appears on analyzed windows, then the retrain request goes out.
         await send_events(producer, feedback_events(name, stable_truth[:200] + shifted_truth))
-        requests = await read_records(infra.kafka_bootstrap, "retrain.requests",
-                                      until=lambda rs: any(r.key == name.encode() for r in rs), settle=1.0)
-        mine = [models_pb2.RetrainRequested.FromString(r.value) for r in requests if r.key == name.encode()]
-        assert len(mine) == 1
-        request = mine[0]
+        request_ids = await eventually(lambda: emitted(monitor, "retrain.requests", name), what="a retrain request")
+        [record] = await published(infra, "retrain.requests", request_ids)
+        request = models_pb2.RetrainRequested.FromString(record.value)
         assert request.parent == common_pb2.ModelRef(name=name, version=version)
         assert request.drift_event_id == alert.drift_id and request.kind == common_pb2.MODEL_KIND_PREDICTIVE
         assert request.reason in (models_pb2.RETRAIN_REASON_DRIFT, models_pb2.RETRAIN_REASON_PERFORMANCE)
@@ -192,6 +211,7 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
             return ws if done else None
         # Windows hold rows in arrival order (6 partitions), so the 200 labelled stable rows spread over them.
         windows = await eventually(labelled, what="performance of late-labelled windows")
+        assert await emitted(monitor, "retrain.requests", name) == request_ids  # every label joined: still one
         assert sum(w.labelled_rows for w in windows[:3]) == 200
         assert [w.labelled_rows for w in windows[3:]] == [200, 200, 200]
         most = max(windows[:3], key=lambda w: w.labelled_rows)
@@ -222,13 +242,14 @@ async def test_disputed_feedback_requests_review(monitor, registry, producer, in
     await send_events(producer, feedback_events(name, [(prediction.request_id, entity, not predicted[0])],
                                                 source=predictions_pb2.FEEDBACK_SOURCE_END_USER))
 
-    async def dispute():  # type: ignore[no-untyped-def]
-        records = await read_records(infra.kafka_bootstrap, "reviews.requested", until=lambda rs: False, timeout=1)
-        found = [reviews_pb2.ReviewRequested.FromString(r.value) for r in records]
-        return [r for r in found if r.request_id == prediction.request_id
-                and r.reason == reviews_pb2.REVIEW_REASON_DISPUTED]
-    found = await eventually(dispute, what="a disputed review")
-    assert len(found) == 1
+    # The dispute is decided when the feedback is ingested: wait for its review in the outbox (keyed by the
+    # request id), then read it from the topic.
+    ids = await eventually(lambda: emitted(monitor, "reviews.requested", prediction.request_id),
+                           what="a disputed review")
+    assert len(ids) == 1
+    found = [reviews_pb2.ReviewRequested.FromString(r.value)
+             for r in await published(infra, "reviews.requested", ids)]
+    assert [r.reason for r in found] == [reviews_pb2.REVIEW_REASON_DISPUTED]
     assert found[0].context["entity_id"] == entity and found[0].model.version == version
 
 
