@@ -36,8 +36,8 @@ from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 from flywheel.trainer import pipeline
 from flywheel.trainer.artifact import build_artifact
+from flywheel.trainer.execution import holdout_start, training_frame
 from flywheel.trainer.store import LabelRow
-from flywheel.trainer.trainer import holdout_start, training_frame
 from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records

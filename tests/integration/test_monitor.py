@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import grpc
@@ -16,11 +16,13 @@ import psycopg
 import pytest
 
 from flywheel.common import rpc
+from flywheel.common.db import Database
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events
 from flywheel.common.topics import FEEDBACK_RECEIVED, PREDICTIONS_LOGGED
 from flywheel.monitor.config import MonitorSettings, ReviewPolicy
-from flywheel.monitor.main import MonitorApp
+from flywheel.monitor.ingest import Ingest, close_overdue_time_windows
+from flywheel.monitor.main import MIGRATIONS, MonitorApp
 from flywheel.predictive.artifact import InputSchema, write_artifact
 from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
@@ -338,3 +340,52 @@ async def test_grpc_status_codes(monitor):  # type: ignore[no-untyped-def]
                 await call
             assert info.value.code() == code, info.value.details()
             assert info.value.details()
+
+
+async def test_time_windows_follow_prediction_time_and_close_when_overdue(infra, unique):  # type: ignore[no-untyped-def]
+    """Time mode, driving the ingest directly: one window per minute of prediction time; a later bucket closes
+    the open window, a late row joins the open window, and an overdue window closes on its own."""
+    settings = MonitorSettings(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url,
+                               home=infra.home, db_schema=f"monitor_time_{unique}", window_mode="time",
+                               window_seconds=60, window_grace_seconds=10)
+    ingest = Ingest(settings)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def at(*seconds: int) -> list[Event]:
+        events = []
+        for s in seconds:
+            message = predictions_pb2.PredictionLogged(
+                request_id=str(uuid.uuid4()), model=common_pb2.ModelRef(name="timed", version=1),
+                arm=predictions_pb2.PREDICTION_ARM_CHAMPION,
+                outputs=[common_pb2.Tensor(name="probability", datatype="FP32", shape=[1], fp_contents=[0.9])])
+            message.timestamp.FromDatetime(start + timedelta(seconds=s))
+            events.append(Event(PREDICTIONS_LOGGED, message.request_id, message, "tests"))
+        return events
+
+    async def windows(conn: psycopg.AsyncConnection) -> list[tuple]:
+        cur = await conn.execute("SELECT sequence, state, rows, bucket_start, start_ts, end_ts FROM windows "
+                                 "ORDER BY sequence")
+        return [(r["sequence"], r["state"], r["rows"], r["bucket_start"] - start, r["start_ts"] - start,
+                 r["end_ts"] - start) for r in await cur.fetchall()]
+
+    db = await Database(settings.database_url, settings.db_schema).open(MIGRATIONS)
+    try:
+        async with db.connection() as conn, conn.transaction():
+            result = await ingest.predictions(conn, at(5, 30, 5, 65), now=start + timedelta(seconds=70))
+        assert (result.rows, result.windows_closed) == (4, 1)
+        async with db.connection() as conn, conn.transaction():
+            late = await ingest.predictions(conn, at(10), now=start + timedelta(seconds=80))
+            assert await close_overdue_time_windows(conn, settings, start + timedelta(seconds=129)) == 0
+            assert await close_overdue_time_windows(conn, settings, start + timedelta(seconds=130)) == 1
+        assert (late.rows, late.windows_closed) == (1, 0)
+        async with db.connection() as conn, conn.transaction():
+            await ingest.predictions(conn, at(200), now=start + timedelta(seconds=200))
+            assert await windows(conn) == [
+                (1, "pending", 3, timedelta(0), timedelta(seconds=5), timedelta(seconds=30)),
+                # The late row (bucket 0, closed already) joined the open window of bucket 60.
+                (2, "pending", 2, timedelta(seconds=60), timedelta(seconds=10), timedelta(seconds=65)),
+                (3, "open", 1, timedelta(seconds=180), timedelta(seconds=200), timedelta(seconds=200))]
+            state = await (await conn.execute("SELECT windows, champion_seen_at FROM version_state")).fetchone()
+            assert state is not None and state["windows"] == 3 and state["champion_seen_at"] is not None
+    finally:
+        await db.close()

@@ -104,6 +104,27 @@ async def test_aliases_set_resolve_delete_and_rollback(registry, unique: str) ->
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_models_list_in_pages_by_name(registry, unique: str) -> None:
+    names = [f"page-{unique}-{i}" for i in range(3)]
+    for name in names:
+        await register(registry, name, name.encode())
+    await registry.SetAlias(pb.SetAliasRequest(model_name=names[1], alias="champion", version=1))
+    seen: list[pb.Model] = []
+    token = ""
+    while True:
+        page = await registry.ListModels(pb.ListModelsRequest(page_size=2, page_token=token))
+        assert len(page.models) <= 2
+        seen += page.models
+        token = page.next_page_token
+        if not token:
+            break
+    assert [m.name for m in seen] == sorted(m.name for m in seen)
+    ours = {m.name: m for m in seen if m.name in names}
+    assert sorted(ours) == names
+    assert dict(ours[names[1]].aliases) == {"champion": 1} and dict(ours[names[0]].aliases) == {}
+    assert ours[names[0]].latest_version == 1 and ours[names[0]].promotion_mode == pb.PROMOTION_MODE_MANUAL
+
+
 async def test_concurrent_alias_moves_leave_exactly_one_champion(registry, registry_app, unique: str) -> None:
     name = f"race-{unique}"
     for i in range(8):

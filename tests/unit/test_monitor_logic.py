@@ -176,3 +176,20 @@ def test_labels_become_outcomes_by_kind_and_by_the_configured_words() -> None:
     assert label_value(common_pb2.Label(text="Fraud"), ["fraud"], ["legit"]) is True
     assert label_value(common_pb2.Label(text="legit"), ["fraud"], ["legit"]) is False
     assert label_value(common_pb2.Label()) is None
+
+
+def test_window_growth_counts_rows_spans_their_times_and_notes_champion_traffic() -> None:
+    from flywheel.monitor.ingest import CHAMPION, Row, window_growth
+    from flywheel.monitor.ingest_store import WindowGrowth
+    from flywheel.proto.events.v1 import predictions_pb2
+
+    def row(i: int, minutes: int, arm: int) -> Row:
+        return Row(f"r{i}", "m", 1, arm, 0, "", T0 + timedelta(minutes=minutes), 0.5, None, None, None)
+
+    challenger = predictions_pb2.PREDICTION_ARM_CHALLENGER
+    rows = [row(0, 5, challenger), row(1, 1, challenger), row(2, 9, CHAMPION), row(3, 3, challenger)]
+    window_of = {rows[0].key: "a", rows[1].key: "a", rows[2].key: "b", rows[3].key: "a"}
+    growth = window_growth(rows, window_of)
+    assert list(growth) == ["a", "b"]  # in the order the windows first appear
+    assert growth["a"] == WindowGrowth(3, T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), False)
+    assert growth["b"] == WindowGrowth(1, T0 + timedelta(minutes=9), T0 + timedelta(minutes=9), True)

@@ -8,8 +8,10 @@ replicas starting at once apply them exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from psycopg import AsyncConnection, sql
@@ -68,30 +70,38 @@ async def migrate(db: Database, folder: Path, track: str = "service") -> list[st
         raise ValueError(f"two migrations in {folder} share a number: {numbers}")
     applied: list[str] = []
     schema = sql.Identifier(db.schema)
-    async with await AsyncConnection.connect(db.url, autocommit=True) as conn:
-        # Advisory locks are per database; hash the schema so services do not wait on each other.
-        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"flywheel.migrate.{db.schema}",))
-        try:
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-            await conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                " version text PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(schema))
-            cur = await conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(schema))
-            done = {row[0] for row in await cur.fetchall()}
-            for path in files:
-                version = f"{track}:{path.name[:4]}"
-                if version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(schema))
-                    await conn.execute(path.read_text())  # type: ignore[arg-type]
-                    await conn.execute(
-                        sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(schema),
-                        (version, path.name),
-                    )
-                applied.append(path.name)
-                log.info("migration applied", extra={"schema": db.schema, "migration": path.name})
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"flywheel.migrate.{db.schema}",))
+    # Advisory locks are per database; the schema is in the key so services do not wait on each other.
+    async with advisory_lock(db.url, f"flywheel.migrate.{db.schema}") as conn:
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        await conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(schema))
+        cur = await conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(schema))
+        done = {row[0] for row in await cur.fetchall()}
+        for path in files:
+            version = f"{track}:{path.name[:4]}"
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(schema))
+                await conn.execute(path.read_text())  # type: ignore[arg-type]
+                await conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(schema),
+                    (version, path.name),
+                )
+            applied.append(path.name)
+            log.info("migration applied", extra={"schema": db.schema, "migration": path.name})
     return applied
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(url: str, key: str) -> AsyncIterator[AsyncConnection]:
+    """A new autocommit connection holding the session advisory lock of `key` (hashed) for the block, so that
+    replicas starting together do the block one at a time; the connection is the caller's to use."""
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))

@@ -209,6 +209,16 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         log.warning("consumer stop: aiokafka's fetcher raised CancelledError while closing; the consumer is closed")
 
 
+async def record_processed(conn: AsyncConnection, consumer: str, topic: str, event_ids: Sequence[str]) -> set[str]:
+    """Record events as processed by `consumer`, in the caller's transaction (so with their effect);
+    returns the ids seen for the first time: the others were processed before and must be skipped."""
+    cur = await conn.execute(
+        "INSERT INTO processed_events (consumer, event_id, topic) SELECT %s, id, %s"
+        " FROM unnest(%s::text[]) AS id ON CONFLICT DO NOTHING RETURNING event_id",
+        (consumer, topic, list(event_ids)))
+    return {row["event_id"] for row in await cur.fetchall()}
+
+
 class ConsumerRunner:
     """Consumes topics in a consumer group and applies each event exactly once in effect.
 
@@ -400,11 +410,7 @@ class ConsumerRunner:
                                                           "messaging.batch.message_count": len(decoded)}), \
                     HANDLER_SECONDS.labels(self.group, topic.name).time():
                 async with self.db.connection() as conn, conn.transaction():
-                    cur = await conn.execute(
-                        "INSERT INTO processed_events (consumer, event_id, topic) SELECT %s, id, %s"
-                        " FROM unnest(%s::text[]) AS id ON CONFLICT DO NOTHING RETURNING event_id",
-                        (self.group, topic.name, [e.id for _, e in decoded]))
-                    fresh = {row["event_id"] for row in await cur.fetchall()}
+                    fresh = await record_processed(conn, self.group, topic.name, [e.id for _, e in decoded])
                     new: list[Event] = []
                     for _, event in decoded:
                         if event.id in fresh:

@@ -35,7 +35,6 @@ from feast.infra.registry.registry import FEAST_OBJECT_TYPES
 from feast.value_type import ValueType
 from prometheus_client import Counter, Histogram
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from flywheel.common.db import Database
@@ -43,7 +42,14 @@ from flywheel.common.errors import InvalidArgument, NotFound, PoisonEvent, Unava
 from flywheel.featurestore import convert
 from flywheel.featurestore.catalog import Catalog, PushTarget, ResolvedSelection, Selection
 from flywheel.featurestore.repo import RepoObjects, load_repo
-from flywheel.featurestore.store import append_rows, created_times, ensure_tables, source_tables
+from flywheel.featurestore.store import (
+    append_rows,
+    apply_lock,
+    created_times,
+    ensure_tables,
+    record_apply,
+    source_tables,
+)
 from flywheel.proto.events.v1.features_pb2 import FeaturesUpdated, FeatureValue
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as pb
 
@@ -119,20 +125,13 @@ class Features:
         objects = await self._call(self._writer, load_repo, repo_path)
         tables = source_tables([*objects.feature_views, *objects.stream_feature_views], objects.entities,
                                self.db.schema)
-        # Under an advisory lock, so that replicas starting together create tables and apply one at a time.
-        key = f"flywheel.featurestore.apply.{self.db.schema}"
-        async with await AsyncConnection.connect(self.db.url, autocommit=True) as lock:
-            await lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-            try:
-                async with self.db.connection() as conn:
-                    await ensure_tables(conn, tables)
-                changes = await self._call(self._writer, self._apply, objects)
-                async with self.db.connection() as conn:
-                    await conn.execute(
-                        "INSERT INTO repo_applies (repo, project, added, deleted) VALUES (%s, %s, %s, %s)",
-                        (str(repo_path), self.config.project, Jsonb(changes[0]), Jsonb(changes[1])))
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        # Replicas starting together create tables and apply one at a time.
+        async with apply_lock(self.db):
+            async with self.db.connection() as conn:
+                await ensure_tables(conn, tables)
+            changes = await self._call(self._writer, self._apply, objects)
+            async with self.db.connection() as conn:
+                await record_apply(conn, str(repo_path), self.config.project, *changes)
         log.info("feast repo applied", extra={
             "repo": str(repo_path), "project": self.config.project, **objects.summary(),
             "added": changes[0], "deleted": changes[1], "tables": [t.qualified for t in tables],

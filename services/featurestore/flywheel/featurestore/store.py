@@ -1,5 +1,5 @@
-"""The offline source tables of the repo's PostgreSQL sources: created from the feature views' schemas at
-start-up, and appended to by pushes.
+"""The feature store's SQL: the offline source tables of the repo's PostgreSQL sources (created from the
+feature views' schemas at start-up, appended to by pushes), and the record of each start's repo apply.
 
 Feast's PostgreSQL offline store reads these tables (point-in-time joins, materialization) but neither
 creates them nor writes them (it has no `offline_write_batch`), so the feature store does both. A table
@@ -9,7 +9,8 @@ timestamp (Feast's tie-breaker between rows with the same event timestamp).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.value_type import ValueType
 from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from flywheel.common.db import Database, advisory_lock
 
 # PostgreSQL column types of Feast value types (what Feast's postgres type map reads back as the same type).
 PG_TYPES: dict[ValueType, str] = {
@@ -180,3 +184,16 @@ def created_times(base: datetime, count: int) -> list[datetime]:
     """Distinct, increasing `created` values for rows written together, so that of two rows with the same
     entity and event time the one written later wins the point-in-time join, as it wins online."""
     return [base + timedelta(microseconds=i) for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def apply_lock(db: Database) -> AsyncIterator[None]:
+    """Hold the schema's repo-apply lock for the block (replicas starting together apply one at a time)."""
+    async with advisory_lock(db.url, f"flywheel.featurestore.apply.{db.schema}"):
+        yield
+
+
+async def record_apply(conn: AsyncConnection, repo: str, project: str, added: list[str], deleted: list[str]) -> None:
+    """Keep what one apply of the repo added to and deleted from the Feast registry."""
+    await conn.execute("INSERT INTO repo_applies (repo, project, added, deleted) VALUES (%s, %s, %s, %s)",
+                       (repo, project, Jsonb(added), Jsonb(deleted)))

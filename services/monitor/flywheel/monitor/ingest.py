@@ -1,5 +1,5 @@
 """The ingest side: prediction rows into windows and labels onto rows, one database transaction
-per batch of events (the record is PostgreSQL, not the broker).
+per batch of events (the record is PostgreSQL, not the broker; the SQL is in `ingest_store.py`).
 
 Replays are harmless: a prediction row is keyed by (request id, model, version, arm, row index)
 and rows already stored are dropped before anything is counted; feedback events are recorded in
@@ -20,10 +20,13 @@ from psycopg import AsyncConnection
 
 from flywheel.common.errors import PoisonEvent
 from flywheel.common.events import Event
+from flywheel.common.kafka import record_processed
 from flywheel.common.outbox import enqueue
-from flywheel.common.topics import REVIEWS_REQUESTED
+from flywheel.common.topics import FEEDBACK_RECEIVED, REVIEWS_REQUESTED
+from flywheel.monitor import ingest_store as store
 from flywheel.monitor import metrics
 from flywheel.monitor.config import MonitorSettings
+from flywheel.monitor.ingest_store import RowKey, VersionKey, VersionState, WindowGrowth
 from flywheel.monitor.windows import assign_by_count, bucket_closed, bucket_start
 from flywheel.proto.events.v1 import common_pb2, predictions_pb2, reviews_pb2
 
@@ -48,7 +51,7 @@ class Row:
     categorical: str | None
 
     @property
-    def key(self) -> tuple[str, str, int, int, int]:
+    def key(self) -> RowKey:
         return (self.request_id, self.model_name, self.version, self.arm, self.row_index)
 
 
@@ -114,6 +117,17 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < rate
 
 
+def window_growth(rows: Iterable[Row], window_of: dict[RowKey, str]) -> dict[str, WindowGrowth]:
+    """Per window: how many of the rows went to it, their time span, and whether champion traffic is among them."""
+    growth: dict[str, WindowGrowth] = {}
+    for r in rows:
+        w = window_of[r.key]
+        g = growth.get(w)
+        growth[w] = WindowGrowth(1, r.ts, r.ts, r.arm == CHAMPION) if g is None else WindowGrowth(
+            g.rows + 1, min(g.start, r.ts), max(g.end, r.ts), g.champion or r.arm == CHAMPION)
+    return growth
+
+
 class Ingest:
     """Applies batches of decoded events inside the caller's transaction."""
 
@@ -124,7 +138,7 @@ class Ingest:
                           ) -> IngestResult:
         now = now or datetime.now(UTC)
         result = IngestResult()
-        rows: dict[tuple, Row] = {}
+        rows: dict[RowKey, Row] = {}
         messages: dict[str, predictions_pb2.PredictionLogged] = {}
         for event in events:
             message = event.payload
@@ -135,100 +149,57 @@ class Ingest:
                     messages[row.request_id] = message
         if not rows:
             return result
-        versions = sorted({(r.model_name, r.version) for r in rows.values()})
-        await conn.execute(
-            "INSERT INTO version_state (model_name, version) SELECT * FROM unnest(%s::text[], %s::bigint[]) "
-            "ON CONFLICT DO NOTHING", ([v[0] for v in versions], [v[1] for v in versions]))
-        # The version rows are the lock that serializes window assignment (ordered: no deadlocks).
-        cur = await conn.execute(
-            "SELECT s.model_name, s.version, s.open_window_id, s.windows, w.rows AS open_rows, w.bucket_start "
-            "FROM version_state s LEFT JOIN windows w ON w.window_id = s.open_window_id "
-            "WHERE (s.model_name, s.version) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])) "
-            "ORDER BY s.model_name, s.version FOR UPDATE OF s",
-            ([v[0] for v in versions], [v[1] for v in versions]))
-        state = {(r["model_name"], r["version"]): r for r in await cur.fetchall()}
+        # The version rows are the lock that serializes window assignment.
+        state = await store.lock_versions(conn, sorted({(r.model_name, r.version) for r in rows.values()}))
         keys = list(rows)
-        cur = await conn.execute(
-            "SELECT o.request_id, o.model_name, o.version, o.arm, o.row_index FROM observations o "
-            "JOIN unnest(%s::text[], %s::text[], %s::bigint[], %s::smallint[], %s::int[]) "
-            "AS k(request_id, model_name, version, arm, row_index) USING (request_id, model_name, version, arm, "
-            "row_index)", [list(c) for c in zip(*keys, strict=True)])
-        for dup in await cur.fetchall():
-            rows.pop((dup["request_id"], dup["model_name"], dup["version"], dup["arm"], dup["row_index"]), None)
+        for dup in await store.stored_keys(conn, keys):
+            rows.pop(dup, None)
         result.duplicates = len(keys) - len(rows)
         if result.duplicates:
             metrics.DUPLICATE_ROWS.labels(keys[0][1]).inc(result.duplicates)
         if not rows:
             return result
-        by_version: dict[tuple[str, int], list[Row]] = defaultdict(list)
+        by_version: dict[VersionKey, list[Row]] = defaultdict(list)
         for row in rows.values():
             by_version[(row.model_name, row.version)].append(row)
-        window_of: dict[tuple, str] = {}
+        window_of: dict[RowKey, str] = {}
         for version_key, version_rows in by_version.items():
             if self.settings.window_mode == "count":
                 await self._assign_count(conn, version_key, state[version_key], version_rows, window_of, result, now)
             else:
                 await self._assign_time(conn, version_key, state[version_key], version_rows, window_of, result, now)
         new = list(rows.values())
-        await conn.execute(
-            "INSERT INTO observations (request_id, model_name, version, arm, row_index, entity_id, ts, window_id, "
-            "probability, predicted, numeric, categorical) SELECT * FROM unnest(%s::text[], %s::text[], "
-            "%s::bigint[], %s::smallint[], %s::int[], %s::text[], %s::timestamptz[], %s::text[], %s::float8[], "
-            "%s::bool[], %s::bytea[], %s::text[]) ON CONFLICT DO NOTHING",
-            ([r.request_id for r in new], [r.model_name for r in new], [r.version for r in new],
-             [r.arm for r in new], [r.row_index for r in new], [r.entity_id for r in new], [r.ts for r in new],
-             [window_of[r.key] for r in new], [r.probability for r in new], [r.predicted for r in new],
-             [r.numeric for r in new], [r.categorical for r in new]))
-        # Per window: rows, time span, and whether champion traffic is in it.
-        agg: dict[str, list] = {}
-        for r in new:
-            w = window_of[r.key]
-            a = agg.setdefault(w, [0, r.ts, r.ts, False])
-            a[0] += 1
-            a[1], a[2] = min(a[1], r.ts), max(a[2], r.ts)
-            a[3] = a[3] or r.arm == CHAMPION
-        ids = list(agg)
-        await conn.execute(
-            "UPDATE windows w SET rows = w.rows + a.n, start_ts = LEAST(w.start_ts, a.s), "
-            "end_ts = GREATEST(w.end_ts, a.e), champion = w.champion OR a.c "
-            "FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bool[]) "
-            "AS a(id, n, s, e, c) WHERE w.window_id = a.id",
-            (ids, [agg[i][0] for i in ids], [agg[i][1] for i in ids], [agg[i][2] for i in ids],
-             [agg[i][3] for i in ids]))
+        await store.insert_observations(conn, new, window_of)
+        growth = window_growth(new, window_of)
+        await store.grow_windows(conn, growth)
         champions = sorted({(r.model_name, r.version) for r in new if r.arm == CHAMPION})
         if champions:
-            await conn.execute(
-                "UPDATE version_state SET champion_seen_at = %s WHERE (model_name, version) IN "
-                "(SELECT * FROM unnest(%s::text[], %s::bigint[]))",
-                (now, [c[0] for c in champions], [c[1] for c in champions]))
+            await store.mark_champion_seen(conn, champions, now)
         result.labels_joined = await join_labels(conn, sorted({r.request_id for r in new}))
         result.reviews = await self._low_confidence_reviews(conn, new, window_of, messages, now)
         result.rows = len(new)
-        result.per_window = {i: agg[i][0] for i in ids}
+        result.per_window = {i: g.rows for i, g in growth.items()}
         for (model, _), version_rows in by_version.items():
             metrics.ROWS_INGESTED.labels(model).inc(len(version_rows))
         return result
 
-    async def _new_window(self, conn: AsyncConnection, key: tuple[str, int], sequence: int,
+    async def _new_window(self, conn: AsyncConnection, key: VersionKey, sequence: int,
                           bucket: datetime | None = None) -> str:
         window_id = str(uuid.uuid4())
-        await conn.execute(
-            "INSERT INTO windows (window_id, model_name, version, sequence, bucket_start) VALUES (%s, %s, %s, %s, %s)",
-            (window_id, key[0], key[1], sequence, bucket))
+        await store.insert_window(conn, window_id, key, sequence, bucket)
         return window_id
 
     async def _close(self, conn: AsyncConnection, window_ids: list[str], now: datetime, result: IngestResult,
                      model: str) -> None:
         if window_ids:
-            await conn.execute("UPDATE windows SET state = 'pending', closed_at = %s "
-                               "WHERE window_id = ANY(%s) AND state = 'open'", (now, window_ids))
+            await store.close_windows(conn, window_ids, now)
             result.windows_closed += len(window_ids)
             metrics.WINDOWS_CLOSED.labels(model).inc(len(window_ids))
 
-    async def _assign_count(self, conn: AsyncConnection, key: tuple[str, int], st: dict, rows: list[Row],
-                            window_of: dict[tuple, str], result: IngestResult, now: datetime) -> None:
+    async def _assign_count(self, conn: AsyncConnection, key: VersionKey, st: VersionState, rows: list[Row],
+                            window_of: dict[RowKey, str], result: IngestResult, now: datetime) -> None:
         size = self.settings.window_size
-        open_id, open_rows, sequence = st["open_window_id"], st["open_rows"] or 0, st["windows"]
+        open_id, open_rows, sequence = st.open_window_id, st.open_rows, st.windows
         if open_id is None:
             sequence += 1
             open_id, open_rows = await self._new_window(conn, key, sequence), 0
@@ -247,16 +218,14 @@ class Ingest:
         full = [ids[o] for o in sorted(fill) if fill[o] >= size]
         await self._close(conn, full, now, result, key[0])
         last = ids[-1]
-        await conn.execute(
-            "UPDATE version_state SET open_window_id = %s, windows = %s WHERE model_name = %s AND version = %s",
-            (None if last in full else last, sequence, key[0], key[1]))
+        await store.set_open_window(conn, key, None if last in full else last, sequence)
 
-    async def _assign_time(self, conn: AsyncConnection, key: tuple[str, int], st: dict, rows: list[Row],
-                           window_of: dict[tuple, str], result: IngestResult, now: datetime) -> None:
+    async def _assign_time(self, conn: AsyncConnection, key: VersionKey, st: VersionState, rows: list[Row],
+                           window_of: dict[RowKey, str], result: IngestResult, now: datetime) -> None:
         """Time mode: a row goes to the window of its bucket while that is open; a late row (its
         bucket closed already) goes to the open window, so an analyzed window never changes."""
         seconds = self.settings.window_seconds
-        open_id, open_bucket, sequence = st["open_window_id"], st["bucket_start"], st["windows"]
+        open_id, open_bucket, sequence = st.open_window_id, st.bucket_start, st.windows
         for row in sorted(rows, key=lambda r: r.ts):
             bucket = bucket_start(row.ts, seconds)
             if open_id is not None and (open_bucket is None or bucket <= open_bucket):
@@ -267,11 +236,9 @@ class Ingest:
             sequence += 1
             open_id, open_bucket = await self._new_window(conn, key, sequence, bucket), bucket
             window_of[row.key] = open_id
-        await conn.execute(
-            "UPDATE version_state SET open_window_id = %s, windows = %s WHERE model_name = %s AND version = %s",
-            (open_id, sequence, key[0], key[1]))
+        await store.set_open_window(conn, key, open_id, sequence)
 
-    async def _low_confidence_reviews(self, conn: AsyncConnection, rows: list[Row], window_of: dict[tuple, str],
+    async def _low_confidence_reviews(self, conn: AsyncConnection, rows: list[Row], window_of: dict[RowKey, str],
                                       messages: dict[str, predictions_pb2.PredictionLogged], now: datetime) -> int:
         candidates: dict[str, list[Row]] = defaultdict(list)
         for r in rows:
@@ -282,9 +249,7 @@ class Ingest:
                 candidates[window_of[r.key]].append(r)
         if not candidates:
             return 0
-        cur = await conn.execute("SELECT window_id, reviews FROM windows WHERE window_id = ANY(%s) FOR UPDATE",
-                                 (list(candidates),))
-        used = {r["window_id"]: r["reviews"] for r in await cur.fetchall()}
+        used = await store.lock_review_counts(conn, list(candidates))
         emitted = 0
         for window_id, picked in candidates.items():
             room = self.settings.review_policy_for(picked[0].model_name).max_per_window - used.get(window_id, 0)
@@ -303,8 +268,7 @@ class Ingest:
                 await enqueue(conn, Event(REVIEWS_REQUESTED, r.request_id, review, SOURCE, id=review.review_id))
                 metrics.REVIEWS.labels(r.model_name, "low_confidence").inc()
             if picked:
-                await conn.execute("UPDATE windows SET reviews = reviews + %s WHERE window_id = %s",
-                                   (len(picked), window_id))
+                await store.add_reviews(conn, window_id, len(picked))
                 emitted += len(picked)
         return emitted
 
@@ -312,11 +276,7 @@ class Ingest:
                        ) -> int:
         """Store labels, join them to stored rows, request reviews of disputed predictions."""
         now = now or datetime.now(UTC)
-        cur = await conn.execute(
-            "INSERT INTO processed_events (consumer, event_id, topic) SELECT %s, id, 'feedback.received' "
-            "FROM unnest(%s::text[]) AS id ON CONFLICT DO NOTHING RETURNING event_id",
-            (group, [e.id for e in events]))
-        fresh = {r["event_id"] for r in await cur.fetchall()}
+        fresh = await record_processed(conn, group, FEEDBACK_RECEIVED.name, [e.id for e in events])
         labels: dict[tuple[str, str], tuple[bool, int]] = {}
         disputes: list[tuple[Event, bool]] = []
         for event in events:
@@ -332,13 +292,7 @@ class Ingest:
                 disputes.append((event, value))
         if not labels:
             return 0
-        items = list(labels.items())
-        await conn.execute(
-            "INSERT INTO labels (request_id, entity_id, label, source, received_at) "
-            "SELECT r, e, l, s, %s FROM unnest(%s::text[], %s::text[], %s::bool[], %s::smallint[]) AS x(r, e, l, s) "
-            "ON CONFLICT DO NOTHING",
-            (now, [k[0] for k, _ in items], [k[1] for k, _ in items], [v[0] for _, v in items],
-             [v[1] for _, v in items]))
+        await store.insert_labels(conn, labels, now)
         joined = await join_labels(conn, sorted({k[0] for k in labels}))
         for event, value in disputes:
             await self._dispute(conn, event, value, now)
@@ -347,11 +301,7 @@ class Ingest:
     async def _dispute(self, conn: AsyncConnection, event: Event, value: bool, now: datetime) -> None:
         fb = event.payload
         assert isinstance(fb, predictions_pb2.FeedbackReceived)
-        cur = await conn.execute(
-            "SELECT model_name, version, row_index, entity_id, predicted, probability FROM observations "
-            "WHERE request_id = %s AND (%s = '' OR entity_id = %s) AND predicted IS NOT NULL AND predicted <> %s "
-            "ORDER BY arm, row_index LIMIT 1", (fb.request_id, fb.entity_id, fb.entity_id, value))
-        row = await cur.fetchone()
+        row = await store.contradicted_row(conn, fb.request_id, fb.entity_id, value)
         if row is None:
             return
         review = reviews_pb2.ReviewRequested(
@@ -385,20 +335,12 @@ def label_value(label: common_pb2.Label, positive_texts: Iterable[str] = ("true"
 
 
 async def join_labels(conn: AsyncConnection, request_ids: list[str]) -> int:
-    """Put stored labels on unlabelled rows of these requests; analyzed windows that gained labels
-    are marked for re-analysis (their performance changes)."""
-    cur = await conn.execute(
-        "WITH j AS (UPDATE observations o SET label = l.label, labelled_at = now() FROM labels l "
-        " WHERE o.request_id = ANY(%s) AND o.label IS NULL AND l.request_id = o.request_id "
-        " AND (l.entity_id = '' OR l.entity_id = o.entity_id) RETURNING o.window_id, o.model_name), "
-        "c AS (SELECT window_id, min(model_name) AS model_name, count(*) AS n FROM j GROUP BY window_id), "
-        "u AS (UPDATE windows w SET labelled_rows = w.labelled_rows + c.n, "
-        " reanalyze = w.reanalyze OR w.state IN ('analyzed', 'failed') FROM c WHERE w.window_id = c.window_id) "
-        "SELECT model_name, n FROM c", (request_ids,))
+    """Put stored labels on unlabelled rows of these requests (windows that gained labels after their
+    analysis are analyzed again); returns how many rows got one."""
     total = 0
-    for r in await cur.fetchall():
-        metrics.LABELS_JOINED.labels(r["model_name"]).inc(r["n"])
-        total += r["n"]
+    for model, count in await store.join_labels(conn, request_ids):
+        metrics.LABELS_JOINED.labels(model).inc(count)
+        total += count
     return total
 
 
@@ -406,16 +348,13 @@ async def close_overdue_time_windows(conn: AsyncConnection, settings: MonitorSet
     """Time mode: close open windows whose bucket ended more than the grace period ago."""
     if settings.window_mode != "time":
         return 0
-    cur = await conn.execute(
-        "SELECT w.window_id, w.bucket_start, w.model_name FROM windows w WHERE w.state = 'open' "
-        "AND w.bucket_start IS NOT NULL FOR UPDATE SKIP LOCKED")
-    closing = [r for r in await cur.fetchall()
+    closing = [r for r in await store.lock_open_time_windows(conn)
                if bucket_closed(r["bucket_start"], now, settings.window_seconds, settings.window_grace_seconds)]
     if not closing:
         return 0
     ids = [r["window_id"] for r in closing]
-    await conn.execute("UPDATE windows SET state = 'pending', closed_at = %s WHERE window_id = ANY(%s)", (now, ids))
-    await conn.execute("UPDATE version_state SET open_window_id = NULL WHERE open_window_id = ANY(%s)", (ids,))
+    await store.close_windows(conn, ids, now)
+    await store.forget_open_windows(conn, ids)
     for r in closing:
         metrics.WINDOWS_CLOSED.labels(r["model_name"]).inc()
     return len(ids)

@@ -11,6 +11,7 @@ from flywheel.common.errors import InvalidArgument
 from flywheel.common.rpc import map_errors
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
 from flywheel.proto.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from flywheel.registry import convert
 from flywheel.registry.registry import Registry
 
 DOWNLOAD_CHUNK = 1 << 20
@@ -44,29 +45,33 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     raise InvalidArgument("only the first message may carry a spec; later ones carry chunks")
                 yield message.chunk
 
-        version = await self.registry.register(first.spec, chunks())
-        return pb.RegisterModelVersionResponse(model_version=version)
+        version = await self.registry.register(convert.version_spec(first.spec), chunks())
+        return pb.RegisterModelVersionResponse(model_version=convert.model_version_pb(version))
 
     @map_errors
     async def GetModelVersion(self, request: pb.GetModelVersionRequest,
                               context: grpc.aio.ServicerContext) -> pb.GetModelVersionResponse:
-        return pb.GetModelVersionResponse(model_version=await self.registry.get(request.ref))
+        version = await self.registry.get(convert.version_ref(request.ref))
+        return pb.GetModelVersionResponse(model_version=convert.model_version_pb(version))
 
     @map_errors
     async def ListModelVersions(self, request: pb.ListModelVersionsRequest,
                                 context: grpc.aio.ServicerContext) -> pb.ListModelVersionsResponse:
-        return await self.registry.list_versions(request)
+        versions, token = await self.registry.list_versions(convert.version_query(request))
+        return pb.ListModelVersionsResponse(model_versions=[convert.model_version_pb(v) for v in versions],
+                                            next_page_token=token)
 
     @map_errors
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self.registry.list_models(request.page_size, request.page_token)
+        models, token = await self.registry.list_models(request.page_size, request.page_token)
+        return pb.ListModelsResponse(models=[convert.model_pb(m) for m in models], next_page_token=token)
 
     @map_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.SetAliasResponse:
         previous, version = await self.registry.set_alias(request.model_name, request.alias, request.version,
                                                           auth.principal_name())
-        return pb.SetAliasResponse(previous_version=previous, model_version=version)
+        return pb.SetAliasResponse(previous_version=previous, model_version=convert.model_version_pb(version))
 
     @map_errors
     async def DeleteAlias(self, request: pb.DeleteAliasRequest,
@@ -78,25 +83,25 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def RollbackChampion(self, request: pb.RollbackChampionRequest,
                                context: grpc.aio.ServicerContext) -> pb.RollbackChampionResponse:
         champion, previous = await self.registry.rollback_champion(request.model_name, auth.principal_name())
-        return pb.RollbackChampionResponse(champion=champion, previous_version=previous)
+        return pb.RollbackChampionResponse(champion=convert.model_version_pb(champion), previous_version=previous)
 
     @map_errors
     async def RecordMetrics(self, request: pb.RecordMetricsRequest,
                             context: grpc.aio.ServicerContext) -> pb.RecordMetricsResponse:
-        version = await self.registry.record_metrics(request.ref, dict(request.metrics))
-        return pb.RecordMetricsResponse(model_version=version)
+        version = await self.registry.record_metrics(convert.version_ref(request.ref), dict(request.metrics))
+        return pb.RecordMetricsResponse(model_version=convert.model_version_pb(version))
 
     @map_errors
     async def RecordLineage(self, request: pb.RecordLineageRequest,
                             context: grpc.aio.ServicerContext) -> pb.RecordLineageResponse:
-        version = await self.registry.record_lineage(request.ref, request.lineage)
-        return pb.RecordLineageResponse(model_version=version)
+        version = await self.registry.record_lineage(convert.version_ref(request.ref), request.lineage)
+        return pb.RecordLineageResponse(model_version=convert.model_version_pb(version))
 
     @map_errors
     async def DownloadArtifact(self, request: pb.DownloadArtifactRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DownloadArtifactResponse]:
-        version, chunks = await self.registry.open_artifact(request.ref)
-        yield pb.DownloadArtifactResponse(model_version=version)
+        version, chunks = await self.registry.open_artifact(convert.version_ref(request.ref))
+        yield pb.DownloadArtifactResponse(model_version=convert.model_version_pb(version))
         async for chunk in chunks:
             for start in range(0, len(chunk), DOWNLOAD_CHUNK):
                 yield pb.DownloadArtifactResponse(chunk=chunk[start:start + DOWNLOAD_CHUNK])
@@ -115,4 +120,4 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     @map_errors
     async def GetLineage(self, request: pb.GetLineageRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetLineageResponse:
-        return await self.registry.lineage(request.ref)
+        return convert.lineage_response(await self.registry.lineage(convert.version_ref(request.ref)))

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from flywheel.common import rpc
 from flywheel.common.cli import client_auth
-from flywheel.common.clients.registry import RegistryClient
+from flywheel.common.clients.registry import RegistryClient, version_ref
 from flywheel.common.errors import FlywheelError, InvalidArgument
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as pb
@@ -55,6 +55,12 @@ def client(ctx: click.Context) -> RegistryClient:
     """For transfers: chunked, sha256-checked, each bounded by --timeout."""
     return RegistryClient(ctx.obj["address"], timeout=ctx.obj["timeout"], transfer_timeout=ctx.obj["timeout"],
                           auth=client_auth())
+
+
+def parts(ref: str) -> tuple[str, int, str]:
+    """(model, version, alias) of the CLI's REF, checked: MODEL:VERSION, MODEL@ALIAS or MODEL (= MODEL@champion)."""
+    parsed = domain.parse_ref(ref)
+    return parsed.model_name, parsed.version or 0, parsed.alias or ""
 
 
 def version_line(mv: pb.ModelVersion) -> str:
@@ -112,7 +118,7 @@ async def show(ctx: click.Context, ref: str) -> None:
     """Show one version: REF is MODEL:VERSION, MODEL@ALIAS or MODEL (= MODEL@champion)."""
     channel, s = stub(ctx)
     async with channel:
-        mv = (await s.GetModelVersion(pb.GetModelVersionRequest(ref=domain.parse_ref(ref)))).model_version
+        mv = (await s.GetModelVersion(pb.GetModelVersionRequest(ref=version_ref(*parts(ref))))).model_version
     console.print(f"[bold]{version_line(mv)}[/bold]")
     rows = [("kind", common_pb2.ModelKind.Name(mv.kind)), ("semver", mv.semver), ("framework", mv.framework),
             ("description", mv.description), ("artifact", mv.artifact.uri), ("sha256", mv.artifact.sha256),
@@ -192,8 +198,7 @@ async def rollback(ctx: click.Context, model: str) -> None:
 @run
 async def download(ctx: click.Context, ref: str, output: Path | None) -> None:
     """Download the artifact of REF (MODEL:VERSION, MODEL@ALIAS or MODEL), checking its sha256."""
-    wanted = domain.parse_ref(ref)
-    async with client(ctx).open_download(wanted.model_name, wanted.version, wanted.alias) as download:
+    async with client(ctx).open_download(*parts(ref)) as download:
         mv = download.version
         target = output or Path(mv.artifact.filename or f"{mv.model_name}-{mv.version}.bin")
         tmp = target.with_name(target.name + ".part")

@@ -12,8 +12,9 @@ from flywheel.common.errors import InvalidArgument
 from flywheel.common.rpc import map_errors
 from flywheel.proto.trainer.v1 import trainer_service_pb2 as pb
 from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
+from flywheel.trainer.runs import RunRequest
 from flywheel.trainer.store import Run
-from flywheel.trainer.trainer import RunRequest, Trainer
+from flywheel.trainer.trainer import Trainer
 
 
 def run_to_proto(run: Run) -> pb.Run:

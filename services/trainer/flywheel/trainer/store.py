@@ -115,13 +115,6 @@ class TrainerStore:
             "INSERT INTO retrain_requests (request_id, model_name, run_id, coalesced) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (request_id) DO NOTHING", (request_id, model_name, run_id, coalesced))
 
-    async def requests_of(self, run_id: str) -> list[dict[str, Any]]:
-        async with self.db.connection() as conn:
-            rows = await (await conn.execute(
-                "SELECT request_id, coalesced, received_at FROM retrain_requests WHERE run_id = %s"
-                " ORDER BY received_at", (run_id,))).fetchall()
-        return list(rows)
-
     async def get(self, run_id: str) -> Run:
         async with self.db.connection() as conn:
             row = await (await conn.execute("SELECT * FROM runs WHERE id = %s", (run_id,))).fetchone()
@@ -199,10 +192,3 @@ class TrainerStore:
                 " WHERE source = %s AND event_time >= %s AND event_time < %s", (end, source, start, end))).fetchone()
         assert row is not None
         return dict(row)
-
-    async def label_count(self) -> int:
-        async with self.db.connection() as conn:
-            row = await (await conn.execute("SELECT count(*) AS n FROM labels")).fetchone()
-        assert row is not None
-        return int(row["n"])
-
