@@ -220,6 +220,7 @@ async def test_a_good_candidate_passes_with_its_lineage_and_a_report(world: Worl
     evaluation = (await world.stub.GetEvaluation(pb.GetEvaluationRequest(
         evaluation_id=event.evaluation_id))).evaluation
     assert evaluation.rows == int(event.candidate_metrics["rows"]) >= 100
+    assert evaluation.requested_by == "flywheel/registry"  # queued by the registry's models.registered
     assert evaluation.data_start.ToDatetime(UTC) >= datetime.fromisoformat(world.holdout)
     assert len(evaluation.candidate_calibration) == len(evaluation.baseline_calibration) == 10
     assert sum(b.rows for b in evaluation.candidate_calibration) == evaluation.rows
@@ -320,6 +321,7 @@ async def test_the_evaluate_rpc(world: World) -> None:
     evaluation = response.evaluation
     assert evaluation.verdict == PASSED, f"{evaluation.error} {[c.detail for c in evaluation.checks]}"
     assert evaluation.baseline_version == worse
+    assert evaluation.requested_by == "operator"  # the principal of the caller's token
     assert evaluation.candidate_metrics["roc_auc"] > evaluation.baseline_metrics["roc_auc"]
     assert evaluation.completed_at.seconds > 0 and evaluation.report_uri.endswith(evaluation.evaluation_id)
     got = await world.stub.GetEvaluation(pb.GetEvaluationRequest(evaluation_id=evaluation.evaluation_id))

@@ -259,6 +259,7 @@ async def test_a_run_trains_registers_and_reports(stack: Stack, tmp_path: Path, 
     assert not started.coalesced and started.run.status in (pb.RUN_STATUS_QUEUED, pb.RUN_STATUS_RUNNING)
     joined = await stack.stub.StartRun(start_request(model, start, end))
     assert joined.coalesced and joined.run.run_id == run_id
+    assert started.run.requested_by == "operator"  # the principal of the stack's (operator) token
 
     updates = await watch(stack, run_id)
     run = updates[-1].run
@@ -389,6 +390,7 @@ async def test_a_retrain_request_delivered_twice_starts_one_run(stack: Stack, un
         (f"rr-1-{unique}", run.run_id, False), (f"rr-2-{unique}", run.run_id, True)]
     assert run.status == pb.RUN_STATUS_SUCCEEDED, run.failure_reason
     assert run.reason == models_pb2.RETRAIN_REASON_DRIFT and run.retrain_request_id == f"rr-1-{unique}"
+    assert run.requested_by == "tests/monitor"  # a retrain request is asked for by the service that sent it
     assert len(run.epochs) <= 4
     mv = (await versions(stack, model))[0]
     assert mv.lineage.retrain_request_id == f"rr-1-{unique}" and mv.lineage.drift_event_id == f"drift-{unique}"

@@ -19,10 +19,10 @@ def test_a_retrain_request_asks_for_its_window_parameters_and_causes() -> None:
         drift_event_id="drift-1", parameters={"epochs": "5"})
     event.window_start.FromDatetime(START)
     event.window_end.FromDatetime(END)
-    assert retrain_run_request("event-1", event) == RunRequest(
+    assert retrain_run_request("event-1", event, "flywheel/monitor") == RunRequest(
         model_name="fraud", window_start=START, window_end=END, params={"epochs": "5"},
         reason=models_pb2.RETRAIN_REASON_DRIFT, retrain_request_id="req-1", drift_event_id="drift-1",
-        parent_version=3)
+        parent_version=3, requested_by="flywheel/monitor")
 
 
 def test_a_retrain_request_without_id_or_window_keeps_what_it_has() -> None:

@@ -28,7 +28,7 @@ def evaluation_to_proto(row: EvaluationRow) -> pb.Evaluation:
         baseline_version=row.baseline_version, verdict=row.verdict,  # type: ignore[arg-type]
         candidate_metrics=row.candidate_metrics, baseline_metrics=row.baseline_metrics,
         checks=[models_pb2.GateCheck(**c) for c in row.checks], rows=row.rows, error=row.error,
-        report_uri=REPORT_PREFIX + row.id if row.completed_at else "",
+        report_uri=REPORT_PREFIX + row.id if row.completed_at else "", requested_by=row.requested_by,
         slices=[pb.SliceMetrics(feature=s["feature"], value=s["value"], rows=s["rows"], candidate=s["candidate"],
                                 baseline=s["baseline"]) for s in report.get("slices", [])],
         candidate_calibration=_bins(report.get("candidate_calibration", [])),
@@ -56,7 +56,7 @@ class EvaluatorServicer(pb_grpc.EvaluatorServiceServicer):
     @map_errors
     async def Evaluate(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
         row = await self.evaluator.evaluate_now(EvaluationRequest(
-            request.model_name, request.candidate_version, request.baseline_version))
+            request.model_name, request.candidate_version, request.baseline_version, auth.principal_name()))
         return pb.EvaluateResponse(evaluation=evaluation_to_proto(row))
 
     @map_errors

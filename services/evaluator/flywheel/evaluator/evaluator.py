@@ -68,6 +68,8 @@ class EvaluationRequest:
     candidate_version: int
     # 0 = the champion when the evaluation runs.
     baseline_version: int = 0
+    # The principal that asked (audit).
+    requested_by: str = ""
 
 
 def label_row(feedback: predictions_pb2.FeedbackReceived, received_at: datetime) -> dict[str, Any] | None:
@@ -137,8 +139,8 @@ class Evaluator:
         LABELS.labels("stored").inc(len(rows))
         return await self.store.upsert_labels(conn, rows)
 
-    async def on_registered(self, conn: AsyncConnection, event_id: str,
-                            registered: models_pb2.ModelRegistered) -> str | None:
+    async def on_registered(self, conn: AsyncConnection, event_id: str, registered: models_pb2.ModelRegistered,
+                            source: str = "") -> str | None:
         """Queue an evaluation of a newly registered predictive version (inside the consumer's transaction).
 
         Returns the evaluation id, or None when the version is not for this evaluator (another kind,
@@ -163,7 +165,7 @@ class Evaluator:
                         extra={"model": name, "version": version, "error": str(exc)})
             return None
         row = EvaluationRow(id=str(uuid.uuid4()), model_name=name, candidate_version=version,
-                            trigger_event_id=event_id)
+                            trigger_event_id=event_id, requested_by=source)
         if not await self.store.queue(conn, row):
             REGISTERED.labels("duplicate").inc()
             return None
@@ -186,7 +188,7 @@ class Evaluator:
                            "in the registry")
         row = await self.store.create_running(EvaluationRow(
             id=str(uuid.uuid4()), model_name=request.model_name, candidate_version=request.candidate_version,
-            requested_baseline=request.baseline_version))
+            requested_baseline=request.baseline_version, requested_by=request.requested_by))
         await self._execute(row, wait=False)
         return await self.store.get(row.id)
 

@@ -15,7 +15,7 @@ from flywheel.proto.events.v1 import models_pb2, predictions_pb2
 def handlers(evaluator: Evaluator) -> dict[Topic, Handler]:
     async def on_registered(event: Event, conn: AsyncConnection) -> None:
         assert isinstance(event.payload, models_pb2.ModelRegistered)
-        await evaluator.on_registered(conn, event.id, event.payload)
+        await evaluator.on_registered(conn, event.id, event.payload, event.source)
 
     return {MODELS_REGISTERED: on_registered}
 

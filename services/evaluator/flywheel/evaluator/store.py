@@ -29,6 +29,7 @@ class EvaluationRow:
     requested_baseline: int = 0
     baseline_version: int = 0
     trigger_event_id: str | None = None
+    requested_by: str = ""
     status: str = QUEUED
     verdict: int = 0
     error: str = ""
@@ -113,9 +114,10 @@ class EvaluatorStore:
         """Queue an evaluation asked for by an event (workers hear of it when `conn` commits); False when
         that event already queued one."""
         cur = await conn.execute(
-            "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, trigger_event_id, status)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (trigger_event_id) DO NOTHING RETURNING id",
-            (row.id, row.model_name, row.candidate_version, row.requested_baseline, row.trigger_event_id, QUEUED))
+            "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, trigger_event_id, status,"
+            " requested_by) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (trigger_event_id) DO NOTHING RETURNING id",
+            (row.id, row.model_name, row.candidate_version, row.requested_baseline, row.trigger_event_id, QUEUED,
+             row.requested_by))
         if await cur.fetchone() is None:
             return False
         await EVALUATION_QUEUE.notify(conn, self.db.schema, row.id)
@@ -126,8 +128,9 @@ class EvaluatorStore:
         async with self.db.connection() as conn:
             created = await (await conn.execute(
                 "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, status, attempts,"
-                " started_at) VALUES (%s, %s, %s, %s, %s, 1, now()) RETURNING *",
-                (row.id, row.model_name, row.candidate_version, row.requested_baseline, RUNNING))).fetchone()
+                " started_at, requested_by) VALUES (%s, %s, %s, %s, %s, 1, now(), %s) RETURNING *",
+                (row.id, row.model_name, row.candidate_version, row.requested_baseline, RUNNING,
+                 row.requested_by))).fetchone()
         assert created is not None
         return EvaluationRow.from_row(created)
 

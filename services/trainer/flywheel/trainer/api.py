@@ -22,6 +22,7 @@ def run_to_proto(run: Run) -> pb.Run:
         run_id=run.id, model_name=run.model_name, status=run.status, failure_reason=run.failure_reason,  # type: ignore[arg-type]
         params=run.params, metrics=run.metrics, registered_version=run.registered_version,
         dataset_snapshot_id=run.dataset_snapshot_id, feature_names=run.feature_names, code_version=run.code_version,
+        requested_by=run.requested_by,
         reason=run.reason, retrain_request_id=run.retrain_request_id, drift_event_id=run.drift_event_id,  # type: ignore[arg-type]
         train_rows=run.train_rows, validation_rows=run.validation_rows, test_rows=run.test_rows,
         epochs=[pb.EpochMetrics(epoch=int(e["epoch"]), train_loss=e["train_loss"],
@@ -46,7 +47,7 @@ def run_request(request: pb.StartRunRequest) -> RunRequest:
         model_name=request.model_name,
         window_start=request.window_start.ToDatetime(UTC) if request.HasField("window_start") else None,
         window_end=request.window_end.ToDatetime(UTC) if request.HasField("window_end") else None,
-        params=dict(request.params), reason=request.reason)
+        params=dict(request.params), reason=request.reason, requested_by=auth.principal_name())
 
 
 # Who may call what: starting a run is an operator's decision (the monitor asks through

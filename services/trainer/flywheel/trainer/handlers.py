@@ -15,7 +15,7 @@ from flywheel.trainer.trainer import Trainer
 def handlers(trainer: Trainer) -> dict[Topic, Handler]:
     async def on_retrain_requested(event: Event, conn: AsyncConnection) -> None:
         assert isinstance(event.payload, models_pb2.RetrainRequested)
-        await trainer.request_retrain(conn, event.id, event.payload)
+        await trainer.request_retrain(conn, event.id, event.payload, event.source)
 
     return {RETRAIN_REQUESTS: on_retrain_requested}
 

@@ -40,6 +40,8 @@ class RunRequest:
     retrain_request_id: str = ""
     drift_event_id: str = ""
     parent_version: int = 0
+    # Who asked: the principal of the caller's token, or the service that sent the retrain request.
+    requested_by: str = ""
 
 
 def label_row(feedback: predictions_pb2.FeedbackReceived, received_at: datetime) -> dict[str, Any] | None:
@@ -63,14 +65,15 @@ def label_row(feedback: predictions_pb2.FeedbackReceived, received_at: datetime)
     }
 
 
-def retrain_run_request(event_id: str, request: models_pb2.RetrainRequested) -> RunRequest:
-    """The run a retrain.requests event asks for (its request id defaults to the event's id)."""
+def retrain_run_request(event_id: str, request: models_pb2.RetrainRequested, source: str = "") -> RunRequest:
+    """The run a retrain.requests event asks for (its request id defaults to the event's id), requested by
+    the event's source (the service that sent it)."""
     return RunRequest(
         model_name=request.model_name,
         window_start=request.window_start.ToDatetime(UTC) if request.HasField("window_start") else None,
         window_end=request.window_end.ToDatetime(UTC) if request.HasField("window_end") else None,
         params=dict(request.parameters), reason=request.reason, retrain_request_id=request.request_id or event_id,
-        drift_event_id=request.drift_event_id, parent_version=request.parent.version)
+        drift_event_id=request.drift_event_id, parent_version=request.parent.version, requested_by=source)
 
 
 class Runs:
@@ -102,7 +105,8 @@ class Runs:
         return Run(id=uuid.uuid4().hex, model_name=request.model_name, status=0, window_start=request.window_start,
                    window_end=request.window_end, params=dict(request.params), reason=request.reason,
                    retrain_request_id=request.retrain_request_id, drift_event_id=request.drift_event_id,
-                   parent_version=request.parent_version, code_version=self.code_version)
+                   parent_version=request.parent_version, code_version=self.code_version,
+                   requested_by=request.requested_by)
 
     async def start_run(self, request: RunRequest) -> tuple[Run, bool]:
         """Queue a run, or return the model's queued/running one (coalesced = True)."""
@@ -113,8 +117,8 @@ class Runs:
         log.info("run requested", extra={"run_id": run.id, "model": run.model_name, "coalesced": coalesced})
         return run, coalesced
 
-    async def request_retrain(self, conn: AsyncConnection, event_id: str,
-                              request: models_pb2.RetrainRequested) -> tuple[Run, bool] | None:
+    async def request_retrain(self, conn: AsyncConnection, event_id: str, request: models_pb2.RetrainRequested,
+                              source: str = "") -> tuple[Run, bool] | None:
         """Apply a retrain.requests event inside the consumer's transaction.
 
         A request seen before (same request_id) does nothing; one for a model with a run
@@ -124,7 +128,7 @@ class Runs:
         if request.kind not in (common_pb2.MODEL_KIND_UNSPECIFIED, common_pb2.MODEL_KIND_PREDICTIVE):
             RETRAIN_REQUESTS.labels("other_kind").inc()
             return None  # LLMs and adapters are the fine-tuner's
-        run_request = retrain_run_request(event_id, request)
+        run_request = retrain_run_request(event_id, request, source)
         try:
             self.check(run_request)
         except (NotFound, InvalidArgument) as exc:

@@ -39,6 +39,7 @@ class Run:
     dataset_snapshot_id: str = ""
     feature_names: list[str] = field(default_factory=list)
     code_version: str = ""
+    requested_by: str = ""
     failure_reason: str = ""
     registered_version: int = 0
     reason: int = 0
@@ -95,10 +96,11 @@ class TrainerStore:
             return Run.from_row(row), True
         row = await (await conn.execute(
             "INSERT INTO runs (id, model_name, status, window_start, window_end, params, reason, retrain_request_id,"
-            " drift_event_id, parent_version, code_version, stage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, 'queued') RETURNING *",
+            " drift_event_id, parent_version, code_version, requested_by, stage) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s, %s, %s, 'queued') RETURNING *",
             (run.id, run.model_name, QUEUED, run.window_start, run.window_end, Jsonb(run.params), run.reason,
-             run.retrain_request_id, run.drift_event_id, run.parent_version, run.code_version))).fetchone()
+             run.retrain_request_id, run.drift_event_id, run.parent_version, run.code_version,
+             run.requested_by))).fetchone()
         await RUN_QUEUE.notify(conn, self.db.schema, run.id)
         assert row is not None
         return Run.from_row(row), False

@@ -57,10 +57,10 @@ class Trainer:
         """Queue a run, or return the model's queued/running one (coalesced = True)."""
         return await self.runs.start_run(request)
 
-    async def request_retrain(self, conn: AsyncConnection, event_id: str,
-                              request: models_pb2.RetrainRequested) -> tuple[Run, bool] | None:
+    async def request_retrain(self, conn: AsyncConnection, event_id: str, request: models_pb2.RetrainRequested,
+                              source: str = "") -> tuple[Run, bool] | None:
         """Apply a retrain.requests event inside the consumer's transaction (see `Runs.request_retrain`)."""
-        return await self.runs.request_retrain(conn, event_id, request)
+        return await self.runs.request_retrain(conn, event_id, request, source)
 
     async def add_labels(self, conn: AsyncConnection, feedback: list[tuple[predictions_pb2.FeedbackReceived, datetime]],
                          ) -> int:

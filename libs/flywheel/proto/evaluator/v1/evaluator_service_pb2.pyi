@@ -53,7 +53,7 @@ class CalibrationBin(_message.Message):
     def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ..., rows: _Optional[int] = ..., mean_predicted: _Optional[float] = ..., observed_rate: _Optional[float] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("evaluation_id", "model_name", "candidate_version", "baseline_version", "verdict", "candidate_metrics", "baseline_metrics", "checks", "slices", "candidate_calibration", "baseline_calibration", "data_start", "data_end", "rows", "error", "report_uri", "started_at", "completed_at")
+    __slots__ = ("evaluation_id", "model_name", "candidate_version", "baseline_version", "verdict", "candidate_metrics", "baseline_metrics", "checks", "slices", "candidate_calibration", "baseline_calibration", "data_start", "data_end", "rows", "error", "report_uri", "started_at", "completed_at", "requested_by")
     class CandidateMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Evaluation(_message.Message):
     REPORT_URI_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     evaluation_id: str
     model_name: str
     candidate_version: int
@@ -104,7 +105,8 @@ class Evaluation(_message.Message):
     report_uri: str
     started_at: _timestamp_pb2.Timestamp
     completed_at: _timestamp_pb2.Timestamp
-    def __init__(self, evaluation_id: _Optional[str] = ..., model_name: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., verdict: _Optional[_Union[_models_pb2.EvaluationVerdict, str]] = ..., candidate_metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., checks: _Optional[_Iterable[_Union[_models_pb2.GateCheck, _Mapping]]] = ..., slices: _Optional[_Iterable[_Union[SliceMetrics, _Mapping]]] = ..., candidate_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., baseline_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., data_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[int] = ..., error: _Optional[str] = ..., report_uri: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    requested_by: str
+    def __init__(self, evaluation_id: _Optional[str] = ..., model_name: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., verdict: _Optional[_Union[_models_pb2.EvaluationVerdict, str]] = ..., candidate_metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., checks: _Optional[_Iterable[_Union[_models_pb2.GateCheck, _Mapping]]] = ..., slices: _Optional[_Iterable[_Union[SliceMetrics, _Mapping]]] = ..., candidate_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., baseline_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., data_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[int] = ..., error: _Optional[str] = ..., report_uri: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model_name", "candidate_version", "baseline_version")

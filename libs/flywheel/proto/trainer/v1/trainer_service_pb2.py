@@ -27,7 +27,7 @@ from flywheel.proto.events.v1 import models_pb2 as flywheel_dot_events_dot_v1_do
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)flywheel/trainer/v1/trainer_service.proto\x12\x13\x66lywheel.trainer.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a\x1f\x66lywheel/events/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x03 \x01(\x01\x12\x1a\n\x12validation_roc_auc\x18\x04 \x01(\x01\"\x9f\x07\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.flywheel.trainer.v1.RunStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06params\x18\x07 \x03(\x0b\x32$.flywheel.trainer.v1.Run.ParamsEntry\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.flywheel.trainer.v1.Run.MetricsEntry\x12\x31\n\x06\x65pochs\x18\t \x03(\x0b\x32!.flywheel.trainer.v1.EpochMetrics\x12\x1a\n\x12registered_version\x18\n \x01(\x03\x12\x1b\n\x13\x64\x61taset_snapshot_id\x18\x0b \x01(\t\x12\x15\n\rfeature_names\x18\x0c \x03(\t\x12\x14\n\x0c\x63ode_version\x18\r \x01(\t\x12\x31\n\x06reason\x18\x0e \x01(\x0e\x32!.flywheel.events.v1.RetrainReason\x12\x1a\n\x12retrain_request_id\x18\x0f \x01(\t\x12\x16\n\x0e\x64rift_event_id\x18\x10 \x01(\t\x12,\n\x06parent\x18\x11 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntrain_rows\x18\x15 \x01(\x03\x12\x17\n\x0fvalidation_rows\x18\x16 \x01(\x03\x12\x11\n\ttest_rows\x18\x17 \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xab\x02\n\x0fStartRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x06params\x18\x04 \x03(\x0b\x32\x30.flywheel.trainer.v1.StartRunRequest.ParamsEntry\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32!.flywheel.events.v1.RetrainReason\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x10StartRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\x11\n\tcoalesced\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"7\n\x0eGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\"L\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"Z\n\x10WatchRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01*\x87\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x32\xf0\x02\n\x0eTrainerService\x12W\n\x08StartRun\x12$.flywheel.trainer.v1.StartRunRequest\x1a%.flywheel.trainer.v1.StartRunResponse\x12Q\n\x06GetRun\x12\".flywheel.trainer.v1.GetRunRequest\x1a#.flywheel.trainer.v1.GetRunResponse\x12W\n\x08ListRuns\x12$.flywheel.trainer.v1.ListRunsRequest\x1a%.flywheel.trainer.v1.ListRunsResponse\x12Y\n\x08WatchRun\x12$.flywheel.trainer.v1.WatchRunRequest\x1a%.flywheel.trainer.v1.WatchRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)flywheel/trainer/v1/trainer_service.proto\x12\x13\x66lywheel.trainer.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a\x1f\x66lywheel/events/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x03 \x01(\x01\x12\x1a\n\x12validation_roc_auc\x18\x04 \x01(\x01\"\xb5\x07\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.flywheel.trainer.v1.RunStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06params\x18\x07 \x03(\x0b\x32$.flywheel.trainer.v1.Run.ParamsEntry\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.flywheel.trainer.v1.Run.MetricsEntry\x12\x31\n\x06\x65pochs\x18\t \x03(\x0b\x32!.flywheel.trainer.v1.EpochMetrics\x12\x1a\n\x12registered_version\x18\n \x01(\x03\x12\x1b\n\x13\x64\x61taset_snapshot_id\x18\x0b \x01(\t\x12\x15\n\rfeature_names\x18\x0c \x03(\t\x12\x14\n\x0c\x63ode_version\x18\r \x01(\t\x12\x31\n\x06reason\x18\x0e \x01(\x0e\x32!.flywheel.events.v1.RetrainReason\x12\x1a\n\x12retrain_request_id\x18\x0f \x01(\t\x12\x16\n\x0e\x64rift_event_id\x18\x10 \x01(\t\x12,\n\x06parent\x18\x11 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntrain_rows\x18\x15 \x01(\x03\x12\x17\n\x0fvalidation_rows\x18\x16 \x01(\x03\x12\x11\n\ttest_rows\x18\x17 \x01(\x03\x12\x14\n\x0crequested_by\x18\x18 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xab\x02\n\x0fStartRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x06params\x18\x04 \x03(\x0b\x32\x30.flywheel.trainer.v1.StartRunRequest.ParamsEntry\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32!.flywheel.events.v1.RetrainReason\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x10StartRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\x11\n\tcoalesced\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"7\n\x0eGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\"L\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"Z\n\x10WatchRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.flywheel.trainer.v1.Run\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01*\x87\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x32\xf0\x02\n\x0eTrainerService\x12W\n\x08StartRun\x12$.flywheel.trainer.v1.StartRunRequest\x1a%.flywheel.trainer.v1.StartRunResponse\x12Q\n\x06GetRun\x12\".flywheel.trainer.v1.GetRunRequest\x1a#.flywheel.trainer.v1.GetRunResponse\x12W\n\x08ListRuns\x12$.flywheel.trainer.v1.ListRunsRequest\x1a%.flywheel.trainer.v1.ListRunsResponse\x12Y\n\x08WatchRun\x12$.flywheel.trainer.v1.WatchRunRequest\x1a%.flywheel.trainer.v1.WatchRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,34 +40,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_STARTRUNREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATUS']._serialized_start=1960
-  _globals['_RUNSTATUS']._serialized_end=2095
+  _globals['_RUNSTATUS']._serialized_start=1982
+  _globals['_RUNSTATUS']._serialized_end=2117
   _globals['_EPOCHMETRICS']._serialized_start=165
   _globals['_EPOCHMETRICS']._serialized_end=267
   _globals['_RUN']._serialized_start=270
-  _globals['_RUN']._serialized_end=1197
-  _globals['_RUN_PARAMSENTRY']._serialized_start=1104
-  _globals['_RUN_PARAMSENTRY']._serialized_end=1149
-  _globals['_RUN_METRICSENTRY']._serialized_start=1151
-  _globals['_RUN_METRICSENTRY']._serialized_end=1197
-  _globals['_STARTRUNREQUEST']._serialized_start=1200
-  _globals['_STARTRUNREQUEST']._serialized_end=1499
-  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_start=1104
-  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_end=1149
-  _globals['_STARTRUNRESPONSE']._serialized_start=1501
-  _globals['_STARTRUNRESPONSE']._serialized_end=1577
-  _globals['_GETRUNREQUEST']._serialized_start=1579
-  _globals['_GETRUNREQUEST']._serialized_end=1610
-  _globals['_GETRUNRESPONSE']._serialized_start=1612
-  _globals['_GETRUNRESPONSE']._serialized_end=1667
-  _globals['_LISTRUNSREQUEST']._serialized_start=1669
-  _globals['_LISTRUNSREQUEST']._serialized_end=1745
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1747
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1830
-  _globals['_WATCHRUNREQUEST']._serialized_start=1832
-  _globals['_WATCHRUNREQUEST']._serialized_end=1865
-  _globals['_WATCHRUNRESPONSE']._serialized_start=1867
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1957
-  _globals['_TRAINERSERVICE']._serialized_start=2098
-  _globals['_TRAINERSERVICE']._serialized_end=2466
+  _globals['_RUN']._serialized_end=1219
+  _globals['_RUN_PARAMSENTRY']._serialized_start=1126
+  _globals['_RUN_PARAMSENTRY']._serialized_end=1171
+  _globals['_RUN_METRICSENTRY']._serialized_start=1173
+  _globals['_RUN_METRICSENTRY']._serialized_end=1219
+  _globals['_STARTRUNREQUEST']._serialized_start=1222
+  _globals['_STARTRUNREQUEST']._serialized_end=1521
+  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_start=1126
+  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_end=1171
+  _globals['_STARTRUNRESPONSE']._serialized_start=1523
+  _globals['_STARTRUNRESPONSE']._serialized_end=1599
+  _globals['_GETRUNREQUEST']._serialized_start=1601
+  _globals['_GETRUNREQUEST']._serialized_end=1632
+  _globals['_GETRUNRESPONSE']._serialized_start=1634
+  _globals['_GETRUNRESPONSE']._serialized_end=1689
+  _globals['_LISTRUNSREQUEST']._serialized_start=1691
+  _globals['_LISTRUNSREQUEST']._serialized_end=1767
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1769
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1852
+  _globals['_WATCHRUNREQUEST']._serialized_start=1854
+  _globals['_WATCHRUNREQUEST']._serialized_end=1887
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1889
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1979
+  _globals['_TRAINERSERVICE']._serialized_start=2120
+  _globals['_TRAINERSERVICE']._serialized_end=2488
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_roc_auc: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "model_name", "status", "failure_reason", "window_start", "window_end", "params", "metrics", "epochs", "registered_version", "dataset_snapshot_id", "feature_names", "code_version", "reason", "retrain_request_id", "drift_event_id", "parent", "created_at", "started_at", "finished_at", "train_rows", "validation_rows", "test_rows")
+    __slots__ = ("run_id", "model_name", "status", "failure_reason", "window_start", "window_end", "params", "metrics", "epochs", "registered_version", "dataset_snapshot_id", "feature_names", "code_version", "reason", "retrain_request_id", "drift_event_id", "parent", "created_at", "started_at", "finished_at", "train_rows", "validation_rows", "test_rows", "requested_by")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class Run(_message.Message):
     TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_ROWS_FIELD_NUMBER: _ClassVar[int]
     TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model_name: str
     status: RunStatus
@@ -99,7 +100,8 @@ class Run(_message.Message):
     train_rows: int
     validation_rows: int
     test_rows: int
-    def __init__(self, run_id: _Optional[str] = ..., model_name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., failure_reason: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., registered_version: _Optional[int] = ..., dataset_snapshot_id: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., code_version: _Optional[str] = ..., reason: _Optional[_Union[_models_pb2.RetrainReason, str]] = ..., retrain_request_id: _Optional[str] = ..., drift_event_id: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., test_rows: _Optional[int] = ...) -> None: ...
+    requested_by: str
+    def __init__(self, run_id: _Optional[str] = ..., model_name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., failure_reason: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., registered_version: _Optional[int] = ..., dataset_snapshot_id: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., code_version: _Optional[str] = ..., reason: _Optional[_Union[_models_pb2.RetrainReason, str]] = ..., retrain_request_id: _Optional[str] = ..., drift_event_id: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("model_name", "window_start", "window_end", "params", "reason")
