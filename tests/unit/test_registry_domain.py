@@ -54,13 +54,28 @@ def test_parse_ref_forms() -> None:
         domain.parse_ref("fraud:0")
 
 
+def test_import_prefixes_are_folders_never_a_bare_scheme(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from flywheel.registry.config import RegistrySettings
+
+    default = RegistrySettings(_env_file=None, home=tmp_path)
+    assert default.allowed_import_prefixes() == ((tmp_path / "imports").resolve().as_uri() + "/",)
+    configured = RegistrySettings(_env_file=None, home=tmp_path,
+                                  import_prefixes=["s3://models/team-a", f"file://{tmp_path}/drop/../drop"])
+    assert configured.allowed_import_prefixes() == ("s3://models/team-a/", (tmp_path / "drop").as_uri() + "/")
+    for bad in ("s3://", "https://x/", "file://host/dir", "relative/dir"):
+        with pytest.raises(ValidationError, match="must be s3://<bucket>"):
+            RegistrySettings(_env_file=None, home=tmp_path, import_prefixes=[bad])
+
+
 def test_importable_uri_resolves_and_checks_prefixes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    allowed = (tmp_path.as_uri() + "/imports/", "s3://")
+    allowed = (tmp_path.as_uri() + "/imports/", "s3://models/")
     inside = tmp_path / "imports" / "m.bin"
     assert domain.importable_uri(str(inside), allowed) == inside.as_uri()
-    assert domain.importable_uri("s3://bucket/key", allowed) == "s3://bucket/key"
+    assert domain.importable_uri("s3://models/key", allowed) == "s3://models/key"
     for outside in (str(tmp_path / "imports" / ".." / "secret"), "file:///etc/passwd", "https://x/y",
-                    tmp_path.as_uri() + "/imports-evil/m.bin"):
+                    tmp_path.as_uri() + "/imports-evil/m.bin", "s3://models-evil/key", "s3://other/key"):
         with pytest.raises(InvalidArgument, match="not under an allowed import location"):
             domain.importable_uri(outside, allowed)
     with pytest.raises(InvalidArgument, match="remote host"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel.common.settings import ServiceSettings
@@ -22,12 +25,31 @@ class RegistrySettings(ServiceSettings):
     consumer_group: str = Field("registry", description="Kafka consumer group for evaluations.completed.")
     import_prefixes: list[str] = Field(
         default_factory=list,
-        description="URI prefixes RegisterModelVersion may import from by artifact_uri (JSON list); "
-                    "empty = s3:// and <FLYWHEEL_HOME>/imports. Anything else is refused, so a client "
-                    "cannot make the registry read arbitrary server files.")
+        description="Where RegisterModelVersion may import from by artifact_uri (JSON list of folders: "
+                    "s3://bucket/prefix/ or file:///absolute/dir/); empty = <FLYWHEEL_HOME>/imports only. "
+                    "Anything else is refused, so a client cannot make the registry read arbitrary server files "
+                    "or any bucket its credentials reach.")
+
+    @field_validator("import_prefixes")
+    @classmethod
+    def _folders_only(cls, prefixes: list[str]) -> list[str]:
+        """Each prefix names one folder: a bucket (and maybe a key prefix) or an absolute directory, ending
+        with `/` (added when missing), so `s3://models` never lets `s3://models-evil/...` through."""
+        checked = []
+        for prefix in prefixes:
+            parts = urlsplit(prefix)
+            if parts.scheme == "s3" and parts.netloc:
+                pass
+            elif parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/"):
+                prefix = Path(parts.path).resolve().as_uri()
+            else:
+                raise ValueError(f"import prefix {prefix!r} must be s3://<bucket>[/<prefix>] or file:///<absolute "
+                                 "dir> (a bare s3:// would allow every bucket the credentials reach)")
+            checked.append(prefix if prefix.endswith("/") else prefix + "/")
+        return checked
 
     def allowed_import_prefixes(self) -> tuple[str, ...]:
-        return tuple(self.import_prefixes) or ("s3://", (self.home / "imports").resolve().as_uri() + "/")
+        return tuple(self.import_prefixes) or ((self.home / "imports").resolve().as_uri() + "/",)
 
     def artifact_store_uri(self) -> str:
         return self.artifact_store or (self.home / "artifacts").resolve().as_uri()

@@ -64,7 +64,7 @@ class Registry:
     """Model versions, aliases and promotion policy over one database schema and artifact store."""
 
     def __init__(self, db: Database, artifacts: ArtifactStore, *, max_artifact_bytes: int,
-                 import_prefixes: tuple[str, ...] = ("s3://",)) -> None:
+                 import_prefixes: tuple[str, ...] = ()) -> None:
         self.db = db
         self.store = RegistryStore()
         self.artifacts = artifacts
