@@ -39,3 +39,19 @@ async def test_validation_names_the_field_and_nan_numeric_is_allowed() -> None:
     assert ok.model_version == "3" and np.isfinite(ok.outputs[0].data).all()
     with pytest.raises(InvalidArgument, match="categorical"):
         await dp.infer(InferRequest("m", [InputTensor("numeric", "FP32", [1, 2], np.zeros(2, np.float32))]))
+
+
+def test_readiness_follows_the_components_like_grpc_health() -> None:
+    from flywheel.common.supervise import HealthBoard
+
+    dp = DataPlane({}, PredictionLog(None, max_input_values=10))
+    assert not dp.ready()  # not started
+    dp.started = True
+    assert dp.ready()
+    dp.components = HealthBoard()
+    consumer = dp.components.reporter("consumer")
+    assert not dp.ready()  # a component counts as down until it reports
+    consumer(True)
+    assert dp.ready()
+    consumer(False)
+    assert not dp.ready() and dp.live()  # down: not ready, still live

@@ -19,6 +19,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from flywheel.common.errors import InvalidArgument, NotFound, Unavailable
+from flywheel.common.supervise import HealthBoard
 from flywheel.inference.batching import Batcher
 from flywheel.inference.config import Route
 from flywheel.inference.features import FeatureClient, key_value, to_matrices
@@ -169,6 +170,9 @@ class DataPlane:
         self.server_name = server_name
         self.server_version = server_version
         self.started = False
+        # The process's components (its models.promoted consumer): OIP readiness follows them as
+        # grpc.health.v1 does, so a load balancer using either probe drains the same way.
+        self.components: HealthBoard | None = None
         self._background: set[asyncio.Task] = set()
 
     # -- health and metadata -------------------------------------------------------------------
@@ -177,8 +181,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Ready once started: a model without a champion yet is reported by ModelReady, not here."""
-        return self.started
+        """Ready once started and while every component works: a model without a champion yet is reported
+        by ModelReady, not here."""
+        return self.started and (self.components is None or self.components.healthy)
 
     def slot(self, name: str) -> ModelSlot:
         slot = self.slots.get(name)

@@ -55,6 +55,7 @@ class InferenceApp:
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        self.dataplane.components = self.rpc.components
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
                                        db=self.db, handlers=handlers(self.repository), source=SOURCE,
                                        health=self.rpc.component_health("consumer"))
