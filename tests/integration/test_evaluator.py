@@ -41,7 +41,7 @@ from flywheel.trainer.store import LabelRow
 from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import read_records
-from tests.service_helpers import fixture_spec
+from tests.service_helpers import fixture_spec, shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +91,7 @@ def train(spec: Any, frame: Any, seed: int) -> tuple[bytes, str]:
 async def world(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-        token=infra.tokens.service, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        **shared_settings(infra), db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(payments_demo.FEATURE_REPO)))  # the test's data: payments from the demo's generator
     await store.start()
     app: EvaluatorApp | None = None
@@ -105,9 +103,8 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
         spec["gate"] = {"metric": "roc_auc", "tolerance": 0.1, "floor": 0.6}
         specs: Path = tmp_path_factory.mktemp("evaluator-specs")
         app = EvaluatorApp(EvaluatorSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-            token=infra.tokens.service, grpc_port=0,
-            metrics_port=0, db_schema=f"evaluator_{suffix}", consumer_group=f"evaluator-{suffix}", specs_dir=specs,
+            **shared_settings(infra), db_schema=f"evaluator_{suffix}", consumer_group=f"evaluator-{suffix}",
+            specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, min_rows=100, min_positives=3,
             max_wait_seconds=2.0, label_poll_seconds=0.5, min_slice_rows=20, poll_interval=0.2))
         await app.start()
@@ -125,7 +122,9 @@ async def world(infra, registry_app, registry, producer, tmp_path_factory) -> As
         async def consumed() -> bool:
             stored = 0
             for view in ("transactions", "customer_stats", "merchant_stats"):
-                stored += await scalar(store, f"SELECT count(*) FROM {view}_source")
+                # Only this test's days: the store reads features.updates from the start, other tests' too.
+                stored += await scalar(store, f"SELECT count(*) FROM {view}_source WHERE event_timestamp >= %s"
+                                       " AND event_timestamp < %s", START, START + timedelta(days=DAYS + 1))
             return stored == feature_rows and await scalar(
                 # Only this test's days: other tests of the session publish labels of their own (e.g. at now).
                 app, "SELECT count(*) FROM labels WHERE event_time >= %s AND event_time < %s", START,

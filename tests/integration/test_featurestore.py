@@ -32,6 +32,7 @@ from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as pb
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as pb_grpc
 from tests import polling
 from tests.kafka_helpers import header, read_records
+from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +46,7 @@ def featurestore_settings(infra, **overrides: Any) -> FeatureStoreSettings:  # t
     """Settings of a feature store of its own (schema, consumer group) on the session's broker and database."""
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-        token=infra.tokens.service,
-        grpc_port=0, metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        **shared_settings(infra), db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(FEAST_REPO))
     values.update(overrides)
     return FeatureStoreSettings(**values)

@@ -46,9 +46,7 @@ CUST_VOCAB = {"customer_profile__segment": ["gold", "silver"]}
 def featurestore_settings(infra) -> FeatureStoreSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     return FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-        token=infra.tokens.service, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        **shared_settings(infra), db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(FEAST_REPO))
 
 
@@ -157,8 +155,8 @@ async def test_scoring_by_entity_ids(infra, registry, registry_app) -> None:  # 
 
             # The prediction log carries the entity ids and the fetched features.
             def mine(rs):  # type: ignore[no-untyped-def]
-                return [p for p in (predictions_pb2.PredictionLogged.FromString(r.value) for r in rs)
-                        if p.request_id == rid]
+                # By key (the request id): the topic also holds other tests' records, poison ones included.
+                return [predictions_pb2.PredictionLogged.FromString(r.value) for r in rs if r.key == rid.encode()]
             logged = mine(await read_records(infra.kafka_bootstrap, PREDICTIONS_LOGGED.name,
                                              until=lambda rs: len(mine(rs)) >= 1, timeout=30))
             assert list(logged[0].entity_ids) == [c1, c2, nobody]

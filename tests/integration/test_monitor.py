@@ -30,6 +30,7 @@ from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from tests import polling
 from tests.integration import registry_client
 from tests.kafka_helpers import consumed_through, end_offsets, header, read_records
+from tests.service_helpers import shared_settings
 
 NUMERIC = ["x0", "x1", "x2"]
 CATS = ["a", "b", "c"]
@@ -98,9 +99,7 @@ def feedback_events(name: str, truth: list[tuple[str, str, bool]],
 
 
 def monitor_settings(infra, registry_app, suffix: str, **overrides) -> MonitorSettings:  # type: ignore[no-untyped-def]
-    values = dict(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-    token=infra.tokens.service,
-                  grpc_port=0, metrics_port=0, db_schema=f"monitor_{suffix}", consumer_group=f"monitor-{suffix}",
+    values = dict(**shared_settings(infra), db_schema=f"monitor_{suffix}", consumer_group=f"monitor-{suffix}",
                   registry_addr=registry_app.address, window_size=200, hysteresis_n=2, hysteresis_m=3,
                   cooldown_seconds=3600, retrain_min_labels=150, retrain_max_wait_seconds=3600,
                   analysis_poll_seconds=0.2, review_policy={"*": ReviewPolicy(band=0.05, rate=1.0, max_per_window=3)})

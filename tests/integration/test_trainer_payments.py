@@ -38,6 +38,7 @@ from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
 from tests.kafka_helpers import consumed_through, end_offsets
+from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -74,9 +75,7 @@ async def count(app: Any, query: str, *args: Any) -> int:
 async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> AsyncIterator[Demo]:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     store = FeatureStoreApp(FeatureStoreSettings(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-        token=infra.tokens.service, grpc_port=0,
-        metrics_port=0, db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
+        **shared_settings(infra), db_schema=f"featurestore_{suffix}", consumer_group=f"featurestore-{suffix}",
         repo=str(payments_demo.FEATURE_REPO)))
     await store.start()
     trainer: TrainerApp | None = None
@@ -88,9 +87,8 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         specs: Path = tmp_path_factory.mktemp("payments-specs")
         (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
         trainer = TrainerApp(TrainerSettings(
-            kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-            token=infra.tokens.service, grpc_port=0,
-            metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
+            **shared_settings(infra), db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}",
+            specs_dir=specs,
             featurestore_addr=store.address, registry_addr=registry_app.address, poll_interval=0.2))
         await trainer.start()
         await asyncio.gather(wait_assigned(store.consumer), wait_assigned(trainer.consumer))
@@ -104,7 +102,9 @@ async def demo(infra, registry_app, registry, producer, tmp_path_factory) -> Asy
         async def consumed() -> bool:
             stored = 0
             for view in ("transactions", "customer_stats", "merchant_stats"):
-                stored += await count(store, f"SELECT count(*) FROM {view}_source")
+                # Only this test's days: the store reads features.updates from the start, other tests' too.
+                stored += await count(store, f"SELECT count(*) FROM {view}_source WHERE event_timestamp >= %s"
+                                      " AND event_timestamp < %s", START, START + timedelta(days=DAYS + 1))
             # Only this test's days: other tests of the session publish labels of their own.
             return stored == feature_rows and await count(
                 trainer, "SELECT count(*) FROM labels WHERE event_time >= %s AND event_time < %s", START, END) == labels

@@ -39,6 +39,7 @@ from flywheel.trainer.config import TrainerSettings
 from flywheel.trainer.main import TrainerApp
 from tests import polling
 from tests.kafka_helpers import consumed_through, end_offsets, header, read_records
+from tests.service_helpers import shared_settings
 from tests.unit.test_trainer_pipeline import CATEGORY, NUMERIC, SPEC, synthetic
 
 pytestmark = pytest.mark.integration
@@ -136,9 +137,7 @@ async def stack(infra, registry_app, registry, producer, tmp_path_factory) -> As
 def trainer_settings(infra, specs: Path, featurestore: str, registry: str, **overrides: Any) -> TrainerSettings:  # type: ignore[no-untyped-def]
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(
-        kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url, home=infra.home,
-        token=infra.tokens.service, grpc_port=0,
-        metrics_port=0, db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
+        **shared_settings(infra), db_schema=f"trainer_{suffix}", consumer_group=f"trainer-{suffix}", specs_dir=specs,
         featurestore_addr=featurestore, registry_addr=registry, poll_interval=0.2)
     values.update(overrides)
     return TrainerSettings(**values)
