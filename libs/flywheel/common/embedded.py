@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -45,17 +47,61 @@ def package_dir(name: str) -> Path:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """`preferred` if it is free on 127.0.0.1, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
+    """`preferred` if it is free on 127.0.0.1, else a port nobody else will be handed before its
+    server binds it (see `_reserve_port`)."""
+    if preferred:
         with socket.socket() as s:
             # Servers bind with SO_REUSEADDR, so a port in TIME_WAIT after a restart is still free.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
+            with contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+    low, high = _RESERVABLE
+    for _ in range(high - low):
+        port = low + next(_port_cursor) % (high - low)
+        if _reserve_port(port):
+            return port
     raise RuntimeError("no free port")
+
+
+def _reservable_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range: neither an outgoing connection nor a bind to port 0
+    (in this or any process) is ever given one, so a port picked here stays free until its server
+    binds it. (A port from bind(0) could be taken by any client connection in between: a CI run
+    once lost a metrics port that way.)"""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 10000, max(ephemeral_low, 12000)
+
+
+_RESERVABLE = _reservable_range()
+# Each process walks the range from its own random start, one port after the other.
+_port_cursor = itertools.count(random.randrange(_RESERVABLE[1] - _RESERVABLE[0]))
+
+
+def _reserve_port(port: int) -> bool:
+    """Claim `port` for about a minute by leaving a closed connection on it in TIME_WAIT: a plain
+    bind (this check, in any process) then fails, while servers, which bind with SO_REUSEADDR,
+    still can. So two processes picking ports at once never pick the same one."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))  # no SO_REUSEADDR: fails on a port reserved elsewhere
+        except OSError:
+            return False
+    with socket.socket() as listener:
+        # The TIME_WAIT left behind inherits SO_REUSEADDR, which is what lets a server bind over it.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        listener.listen(1)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first, so 127.0.0.1:port holds the TIME_WAIT
+    return True
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
