@@ -98,7 +98,7 @@ def _reserve_port(port: int) -> bool:
         except OSError:
             return False
         listener.listen(1)
-        with socket.create_connection(("127.0.0.1", port)) as client:
+        with socket.create_connection(("127.0.0.1", port)):
             accepted, _ = listener.accept()
             accepted.close()  # the server side closes first, so 127.0.0.1:port holds the TIME_WAIT
     return True
