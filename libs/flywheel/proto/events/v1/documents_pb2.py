@@ -26,7 +26,7 @@ from flywheel.proto.events.v1 import common_pb2 as flywheel_dot_events_dot_v1_do
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flywheel/events/v1/documents.proto\x12\x12\x66lywheel.events.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\x10\x44ocumentIngested\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x10\n\x08text_uri\x18\x05 \x01(\t\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x07 \x01(\t\x12\x44\n\x08metadata\x18\x08 \x03(\x0b\x32\x32.flywheel.events.v1.DocumentIngested.MetadataEntry\x12/\n\x0bingested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x05\x43hunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x14\n\x0cstart_offset\x18\x04 \x01(\x05\x12\x12\n\nend_offset\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x03(\x02\"\xe8\x02\n\x10\x44ocumentEmbedded\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x35\n\x0f\x65mbedding_model\x18\x04 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x12\n\ndimensions\x18\x05 \x01(\x05\x12)\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x19.flywheel.events.v1.Chunk\x12\x44\n\x08metadata\x18\x07 \x03(\x0b\x32\x32.flywheel.events.v1.DocumentEmbedded.MetadataEntry\x12/\n\x0b\x65mbedded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flywheel/events/v1/documents.proto\x12\x12\x66lywheel.events.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n\x10\x44ocumentIngested\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x10\n\x08text_uri\x18\x05 \x01(\t\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x07 \x01(\t\x12\x44\n\x08metadata\x18\x08 \x03(\x0b\x32\x32.flywheel.events.v1.DocumentIngested.MetadataEntry\x12/\n\x0bingested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\n \x01(\t\x12\x0e\n\x06source\x18\x0b \x01(\t\x12\x10\n\x08revision\x18\x0c \x01(\x03\x12\x10\n\x08\x64oc_type\x18\r \x01(\t\x12\x0c\n\x04tags\x18\x0e \x03(\t\x12\x31\n\rdocument_date\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nembed_with\x18\x10 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x05\x43hunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x14\n\x0cstart_offset\x18\x04 \x01(\x05\x12\x12\n\nend_offset\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x03(\x02\x12\x13\n\x0btoken_count\x18\x07 \x01(\x05\x12\x0f\n\x07section\x18\x08 \x01(\t\"\x99\x04\n\x10\x44ocumentEmbedded\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x35\n\x0f\x65mbedding_model\x18\x04 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x12\n\ndimensions\x18\x05 \x01(\x05\x12)\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x19.flywheel.events.v1.Chunk\x12\x44\n\x08metadata\x18\x07 \x03(\x0b\x32\x32.flywheel.events.v1.DocumentEmbedded.MetadataEntry\x12/\n\x0b\x65mbedded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x0e\n\x06source\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\x03\x12\x16\n\x0e\x63ontent_sha256\x18\x0c \x01(\t\x12\x10\n\x08\x64oc_type\x18\r \x01(\t\x12\x0c\n\x04tags\x18\x0e \x03(\t\x12\x31\n\rdocument_date\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnormalized\x18\x10 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._loaded_options = None
   _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DOCUMENTINGESTED']._serialized_start=125
-  _globals['_DOCUMENTINGESTED']._serialized_end=442
-  _globals['_DOCUMENTINGESTED_METADATAENTRY']._serialized_start=395
-  _globals['_DOCUMENTINGESTED_METADATAENTRY']._serialized_end=442
-  _globals['_CHUNK']._serialized_start=444
-  _globals['_CHUNK']._serialized_end=556
-  _globals['_DOCUMENTEMBEDDED']._serialized_start=559
-  _globals['_DOCUMENTEMBEDDED']._serialized_end=919
-  _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._serialized_start=395
-  _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._serialized_end=442
+  _globals['_DOCUMENTINGESTED']._serialized_end=625
+  _globals['_DOCUMENTINGESTED_METADATAENTRY']._serialized_start=578
+  _globals['_DOCUMENTINGESTED_METADATAENTRY']._serialized_end=625
+  _globals['_CHUNK']._serialized_start=628
+  _globals['_CHUNK']._serialized_end=778
+  _globals['_DOCUMENTEMBEDDED']._serialized_start=781
+  _globals['_DOCUMENTEMBEDDED']._serialized_end=1318
+  _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._serialized_start=578
+  _globals['_DOCUMENTEMBEDDED_METADATAENTRY']._serialized_end=625
 # @@protoc_insertion_point(module_scope)
