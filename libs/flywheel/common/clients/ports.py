@@ -74,3 +74,31 @@ class FeatureSource(abc.ABC):
                          ) -> HistoricalFeatures:
         """Point-in-time correct values of `feature_service` for each (keys, time), in order; `progress`
         hears how many rows have arrived."""
+
+
+@dataclass
+class Embeddings:
+    """Vectors for texts, in order, and the model version that made them (never mix two versions)."""
+
+    model_name: str
+    model_version: int
+    dimensions: int
+    vectors: list[list[float]]
+    normalized: bool
+    # Per text: tokens read, and whether the text was cut at the model's maximum.
+    token_counts: list[int]
+    truncated: list[bool]
+
+
+class TextEmbedder(abc.ABC):
+    """Turns texts into vectors with one version of an embedding model."""
+
+    @abc.abstractmethod
+    async def embed(self, texts: Sequence[str], *, model_name: str = "", model_version: int = 0,
+                    normalize: bool | None = None) -> Embeddings:
+        """Embed `texts` with `model_name` (empty = the embedder's default model) at `model_version`
+        (0 = its champion); `normalize` None = the model's own setting."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds open."""
+        return None
