@@ -404,6 +404,11 @@ class GenerationEngine:
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Block until no request is waiting or running (or `timeout`); True when idle."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stopping or not (self._waiting or self._batch.rows), timeout)
+
     def run_on_worker(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run `fn` on the worker thread between two steps (model changes: adapters)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -519,6 +524,7 @@ class GenerationEngine:
             while True:
                 with self._cond:
                     while not (self._stopping or self._commands or self._waiting or self._batch.rows):
+                        self._cond.notify_all()  # drain() waiters: idle now
                         self._cond.wait()
                     if self._stopping:
                         break
