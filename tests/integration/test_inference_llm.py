@@ -155,3 +155,23 @@ async def test_adapters_hot_load_next_to_the_base_and_swap_under_load(app, regis
     with pytest.raises(NotFound):
         app.llm.submit(ADAPTER, messages=CHAT)
     assert (await app.llm.generate(BASE, messages=CHAT, params=GREEDY)).token_ids == base_answer
+
+
+async def test_registering_the_base_twice_finds_the_first_version(infra, registry_app, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from flywheel.common.clients.registry import RegistryClient
+    from flywheel.inference.llm.base import BaseModelFiles, register_base
+
+    tar = tmp_path / "base.tar"
+    tar.write_bytes(tiny["base"])
+    files = BaseModelFiles(tiny["dir"], tar, hashlib.sha256(tiny["base"]).hexdigest(), len(tiny["base"]))
+    client = RegistryClient(registry_app.address, auth=infra.tokens.auth("admin"))
+    try:
+        first, new = await register_base(client, files, name=f"base-{U}")
+        again, new_again = await register_base(client, files, name=f"base-{U}")
+    finally:
+        await client.close()
+    assert new and not new_again and again.version == first.version
+    assert (first.kind, first.framework, first.artifact.sha256) == (common_pb2.MODEL_KIND_LLM, "transformers",
+                                                                    files.sha256)

