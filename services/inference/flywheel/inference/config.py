@@ -71,6 +71,9 @@ class InferenceSettings(ServiceSettings):
     llm_max_queue: int = Field(64, ge=0, description="Generations waiting for a batch row before new ones are "
                                                      "refused as overloaded.")
     llm_max_tokens: int = Field(1024, ge=1, description="Cap on max_tokens of one generation.")
+    llm_max_context: int = Field(2048, ge=16, description="Context (prompt + completion) served, at most the model's: "
+                                                          "bounds the KV cache (SmolLM2-135M: 46 KB per token, so "
+                                                          "8 rows x 2048 tokens = 0.75 GB at most).")
     llm_prefix_cache_tokens: int = Field(2048, ge=0, description="Prompt tokens whose keys/values are kept for "
                                                                  "prefix reuse (shared system prompts); 0 = off.")
     llm_cache_dir: Path | None = Field(None, description="Where LLM and adapter directories are unpacked "

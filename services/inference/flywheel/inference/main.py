@@ -55,6 +55,7 @@ class InferenceApp:
         self.llm = LLMService(registry, LLMSettings(
             cache_dir=settings.llm_models_dir(), quantization=dict(settings.llm_quantization),
             max_batch=settings.llm_max_batch, max_queue=settings.llm_max_queue, max_tokens=settings.llm_max_tokens,
+            max_context=settings.llm_max_context,
             prefix_cache_tokens=settings.llm_prefix_cache_tokens)) if settings.llm_enabled else None
         self.repository = Repository(self.slots, registry, new_slot=None if settings.models else self._new_slot,
                                      llm=self.llm)

@@ -114,6 +114,8 @@ class EngineStats:
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
+    prefill_s: float = 0.0  # worker time in prefills
+    decode_s: float = 0.0  # worker time in decode steps (forward + sampling + emitting)
     max_batch: int = 0  # the most sequences one decode step served
     running: int = 0  # sequences in the batch now
     waiting: int = 0  # submitted, not admitted yet
@@ -256,12 +258,12 @@ class _Batch:
         self.layers = [_SlabLayer(k, v, self.length) for k, v in zip(self.keys, self.values, strict=True)]
 
     def add(self, seq: _Sequence, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
-            headroom: int) -> None:
-        """Append a prefilled sequence (its per-layer keys/values [1, H, P, D])."""
+            headroom: int, limit: int) -> None:
+        """Append a prefilled sequence (its per-layer keys/values [1, H, P, D]); `limit`: most columns."""
         p = keys[0].shape[-2]
         t = max(self.length, p)
         b = len(self.rows)
-        capacity = max(t + headroom, self.capacity)
+        capacity = max(min(t + headroom, limit), self.capacity, t + 1)
         new_keys, new_values = [], []
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             nk = k.new_zeros((b + 1, k.shape[1], capacity, k.shape[3]))
@@ -295,11 +297,11 @@ class _Batch:
         self.length -= lead
         self._relayer()
 
-    def reserve(self, columns: int, headroom: int) -> None:
-        """Make room for `columns` more positions (grows the buffers by copying, rarely)."""
+    def reserve(self, columns: int, headroom: int, limit: int) -> None:
+        """Make room for `columns` more positions (grows the buffers by copying, rarely; at most `limit`)."""
         if self.length + columns <= self.capacity:
             return
-        capacity = max(self.capacity * 2, self.length + columns + headroom)
+        capacity = max(min(max(self.capacity * 2, self.length + columns + headroom), limit), self.length + columns)
         grow = capacity - self.capacity
         self.keys = [torch.nn.functional.pad(k, (0, 0, 0, grow)) for k in self.keys]
         self.values = [torch.nn.functional.pad(v, (0, 0, 0, grow)) for v in self.values]
@@ -371,7 +373,9 @@ class GenerationEngine:
         self.name = name
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.max_context = int(max_context or getattr(model.config, "max_position_embeddings", 2048))
+        # The model's context, or less (`max_context`): it bounds the KV cache (rows x context x per-token size).
+        model_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.max_context = min(model_context, max_context) if max_context else model_context
         self.max_tokens_cap = max_tokens_cap
         self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer))
         self.headroom = headroom
@@ -541,7 +545,9 @@ class GenerationEngine:
                     self._drop_cancelled()
                     self._admit()
                     if self._batch.rows:
+                        began = time.perf_counter()
                         self._step()
+                        self.stats.decode_s += time.perf_counter() - began
                 except Exception as exc:
                     log.exception("generation step failed", extra={"model": self.name})
                     self._fail_all(exc)
@@ -591,6 +597,7 @@ class GenerationEngine:
             if seq.cancelled:
                 self.stats.cancelled += 1
                 continue
+            began = time.perf_counter()
             try:
                 keys, values, logits = self._prefill(seq)
             except Exception as exc:
@@ -599,11 +606,12 @@ class GenerationEngine:
                 self.stats.failed += 1
                 seq.emit(Unavailable(f"generation failed: {type(exc).__name__}: {exc}"))
                 continue
+            self.stats.prefill_s += time.perf_counter() - began
             self.stats.admitted += 1
             seq.pos = len(seq.prompt_ids)
             if self._accept(seq, seq.sampler.pick(logits)):
                 continue
-            self._batch.add(seq, keys, values, self.headroom)
+            self._batch.add(seq, keys, values, self.headroom, self.max_context)
             self.stats.running = len(self._batch.rows)
 
     def _forward_kwargs(self, rows: Sequence[_Sequence]) -> dict[str, Any]:
@@ -634,7 +642,7 @@ class GenerationEngine:
     def _step(self) -> None:
         batch = self._batch
         rows = batch.rows
-        batch.reserve(1, self.headroom)
+        batch.reserve(1, self.headroom, self.max_context)
         t = batch.length
         padded = any(s.pos != t for s in rows)
         attention_mask = None

@@ -71,6 +71,7 @@ class LLMSettings:
     max_batch: int = 8
     max_queue: int = 64
     max_tokens: int = 1024
+    max_context: int = 2048  # at most the model's; bounds the KV cache memory
     prefix_cache_tokens: int = 2048
     min_prefix_tokens: int = 16
 
@@ -134,6 +135,33 @@ class Generation:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stream.cancel()
+
+
+def check_adapter_dir(directory: Path, what: str) -> None:
+    """Refuse what is not a PEFT LoRA directory before it goes near the loaded base (PEFT changes the base's
+    modules in place while it loads an adapter)."""
+    import json
+
+    config = directory / "adapter_config.json"
+    try:
+        peft_type = json.loads(config.read_text()).get("peft_type")
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"adapter {what}: no readable adapter_config.json ({exc})") from None
+    if peft_type != "LORA":
+        raise FailedPrecondition(f"adapter {what}: peft_type {peft_type!r}, only LORA adapters are served")
+    weights = directory / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FailedPrecondition(f"adapter {what}: no adapter_model.safetensors")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            if not list(f.keys()):
+                raise FailedPrecondition(f"adapter {what}: adapter_model.safetensors holds no tensors")
+    except FailedPrecondition:
+        raise
+    except Exception as exc:
+        raise FailedPrecondition(f"adapter {what}: unreadable adapter_model.safetensors ({exc})") from None
 
 
 def _engine_adapter_name(name: str, version: int) -> str:
@@ -281,6 +309,7 @@ class LLMService:
                                              f"which is served {base.quantization}-quantized; LoRA adapters need the "
                                              "float base (set its quantization to none)")
                 directory = await self._fetch(found)
+                await asyncio.to_thread(check_adapter_dir, directory, f"{name} v{found.version}")
                 adapter = _engine_adapter_name(name, found.version)
                 await base.engine.load_adapter(adapter, str(directory))
                 route = _Route(self._served(name, found.version, ADAPTER, base), base, adapter)
@@ -357,8 +386,8 @@ class LLMService:
         model, tokenizer = load_model_dir(directory, quantize=quantization)
         s = self.settings
         engine = GenerationEngine(model, tokenizer, name=name, max_batch=s.max_batch, max_queue=s.max_queue,
-                                  max_tokens_cap=s.max_tokens, prefix_cache_tokens=s.prefix_cache_tokens,
-                                  min_prefix_tokens=s.min_prefix_tokens)
+                                  max_context=s.max_context, max_tokens_cap=s.max_tokens,
+                                  prefix_cache_tokens=s.prefix_cache_tokens, min_prefix_tokens=s.min_prefix_tokens)
         engine.start()
         return engine
 
