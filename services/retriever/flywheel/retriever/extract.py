@@ -77,7 +77,7 @@ def decode_text(content: bytes, encoding: str = "utf-8") -> str:
     except LookupError:
         raise ExtractionError(f"unknown charset {encoding!r}") from None
     except UnicodeDecodeError as exc:
-        raise ExtractionError(f"is not valid {encoding} text (byte {exc.start}): binary or another encoding "
+        raise ExtractionError(f"is not valid {encoding.upper()} text (byte {exc.start}): binary or another encoding "
                               "(declare it: text/plain; charset=...)") from None
     return text.removeprefix("\ufeff")
 

@@ -30,9 +30,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 
 
 def search_settings(settings: RetrieverSettings) -> dict[str, str]:
-    """pgvector's search settings, session defaults of every connection."""
+    """Session defaults of every connection: pgvector's search settings, and a plan per execution of a prepared
+    statement (a cached generic plan cannot know whether a query's scope is 30 chunks or 3 million, so it could
+    walk the HNSW index for the one or sort the other)."""
     return {"hnsw.ef_search": str(settings.hnsw_ef_search), "hnsw.iterative_scan": settings.hnsw_iterative_scan,
-            "hnsw.max_scan_tuples": str(settings.hnsw_max_scan_tuples)}
+            "hnsw.max_scan_tuples": str(settings.hnsw_max_scan_tuples), "plan_cache_mode": "force_custom_plan"}
 
 
 class RetrieverApp:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,9 @@ from flywheel.retriever.domain import (
     NewDocument,
 )
 
+# websearch_to_tsquery syntax that needs its AND: "quoted phrases" and -excluded words. A query without them is
+# a question in plain words, whose terms are matched with OR (all of them is far too strict for natural language).
+WEBSEARCH_OPERATORS = re.compile(r'"|(^|\s)-\w')
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 COLLECTION_COLUMNS = sql.SQL(
@@ -160,6 +164,9 @@ def search_sql(plan: SearchPlan) -> tuple[sql.Composable, dict[str, Any]]:
     """The retrieval statement: vector top-N and full-text top-N over the plan's scope, fused by reciprocal
     rank (score = sum of w / (rrf_k + rank)), the best k with their documents' fields.
 
+    Full text: `websearch_to_tsquery` (english), its ANDs relaxed to ORs when the query uses no operators,
+    ranked by `ts_rank_cd` (headings weigh more: weight A).
+
     Vector ranking, path "hnsw": `embedding::vector(D) <=> q` matches the partial HNSW index of D dimensions;
     with `hnsw.iterative_scan` the scan goes on until enough rows pass the scope and filters (relaxed order:
     re-sorted by distance in `vr`). Path "exact": the untyped `embedding <=> q` matches no index, so the
@@ -186,11 +193,15 @@ def search_sql(plan: SearchPlan) -> tuple[sql.Composable, dict[str, Any]]:
                 distance=distance, where=where))
     if has_text:
         params["qt"] = plan.keywords
+        tsquery = sql.SQL("websearch_to_tsquery('english', %(qt)s)")
+        if not WEBSEARCH_OPERATORS.search(plan.keywords):
+            tsquery = sql.SQL("replace({}::text, ' & ', ' | ')::tsquery").format(tsquery)
         ctes.append(sql.SQL(
             "t AS MATERIALIZED (SELECT c.id, ts_rank_cd(c.tsv, q.query) AS relevance"
-            " FROM chunks c, websearch_to_tsquery('english', %(qt)s) AS q(query)"
+            " FROM chunks c, (SELECT {tsquery} AS query) AS q"
             " WHERE {where} AND c.tsv @@ q.query ORDER BY relevance DESC, c.id LIMIT %(n)s),"
-            " tr AS (SELECT id, row_number() OVER (ORDER BY relevance DESC, id) AS rank FROM t)").format(where=where))
+            " tr AS (SELECT id, row_number() OVER (ORDER BY relevance DESC, id) AS rank FROM t)").format(
+                tsquery=tsquery, where=where))
     if has_vector and has_text:
         fused = sql.SQL(
             "fused AS (SELECT coalesce(vr.id, tr.id) AS id, coalesce(vr.rank, 0) AS vector_rank,"
