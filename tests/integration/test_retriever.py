@@ -6,11 +6,15 @@ events, bad inputs, filtered recall against exact search, and re-indexing into a
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -608,3 +612,50 @@ async def test_a_new_embedding_champion_reindexes_then_switches(reindex_world: W
     await promote(world, 2, 3)
     coll = {c.name: c for c in await world.reader.list_collections()}[name]
     assert coll.embedding_model.version == 2 and not coll.HasField("pending_embedding_model")
+
+
+# -- the CLI as a user runs it ---------------------------------------------------------------------------------
+
+
+async def flywheel(world: World, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flywheel.common.cli", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": world.infra.tokens.admin,
+             "FLYWHEEL_RETRIEVER_ADDR": world.app.address})
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_cli_creates_ingests_a_folder_and_retrieves(world: World, tmp_path: Path) -> None:
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    code, out = await flywheel(world, "collections", "create", name, "--description", "bank policies")
+    assert code == 0 and f"created collection default/{name}" in out, out
+    docs = tmp_path / "policies"
+    (docs / "cards").mkdir(parents=True)
+    (docs / ".git").mkdir()
+    (docs / "fees.md").write_bytes(FEES)
+    (docs / "cards" / "lost.html").write_bytes(LOST)
+    (docs / "cards" / "disputes.pdf").write_bytes(tiny_pdf([["Disputed payments are refunded within ten days."]]))
+    (docs / "broken.txt").write_bytes(b"\x00\x01binary")
+    (docs / "image.png").write_bytes(b"\x89PNG")  # not a supported type: not picked up from a folder
+    (docs / ".git" / "notes.md").write_text("hidden")
+    (tmp_path / "report.docx").write_bytes(b"PK")
+    code, out = await flywheel(world, "ingest", str(docs), str(tmp_path / "report.docx"), "--collection", name,
+                               "--tag", "policy")
+    assert code == 1, out
+    assert "3 accepted (queued for embedding), 0 unchanged, 2 failed" in out, out
+    assert "broken.txt" in out and "NUL bytes" in out and "report.docx" in out and "unsupported file type" in out
+    code, out = await flywheel(world, "ingest", str(docs / "fees.md"), "--collection", name)
+    assert code == 0 and "0 accepted (queued for embedding), 1 unchanged, 0 failed" in out, out
+    code, out = await flywheel(world, "ingest", str(docs / "fees.md"), "--collection", "nope")
+    assert code == 1 and "no collection 'nope'" in out, out
+
+    for path in (docs / "fees.md", docs / "cards" / "lost.html", docs / "cards" / "disputes.pdf"):
+        await embed(world, str(path))
+    code, out = await flywheel(world, "collections", "list", "--tenant", "default")
+    assert code == 0 and name in out and "bank policies" in out, out
+    code, out = await flywheel(world, "retrieve", "disputed payments refunded", "--collection", name, "-k", "2")
+    assert code == 0 and "disputes" in out and "Disputed payments are refunded" in out, out
+    code, out = await flywheel(world, "retrieve", "--help")
+    assert code == 0 and "--collection" in out and "--doc-type" in out, out

@@ -153,7 +153,8 @@ async def ingest(paths: tuple[Path, ...], collection: str, tenant: str, doc_type
                     failed.append((path, f"cannot read it: {exc.strerror or exc}"))
                     continue
                 except InvalidArgument as exc:
-                    failed.append((path, str(exc).removeprefix("retriever refused the request: ")))
+                    why = str(exc).removeprefix("retriever refused the request: ")
+                    failed.append((path, why.removeprefix(f"document {document.source!r}").lstrip(": ")))
                     continue
                 if result.status == pb.INGEST_STATUS_ACCEPTED:
                     accepted += 1
@@ -161,7 +162,7 @@ async def ingest(paths: tuple[Path, ...], collection: str, tenant: str, doc_type
                     unchanged += 1
     console.print(f"{accepted} accepted (queued for embedding), {unchanged} unchanged, {len(failed)} failed")
     for path, why in failed:
-        errors.print(f"[red]failed[/red] {path}: {why}")
+        errors.print(f"[red]failed[/red] {path}: {why}", soft_wrap=True, highlight=False)
     return 1 if failed else 0
 
 

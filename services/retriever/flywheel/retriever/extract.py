@@ -13,6 +13,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from urllib.parse import urlsplit
 
 MARKDOWN, PLAIN, HTML, PDF = "text/markdown", "text/plain", "text/html", "application/pdf"
 SUPPORTED = (MARKDOWN, PLAIN, HTML, PDF)
@@ -48,11 +49,11 @@ def media_type(declared: str, source: str, content: bytes) -> str:
             raise ExtractionError(f"mime_type {declared!r} is not supported (supported: {', '.join(SUPPORTED)})")
         return base
     if source:
-        path = source.split("?", 1)[0].split("#", 1)[0]
-        ext = posixpath.splitext(path.lower())[1]
+        path = urlsplit(source).path if "://" in source else source
+        ext = posixpath.splitext(posixpath.basename(path.replace("\\", "/").lower()))[1]
         if ext in EXTENSIONS:
             return EXTENSIONS[ext]
-        if ext and ext not in (".com", ".org", ".net"):
+        if ext:
             raise ExtractionError(f"the type of {ext!r} files is not supported (supported extensions: "
                                   f"{', '.join(sorted(EXTENSIONS))}); or set mime_type")
     head = content[:1024].lstrip().lower()
@@ -97,7 +98,7 @@ def markdown_title(text: str) -> str:
 class _HtmlText(HTMLParser):
     """Collects visible text: headings as `#` lines, list items as `- ` lines, block elements as paragraphs."""
 
-    SKIP = {"script", "style", "noscript", "template", "svg", "head", "iframe", "object"}
+    SKIP = {"script", "style", "noscript", "template", "svg", "iframe", "object"}
     BLOCK = {"p", "div", "section", "article", "main", "header", "footer", "nav", "aside", "blockquote", "ul", "ol",
              "dl", "dt", "dd", "table", "thead", "tbody", "tr", "form", "fieldset", "figure", "figcaption", "address",
              "hr", "details", "summary"}

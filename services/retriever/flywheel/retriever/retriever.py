@@ -106,7 +106,8 @@ def derived_id(source: str, sha: str) -> str:
 
 
 def _label(raw: RawDocument, position: int) -> str:
-    return repr(raw.document_id or raw.source or f"#{position + 1}")
+    """How an error names a document: its id or source, else its position in the request."""
+    return repr(raw.document_id or raw.source) if raw.document_id or raw.source else f"#{position + 1}"
 
 
 def _labels(name: str, values: Sequence[str], what: str, max_count: int) -> list[str]:
