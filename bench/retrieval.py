@@ -45,7 +45,13 @@ from flywheel.common.embedded import free_port
 from flywheel.retriever.config import RetrieverSettings
 from flywheel.retriever.domain import Filter
 from flywheel.retriever.main import MIGRATIONS, search_settings
-from flywheel.retriever.store import RetrieverDatabase, RetrieverStore, SearchPlan, count_sql, search_sql
+from flywheel.retriever.store import (
+    RetrieverDatabase,
+    RetrieverStore,
+    SearchPlan,
+    register_vector,
+    search_sql,
+)
 
 NAME = "retrieval"
 DIMS = 384
@@ -242,20 +248,18 @@ async def run(ctx: Context) -> BenchResult:
         with steps.step(f"the same SQL through plain psycopg: {n_queries} queries x (1, {CALLERS} connections)"):
             for case, flt, case_truth in cases:
                 domain_filter = Filter(doc_types=("rare",)) if flt is not None else Filter()
-                path = "hnsw"
-                async with await AsyncConnection.connect(ctx.infra.database_url, autocommit=True) as conn:
-                    await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-                    statement, params = count_sql(DIMS, domain_filter)
-                    params.update(tenant="default", cid=collection.id, version=1,
-                                  cap=settings.exact_search_max_rows + 1)
-                    scope = (await (await conn.execute(statement, params)).fetchone())[0]  # type: ignore[index]
-                    path = "exact" if scope <= settings.exact_search_max_rows else "hnsw"
+                # The statement the service runs: its path is chosen as the service chooses it.
+                if not domain_filter.empty:
+                    path = "auto" if settings.exact_search_max_rows > 0 else "hnsw"
+                else:
+                    path = "exact" if len(vectors) <= settings.exact_search_max_rows else "hnsw"
                 conns = []
                 for _ in range(CALLERS):
                     conn = await AsyncConnection.connect(ctx.infra.database_url, autocommit=True, row_factory=dict_row)
                     await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
                     for key, value in search_settings(settings).items():
                         await conn.execute("SELECT set_config(%s, %s, false)", (key, value))
+                    await register_vector(conn)  # as the service's connections do
                     conns.append(conn)
                 free = list(conns)
 
@@ -264,7 +268,7 @@ async def run(ctx: Context) -> BenchResult:
                     plan = SearchPlan(collection_id=collection.id, tenant="default", model_version=1, dims=DIMS, k=K,
                                       candidates=max(settings.candidates, K), vector=queries[i].tolist(),
                                       keywords="", vector_weight=1.0, text_weight=0.0, rrf_k=60, filter=flt,
-                                      path=path)
+                                      path=path, exact_max_rows=settings.exact_search_max_rows)
                     statement, params = search_sql(plan)
                     conn = free.pop()
                     try:

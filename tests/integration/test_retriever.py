@@ -480,13 +480,13 @@ async def test_filtered_retrieval_keeps_the_recall_of_exact_search(world: World)
     rare_filter = metadata_filter(doc_types=["rare"])
     retriever = world.app.retriever
     results = {}
-    for threshold, expected_path in ((10_000, "exact"), (0, "hnsw")):
+    for threshold, expected_path in ((3_000, "exact"), (0, "hnsw")):
         retriever.exact_search_max_rows = threshold
         before = path_count(expected_path)
         results[("filtered", expected_path)] = await recall(big, rare_vectors, rare_ids, rare_filter)
         results[("small collection", expected_path)] = await recall(small, small_vectors, small_ids)
         assert path_count(expected_path) - before == 2 * len(queries)
-    retriever.exact_search_max_rows = 10_000
+    retriever.exact_search_max_rows = 3_000
     results[("unfiltered", "hnsw")] = await recall(big, vectors, ids)
     for case, value in results.items():
         assert value >= 0.95, (case, results)

@@ -16,7 +16,7 @@ from flywheel.retriever.config import RetrieverSettings
 from flywheel.retriever.domain import Collection, Document, Filter, RawDocument
 from flywheel.retriever.indexing import check_dimensions, document_event, versions_to_embed
 from flywheel.retriever.retriever import derived_id, plan_query, prepare
-from flywheel.retriever.store import SearchPlan, count_sql, search_sql
+from flywheel.retriever.store import SearchPlan, search_sql
 
 
 def text_of(statement: sql.Composable) -> str:
@@ -101,11 +101,11 @@ def plan(**overrides: object) -> SearchPlan:
 def test_the_hnsw_path_matches_the_partial_index_and_the_exact_path_cannot() -> None:
     statement, params = search_sql(plan())
     text = text_of(statement)
-    assert "c.embedding::vector(384) <=> %(qv)s::real[]::vector(384)" in text
+    assert "c.embedding::vector(384) <=> %(qv)s::vector(384)" in text
     assert "c.dims = 384" in text and "c.tenant = %(tenant)s" in text and "c.model_version = %(version)s" in text
     assert (params["cid"], params["version"], params["tenant"], params["n"], params["k"]) == (7, 3, "t1", 50, 5)
     exact = text_of(search_sql(plan(path="exact"))[0])
-    assert "c.embedding <=> %(qv)s::real[]::vector" in exact and "::vector(384) <=>" not in exact
+    assert "c.embedding <=> %(qv)s::vector" in exact and "::vector(384) <=>" not in exact
     assert " t AS " not in text  # no keywords, no full-text ranking
 
 
@@ -126,13 +126,16 @@ def test_filters_become_conditions_on_the_chunks() -> None:
     when = datetime(2026, 1, 1, tzinfo=UTC)
     f = Filter(doc_types=("policy",), tags_any=("a", "b"), tags_all=("c",), date_from=when, date_to=when,
                document_ids=("d1",))
-    statement, params = count_sql(384, f)
+    statement, params = search_sql(plan(filter=f, path="auto", exact_max_rows=3000))
     text = text_of(statement)
     for condition in ("c.doc_type = ANY(%(f_doc_types)s::text[])", "c.tags && %(f_tags_any)s::text[]",
                       "c.tags @> %(f_tags_all)s::text[]", "c.document_date >= %(f_date_from)s",
                       "c.document_date <= %(f_date_to)s", "c.document_id = ANY(%(f_document_ids)s::text[])"):
         assert condition in text
-    assert params["f_tags_any"] == ["a", "b"] and "LIMIT %(cap)s" in text
+    assert params["f_tags_any"] == ["a", "b"] and "LIMIT %(cap)s" in text and params["cap"] == 3001
+    # Filtered: the statement counts the scope and gates an exact and an HNSW branch on it.
+    assert "(SELECT n FROM scope) <= %(exact_max)s" in text and "(SELECT n FROM scope) > %(exact_max)s" in text
+    assert "c.embedding <=> %(qv)s::vector" in text and "c.embedding::vector(384) <=> %(qv)s::vector(384)" in text
 
 
 def collection(**overrides: object) -> Collection:

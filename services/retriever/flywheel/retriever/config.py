@@ -66,9 +66,10 @@ class RetrieverSettings(ServiceSettings):
     hnsw_max_scan_tuples: int = Field(
         20_000, gt=0, description="Most tuples an iterative scan visits (`hnsw.max_scan_tuples`).")
     exact_search_max_rows: int = Field(
-        10_000, ge=0, description="When a query's scope (collection, model version, filters) holds at most this "
-                                  "many chunks, rank them exactly (no HNSW): exact recall, and faster than a "
-                                  "long iterative scan over a big shared index. 0 = always HNSW.")
+        3_000, ge=0, description="When a query's scope (collection, model version, filters) holds at most this "
+                                 "many chunks, rank them exactly (no HNSW): exact recall, and faster than a long "
+                                 "iterative scan over a big shared index (the crossover is a few thousand 384-"
+                                 "dimensional rows, see bench/results/retrieval.md). 0 = always HNSW.")
     index_build_memory: str = Field(
         "256MB", description="`maintenance_work_mem` while the retriever builds an HNSW index (a build that fits "
                              "in memory is much faster).")

@@ -162,7 +162,8 @@ class Query:
     tenant: str
     collection: str
     text: str = ""
-    vector: tuple[float, ...] | None = None
+    # float32, one dimension (see `retriever.plan_query`).
+    vector: Any = None
     keywords: str = ""
     k: int = DEFAULT_K
     filter: Filter = Filter()

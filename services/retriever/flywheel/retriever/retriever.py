@@ -14,7 +14,9 @@ import math
 import posixpath
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 from flywheel.common.clients.ports import TextEmbedder
@@ -75,14 +77,14 @@ def plan_query(*, tenant: str, collection: str, text: str = "", vector: Sequence
         raise InvalidArgument(f"k must be between 1 and {MAX_K} (0 = {DEFAULT_K}), got {k}")
     if rrf_k < 0:
         raise InvalidArgument(f"rrf_k must be positive (0 = {DEFAULT_RRF_K}), got {rrf_k}")
-    values: tuple[float, ...] | None = None
+    values: np.ndarray | None = None
     if vector is not None:
-        values = tuple(float(v) for v in vector)
-        if not values:
+        values = np.asarray(vector, dtype=np.float32)
+        if values.ndim != 1 or not values.size:
             raise InvalidArgument("the query vector is empty")
-        if not all(math.isfinite(v) for v in values):
+        if not np.isfinite(values).all():
             raise InvalidArgument("the query vector holds NaN or infinite values")
-        if not any(values):
+        if not values.any():
             raise InvalidArgument("the query vector is all zeros (it has no direction to compare by cosine)")
     keywords = text_for_keywords.strip() or text.strip()
     if weights is None:
@@ -163,7 +165,7 @@ class Retriever:
     def __init__(self, db: RetrieverDatabase, store: RetrieverStore, indexer: Indexer, embedder: TextEmbedder, *,
                  embedding_model: str, max_document_bytes: int, max_text_bytes: int,
                  max_documents_per_request: int = 100, candidates: int = 50,
-                 exact_search_max_rows: int = 10_000) -> None:
+                 exact_search_max_rows: int = 3_000) -> None:
         self.db = db
         self.store = store
         self.indexer = indexer
@@ -314,20 +316,23 @@ class Retriever:
                           candidates=max(self.candidates, query.k), vector=vector, keywords=query.keywords,
                           vector_weight=query.vector_weight if vector is not None else 0.0,
                           text_weight=query.text_weight, rrf_k=query.rrf_k, filter=query.filter)
+        path = ""
+        if plan.vector is not None and plan.vector_weight > 0:
+            path = self._vector_path(plan, coll)
+            plan = replace(plan, path=path, exact_max_rows=self.exact_search_max_rows)
         async with self.db.read() as conn:
-            path = ""
-            if plan.vector is not None and plan.vector_weight > 0:
-                path = await self._vector_path(conn, plan, coll)
-                plan = SearchPlan(**{**plan.__dict__, "path": path})
-            hits = await self.store.search(conn, plan)
+            hits, scope_rows = await self.store.search(conn, plan)
+        if path == "auto":
+            path = "exact" if scope_rows is not None and scope_rows <= self.exact_search_max_rows else "hnsw"
         return Retrieved(hits, coll.embedding_model, version, path or "text")
 
-    async def _vector_path(self, conn, plan: SearchPlan, coll: Collection) -> str:  # type: ignore[no-untyped-def]
-        """Exact search when the query's scope holds at most `exact_search_max_rows` chunks (counted with a cap
-        when filters narrow it), else HNSW with iterative scans."""
+    def _vector_path(self, plan: SearchPlan, coll: Collection) -> str:
+        """Exact search when the query's scope holds at most `exact_search_max_rows` chunks, else HNSW with
+        iterative scans. Unfiltered, the collection's chunk count decides; filtered, the statement counts
+        the scope itself ("auto")."""
         limit = self.exact_search_max_rows
         if limit <= 0:
             return "hnsw"
         if plan.filter.empty:
             return "exact" if coll.active_chunks <= limit else "hnsw"
-        return "exact" if await self.store.count_scope(conn, plan, limit + 1) <= limit else "hnsw"
+        return "auto"
