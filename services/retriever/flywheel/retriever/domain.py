@@ -201,6 +201,8 @@ class Retrieved:
     model_version: int
     # How the vector ranking ran: "exact", "hnsw" or "" (no vector ranking).
     path: str = ""
+    # The collection's active version when the search ran (None: not known, nothing was found).
+    current_version: int | None = None
 
 
 @dataclass

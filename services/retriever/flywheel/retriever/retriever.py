@@ -50,6 +50,8 @@ RETRIEVE_SECONDS = Histogram("flywheel_retriever_retrieve_seconds", "Time to ans
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 MAX_QUERY_CHARS = 10_000
+# How long Retrieve trusts a collection it read (its active version is checked by every search anyway).
+COLLECTION_CACHE_SECONDS = 2.0
 MAX_TAGS = 64
 MAX_LABEL = 128
 MAX_METADATA = 64
@@ -176,6 +178,8 @@ class Retriever:
         self.max_documents_per_request = max_documents_per_request
         self.candidates = candidates
         self.exact_search_max_rows = exact_search_max_rows
+        # (tenant, collection) -> (when read, the collection), for retrieval only.
+        self._collections: dict[tuple[str, str], tuple[float, Collection]] = {}
 
     # -- collections ---------------------------------------------------------------------------------
 
@@ -279,22 +283,43 @@ class Retriever:
     # -- retrieval -----------------------------------------------------------------------------------
 
     async def retrieve(self, query: Query) -> Retrieved:
+        """The best chunks of the collection's active version. A vector query takes the collection from a
+        short-lived cache (one round trip less): the search statement reports the active version it saw, and an
+        answer from a version that is no longer active (a switch happened) is asked again with the fresh
+        collection. A text query reads it fresh: it is embedded with the version that is active now (the
+        embedding costs far more than that read)."""
         started = time.perf_counter()
-        coll = await self.collection(query.tenant, query.collection)
-        result = await self._retrieve(coll, query)
-        if len(result.hits) < query.k and coll.active_version is not None:
-            # A switch between reading the collection and searching removes the old version's chunks: when the
-            # answer came short, look once whether that happened, and ask the new version.
-            fresh = await self.collection(query.tenant, query.collection)
-            if fresh.active_version != coll.active_version:
+        coll = await self._collection_for_query(query.tenant, query.collection, fresh=query.vector is None)
+        try:
+            result = await self._retrieve(coll, query)
+            stale = result.current_version != coll.active_version
+        except InvalidArgument:
+            stale = True  # e.g. a vector of the new version's dimensions, checked against a cached old one
+            result = None
+        if stale or (result is not None and len(result.hits) < query.k):
+            fresh = await self._collection_for_query(query.tenant, query.collection, fresh=True)
+            if result is None or (fresh.active_version, fresh.dimensions) != (coll.active_version, coll.dimensions):
                 result = await self._retrieve(fresh, query)
+        assert result is not None
         RETRIEVALS.labels(result.path or "none").inc()
         RETRIEVE_SECONDS.observe(time.perf_counter() - started)
         return result
 
+    async def _collection_for_query(self, tenant: str, name: str, *, fresh: bool = False) -> Collection:
+        key = (tenant, name)
+        now = time.monotonic()
+        cached = self._collections.get(key)
+        if cached is not None and not fresh and now - cached[0] < COLLECTION_CACHE_SECONDS:
+            return cached[1]
+        coll = await self.collection(tenant, name)
+        if len(self._collections) > 10_000:
+            self._collections.clear()
+        self._collections[key] = (now, coll)
+        return coll
+
     async def _retrieve(self, coll: Collection, query: Query) -> Retrieved:
         version, dims = coll.active_version, coll.dimensions
-        empty = Retrieved([], coll.embedding_model, version or 0)
+        empty = Retrieved([], coll.embedding_model, version or 0, current_version=version)
         vector: Sequence[float] | None = query.vector
         if vector is not None and dims is not None and len(vector) != dims:
             raise InvalidArgument(
@@ -321,10 +346,12 @@ class Retriever:
             path = self._vector_path(plan, coll)
             plan = replace(plan, path=path, exact_max_rows=self.exact_search_max_rows)
         async with self.db.read() as conn:
-            hits, scope_rows = await self.store.search(conn, plan)
+            found = await self.store.search(conn, plan)
         if path == "auto":
+            scope_rows = found.scope_rows
             path = "exact" if scope_rows is not None and scope_rows <= self.exact_search_max_rows else "hnsw"
-        return Retrieved(hits, coll.embedding_model, version, path or "text")
+        return Retrieved(found.hits, coll.embedding_model, version, path or "text",
+                         current_version=found.active_version if found.hits else version)
 
     def _vector_path(self, plan: SearchPlan, coll: Collection) -> str:
         """Exact search when the query's scope holds at most `exact_search_max_rows` chunks, else HNSW with

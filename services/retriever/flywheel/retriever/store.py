@@ -162,6 +162,16 @@ class SearchPlan:
     exact_max_rows: int = 0
 
 
+@dataclass
+class Found:
+    """A search's hits; how many chunks its scope holds (path "auto": counted up to exact_max_rows + 1); and
+    the collection's active version in the statement's snapshot. Both None when nothing was found."""
+
+    hits: list[Hit]
+    scope_rows: int | None
+    active_version: int | None
+
+
 def filter_clauses(f: Filter) -> tuple[list[sql.Composable], dict[str, Any]]:
     """SQL conditions on chunk alias `c` (and their parameters) for a metadata filter."""
     parts: list[sql.Composable] = []
@@ -280,7 +290,8 @@ def search_sql(plan: SearchPlan) -> tuple[sql.Composable, dict[str, Any]]:
                   else sql.SQL("0::float8"))
     query = sql.SQL(
         "WITH {ctes} SELECT f.score, f.vector_rank, f.text_rank, {similarity} AS similarity,"
-        " {scope_rows} AS scope_rows, c.chunk_id, c.document_id, c.chunk_index, c.text, c.start_offset,"
+        " {scope_rows} AS scope_rows, (SELECT active_version FROM collections WHERE id = %(cid)s) AS active_version,"
+        " c.chunk_id, c.document_id, c.chunk_index, c.text, c.start_offset,"
         " c.end_offset, c.section, d.title, d.source, d.metadata, d.doc_type, d.tags"
         " FROM fused f JOIN chunks c ON c.id = f.id"
         " JOIN documents d ON d.collection_id = c.collection_id AND d.document_id = c.document_id"
@@ -662,12 +673,11 @@ class RetrieverStore:
 
     # -- search --------------------------------------------------------------------------------------
 
-    async def search(self, conn: AsyncConnection, plan: SearchPlan) -> tuple[list[Hit], int | None]:
-        """The hits, and (path "auto") how many chunks the scope holds, counted up to exact_max_rows + 1
-        (None when nothing was found or the path was fixed)."""
+    async def search(self, conn: AsyncConnection, plan: SearchPlan) -> Found:
         query, params = search_sql(plan)
         rows = await (await conn.execute(query, params)).fetchall()
-        return [hit_from_row(r) for r in rows], (rows[0]["scope_rows"] if rows else None)
+        first = rows[0] if rows else {}
+        return Found([hit_from_row(r) for r in rows], first.get("scope_rows"), first.get("active_version"))
 
     async def active_version(self, conn: AsyncConnection, collection_id: int) -> int | None:
         row = await (await conn.execute("SELECT active_version FROM collections WHERE id = %s",
