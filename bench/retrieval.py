@@ -30,10 +30,12 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from bench.common import (
+    REPEATS,
     BenchResult,
     Context,
     drop_schemas,
     markdown_table,
+    median,
     percentile,
     ratio,
     rounded,
@@ -131,6 +133,20 @@ def row_of(system: str, case: str, callers: int, latencies: list[float], wall: f
             "recall_vs_exact": round(r / exact_recall, 4)}
 
 
+def median_row(system: str, case: str, callers: int, measured: list[tuple[list[float], float, list[list[int]]]],
+               truth: np.ndarray | None) -> dict[str, Any]:
+    """One row from REPEATS runs: the median of each run's p50, p99 and queries/s (every run under `runs`)."""
+    per_run = [{"p50_ms": rounded(percentile(lat, 50) * 1e3), "p99_ms": rounded(percentile(lat, 99) * 1e3),
+                "queries_per_s": rounded(len(lat) / wall)} for lat, wall, _ in measured]
+    row: dict[str, Any] = {"system": system, "case": case, "callers": callers, "queries": len(measured[0][0]),
+                           **{key: median([r[key] for r in per_run]) for key in ("p50_ms", "p99_ms", "queries_per_s")},
+                           "runs": per_run}
+    if truth is not None:
+        row["recall_at_10"] = round(recall(measured[0][2], truth), 4)
+        row["recall_vs_exact"] = row["recall_at_10"]
+    return row
+
+
 class RetrieverProcess:
     """`python -m flywheel.retriever` on a free port, against the run's broker and database."""
 
@@ -180,7 +196,7 @@ async def run(ctx: Context) -> BenchResult:
     documents = 2_000 if ctx.quick else 10_000
     n_queries = 100 if ctx.quick else 300
     steps = ctx.steps
-    steps.begin(NAME, 9)
+    steps.begin(NAME, 8 + 2 * REPEATS)
     schema = f"bench_retrieval_{ctx.run_id}"
     settings = RetrieverSettings(kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url,
                                  home=ctx.infra.home, db_schema=schema)
@@ -233,59 +249,99 @@ async def run(ctx: Context) -> BenchResult:
         rare_filter = metadata_filter(doc_types=["rare"])
         row_index = {doc_chunk: i for i, doc_chunk in enumerate(ids)}
         cases = (("all rows", None, truth), ("1% filter", rare_filter, truth_rare))
-        async with RetrieverClient(service.address, auth=ctx.infra.auth(), timeout=30, keep_channel=True) as client:
-            for case, flt, case_truth in cases:
-                async def retrieve(i: int, flt: Any = flt) -> list[int]:
-                    response = await client.retrieve("bench", vector=queries[i].tolist(), k=K, filter=flt)
-                    return [row_index[f"{c.document_id}#{c.index}"] for c in response.chunks]
-                await timed(retrieve, min(50, n_queries), 1)  # warm-up: connections, prepared statements, cache
-                with steps.step(f"Retrieve over gRPC, {case}: {n_queries} queries x (1, {CALLERS} callers)"):
-                    for callers in (1, CALLERS):
-                        lat, wall, found = await timed(retrieve, n_queries, callers)
-                        rows.append(row_of("Retrieve (gRPC)", case, callers, lat, wall, found, case_truth))
+        conns = []
+        for _ in range(CALLERS):  # the psycopg peer: connections set up as the service's are
+            conn = await AsyncConnection.connect(ctx.infra.database_url, autocommit=True, row_factory=dict_row)
+            await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+            for key, value in search_settings(settings).items():
+                await conn.execute("SELECT set_config(%s, %s, false)", (key, value))
+            await register_vector(conn)
+            conns.append(conn)
+        free = list(conns)
+        try:
+            async with RetrieverClient(service.address, auth=ctx.infra.auth(), timeout=30,
+                                       keep_channel=True) as client:
+                for case, flt, case_truth in cases:
+                    domain_filter = Filter(doc_types=("rare",)) if flt is not None else Filter()
+                    # The statement the service runs, its path chosen as the service chooses it.
+                    if not domain_filter.empty:
+                        path = "auto" if settings.exact_search_max_rows > 0 else "hnsw"
+                    else:
+                        path = "exact" if len(vectors) <= settings.exact_search_max_rows else "hnsw"
 
-        # The same statements through plain psycopg: what the service adds on top of PostgreSQL.
-        with steps.step(f"the same SQL through plain psycopg: {n_queries} queries x (1, {CALLERS} connections)"):
-            for case, flt, case_truth in cases:
-                domain_filter = Filter(doc_types=("rare",)) if flt is not None else Filter()
-                # The statement the service runs: its path is chosen as the service chooses it.
-                if not domain_filter.empty:
-                    path = "auto" if settings.exact_search_max_rows > 0 else "hnsw"
-                else:
-                    path = "exact" if len(vectors) <= settings.exact_search_max_rows else "hnsw"
-                conns = []
-                for _ in range(CALLERS):
-                    conn = await AsyncConnection.connect(ctx.infra.database_url, autocommit=True, row_factory=dict_row)
-                    await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-                    for key, value in search_settings(settings).items():
-                        await conn.execute("SELECT set_config(%s, %s, false)", (key, value))
-                    await register_vector(conn)  # as the service's connections do
-                    conns.append(conn)
-                free = list(conns)
+                    async def retrieve(i: int, flt: Any = flt) -> list[int]:
+                        response = await client.retrieve("bench", vector=queries[i].tolist(), k=K, filter=flt)
+                        return [row_index[f"{c.document_id}#{c.index}"] for c in response.chunks]
 
-                async def raw(i: int, flt: Filter = domain_filter, path: str = path,
-                              free: list[AsyncConnection] = free) -> list[int]:
-                    plan = SearchPlan(collection_id=collection.id, tenant="default", model_version=1, dims=DIMS, k=K,
-                                      candidates=max(settings.candidates, K), vector=queries[i].tolist(),
-                                      keywords="", vector_weight=1.0, text_weight=0.0, rrf_k=60, filter=flt,
-                                      path=path, exact_max_rows=settings.exact_search_max_rows)
-                    statement, params = search_sql(plan)
-                    conn = free.pop()
-                    try:
-                        found = await (await conn.execute(statement, params)).fetchall()
-                    finally:
-                        free.append(conn)
-                    return [row_index[f"{r['document_id']}#{r['chunk_index']}"] for r in found]
-                try:
-                    await timed(raw, min(50, n_queries), 1)
-                    for callers in (1, CALLERS):
-                        lat, wall, found = await timed(raw, n_queries, callers)
-                        row = row_of("same SQL, plain psycopg", case, callers, lat, wall, found, case_truth)
-                        row["path"] = path
+                    async def raw(i: int, flt: Filter = domain_filter, path: str = path) -> list[int]:
+                        plan = SearchPlan(collection_id=collection.id, tenant="default", model_version=1, dims=DIMS,
+                                          k=K, candidates=max(settings.candidates, K), vector=queries[i].tolist(),
+                                          keywords="", vector_weight=1.0, text_weight=0.0, rrf_k=60, filter=flt,
+                                          path=path, exact_max_rows=settings.exact_search_max_rows)
+                        statement, params = search_sql(plan)
+                        conn = free.pop()
+                        try:
+                            found = await (await conn.execute(statement, params)).fetchall()
+                        finally:
+                            free.append(conn)
+                        return [row_index[f"{r['document_id']}#{r['chunk_index']}"] for r in found]
+
+                    systems = {"Retrieve (gRPC)": retrieve, "same SQL, plain psycopg": raw}
+                    for call in systems.values():  # warm-up: connections, prepared statements, caches
+                        await timed(call, min(50, n_queries), 1)
+                    runs: dict[tuple[str, int], list[tuple[list[float], float, list[list[int]]]]] = {}
+                    for rep in range(1, REPEATS + 1):
+                        with steps.step(f"{case}: Retrieve over gRPC and the same SQL in psycopg, {n_queries} "
+                                        f"queries x (1, {CALLERS} callers), interleaved, run {rep}/{REPEATS}"):
+                            for callers in (1, CALLERS):
+                                order = list(systems.items()) if rep % 2 else list(systems.items())[::-1]
+                                for system, call in order:
+                                    runs.setdefault((system, callers), []).append(
+                                        await timed(call, n_queries, callers))
+                    for (system, callers), measured in runs.items():
+                        row = median_row(system, case, callers, measured, case_truth)
+                        if system != "Retrieve (gRPC)":
+                            row["path"] = path
                         rows.append(row)
-                finally:
+
+                # The floor of any unary call to the service: grpc.health.v1 Check over the same kind of channel.
+                async with rpc.channel(service.address) as channel:
+                    health = health_pb2_grpc.HealthStub(channel)
+
+                    async def check(i: int) -> list[int]:
+                        await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        return []
+                    await timed(check, 50, 1)
+                    floor = [await timed(check, n_queries, 1) for _ in range(REPEATS)]
+                    rows.append({**median_row("gRPC health Check (floor)", "-", 1, floor, None)})
+
+            # ef_search: recall and latency of the HNSW path (the statement the service runs, all rows).
+            with steps.step("the HNSW path's ef_search: recall@10 and p50 of the same SQL at 40, 100, 200, 400"):
+                sweep = []
+                for ef in (40, 100, 200, 400):
                     for conn in conns:
-                        await conn.close()
+                        await conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+
+                    async def hnsw_only(i: int) -> list[int]:
+                        plan = SearchPlan(collection_id=collection.id, tenant="default", model_version=1, dims=DIMS,
+                                          k=K, candidates=max(settings.candidates, K), vector=queries[i].tolist(),
+                                          keywords="", vector_weight=1.0, text_weight=0.0, rrf_k=60, filter=Filter(),
+                                          path="hnsw")
+                        statement, params = search_sql(plan)
+                        conn = free.pop()
+                        try:
+                            found = await (await conn.execute(statement, params)).fetchall()
+                        finally:
+                            free.append(conn)
+                        return [row_index[f"{r['document_id']}#{r['chunk_index']}"] for r in found]
+                    await timed(hnsw_only, 20, 1)
+                    lat, wall, found = await timed(hnsw_only, n_queries, 1)
+                    sweep.append({"ef_search": ef, "recall_at_10": round(recall(found, truth), 4),
+                                  "p50_ms": rounded(percentile(lat, 50) * 1e3),
+                                  "p99_ms": rounded(percentile(lat, 99) * 1e3)})
+        finally:
+            for conn in conns:
+                await conn.close()
 
         with steps.step(f"faiss in-process, one query per call: {n_queries} queries"):
             selector = faiss.IDSelectorBatch(rare_rows.astype(np.int64))
@@ -320,17 +376,27 @@ async def run(ctx: Context) -> BenchResult:
             pick("Retrieve (gRPC)", case)["queries_per_s"], pick("faiss IndexFlatIP", case)["queries_per_s"])
         ratios[f"{key}_retrieve_p50_vs_raw_sql"] = ratio(pick("Retrieve (gRPC)", case)["p50_ms"],
                                                          pick("same SQL, plain psycopg", case)["p50_ms"])
+        floor = pick("gRPC health Check (floor)", "-")["p50_ms"]
+        ratios[f"{key}_retrieve_p50_less_grpc_floor_vs_raw_sql"] = ratio(
+            pick("Retrieve (gRPC)", case)["p50_ms"] - floor, pick("same SQL, plain psycopg", case)["p50_ms"])
     table = markdown_table(
         ["case", "system", "callers", "recall@10", "p50 ms", "p99 ms", "queries/s"],
-        [[r["case"], r["system"], r["callers"], f"{r['recall_at_10']:.3f}", significant(r["p50_ms"]),
-          significant(r["p99_ms"]), significant(r["queries_per_s"])] for r in rows], right=(2, 3, 4, 5, 6))
+        [[r["case"], r["system"], r["callers"], f"{r['recall_at_10']:.3f}" if "recall_at_10" in r else "-",
+          significant(r["p50_ms"]), significant(r["p99_ms"]), significant(r["queries_per_s"])] for r in rows],
+        right=(2, 3, 4, 5, 6))
+    sweep_table = markdown_table(
+        ["ef_search (HNSW path, same SQL, all rows)", "recall@10", "p50 ms", "p99 ms"],
+        [[s["ef_search"], f"{s['recall_at_10']:.3f}", significant(s["p50_ms"]), significant(s["p99_ms"])]
+         for s in sweep], right=(0, 1, 2, 3))
     targets = markdown_table(
         ["target", "all rows", "1% filter"],
         [["recall@10 / exact >= 0.95", ratios["all_recall_vs_exact"], ratios["filtered_recall_vs_exact"]],
          [f"Retrieve queries/s (best of 1, {CALLERS} callers) / faiss flat >= 3",
           ratios["all_retrieve_qps_vs_faiss_flat"], ratios["filtered_retrieve_qps_vs_faiss_flat"]],
          ["Retrieve p50 / same SQL p50 <= 1.5", ratios["all_retrieve_p50_vs_raw_sql"],
-          ratios["filtered_retrieve_p50_vs_raw_sql"]]], right=(1, 2))
+          ratios["filtered_retrieve_p50_vs_raw_sql"]],
+         ["(Retrieve p50 - gRPC health p50) / same SQL p50", ratios["all_retrieve_p50_less_grpc_floor_vs_raw_sql"],
+          ratios["filtered_retrieve_p50_less_grpc_floor_vs_raw_sql"]]], right=(1, 2))
     setup = (f"{len(vectors):,} chunks of {DIMS} dims ({documents:,} documents, {TOPICS} topics), "
              f"{int(rare.sum()):,} rows in the 1% filter; COPY {load_s:.1f} s, HNSW build {build_s:.1f} s in "
              f"PostgreSQL, {faiss_build_s:.1f} s in faiss; m={settings.hnsw_m}, ef_construction="
@@ -338,12 +404,13 @@ async def run(ctx: Context) -> BenchResult:
              f"{settings.hnsw_iterative_scan}, exact search up to {settings.exact_search_max_rows:,} rows.")
     return BenchResult(
         name=NAME, title="retrieval: Retrieve (gRPC, pgvector) vs exact, faiss and the same SQL in psycopg",
-        results=rows, ratios=ratios, tables=[setup + "\n", table, targets],
+        results=rows, ratios=ratios, tables=[setup + "\n", table, targets, sweep_table],
         notes="Recall@10 against exact top-10 (numpy). Retrieve: vector queries over gRPC to the retriever "
               "process (collection lookup, path choice, fused SQL, response). The psycopg rows run the statement "
               "the service runs for that case (same session settings). faiss runs one query per call in this "
               "process, with its own threads; its filtered rows use an IDSelectorBatch of the 1% rows.",
-        extra={"chunks": len(vectors), "dims": DIMS, "documents": documents, "queries": n_queries,
+        extra={"ef_search_sweep": sweep, "chunks": len(vectors), "dims": DIMS, "documents": documents,
+               "queries": n_queries,
                "load_s": round(load_s, 2), "hnsw_build_s": round(build_s, 2),
                "faiss_hnsw_build_s": round(faiss_build_s, 2), "run": uuid.uuid4().hex[:6],
                "settings": {"hnsw_m": settings.hnsw_m, "hnsw_ef_construction": settings.hnsw_ef_construction,
