@@ -9,6 +9,7 @@ nothing), then stores the documents and queues their documents.ingested events i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import posixpath
@@ -209,8 +210,10 @@ class Retriever:
             raise InvalidArgument("no documents to ingest")
         if len(raws) > self.max_documents_per_request:
             raise InvalidArgument(f"{len(raws)} documents in one call; at most {self.max_documents_per_request}")
-        docs = [prepare(raw, i, max_document_bytes=self.max_document_bytes, max_text_bytes=self.max_text_bytes)
-                for i, raw in enumerate(raws)]
+        # Extraction (a PDF parser in Python) runs off the event loop, so other calls keep being answered.
+        docs = await asyncio.to_thread(lambda: [
+            prepare(raw, i, max_document_bytes=self.max_document_bytes, max_text_bytes=self.max_text_bytes)
+            for i, raw in enumerate(raws)])
         seen: dict[str, int] = {}
         for i, doc in enumerate(docs):
             if doc.document_id in seen:
