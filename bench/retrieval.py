@@ -42,11 +42,14 @@ from bench.common import (
     significant,
 )
 from flywheel.common import rpc
+from flywheel.common.clients.ports import Embeddings, TextEmbedder
 from flywheel.common.clients.retriever import RetrieverClient, metadata_filter
 from flywheel.common.embedded import free_port
 from flywheel.retriever.config import RetrieverSettings
 from flywheel.retriever.domain import Filter
+from flywheel.retriever.indexing import Indexer
 from flywheel.retriever.main import MIGRATIONS, search_settings
+from flywheel.retriever.retriever import Retriever, plan_query
 from flywheel.retriever.store import (
     RetrieverDatabase,
     RetrieverStore,
@@ -147,6 +150,12 @@ def median_row(system: str, case: str, callers: int, measured: list[tuple[list[f
     return row
 
 
+class _NoEmbedder(TextEmbedder):
+    async def embed(self, texts: Sequence[str], *, model_name: str = "", model_version: int = 0,
+                    normalize: bool | None = None) -> Embeddings:
+        raise AssertionError("the benchmark queries by vector")
+
+
 class RetrieverProcess:
     """`python -m flywheel.retriever` on a free port, against the run's broker and database."""
 
@@ -211,7 +220,8 @@ async def run(ctx: Context) -> BenchResult:
         rare_rows = np.flatnonzero(rare)
         truth = exact(vectors, queries, K)
         truth_rare = rare_rows[exact(vectors[rare_rows], queries, K)]
-    db = RetrieverDatabase(ctx.infra.database_url, schema, session_settings=search_settings(settings), max_size=2)
+    db = RetrieverDatabase(ctx.infra.database_url, schema, session_settings=search_settings(settings),
+                           max_size=CALLERS)
     store = RetrieverStore(db, hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
                            index_build_memory=settings.index_build_memory)
     service: RetrieverProcess | None = None
@@ -258,6 +268,11 @@ async def run(ctx: Context) -> BenchResult:
             await register_vector(conn)
             conns.append(conn)
         free = list(conns)
+        # The service's use case without the transport (its own planning, collection cache and statement), in
+        # this process: what the service adds besides gRPC and a process hop.
+        in_process = Retriever(db, store, Indexer(db, store), _NoEmbedder(), embedding_model=settings.embedding_model,
+                               max_document_bytes=settings.max_document_bytes, max_text_bytes=settings.max_text_bytes,
+                               candidates=settings.candidates, exact_search_max_rows=settings.exact_search_max_rows)
         try:
             async with RetrieverClient(service.address, auth=ctx.infra.auth(), timeout=30,
                                        keep_channel=True) as client:
@@ -286,7 +301,14 @@ async def run(ctx: Context) -> BenchResult:
                             free.append(conn)
                         return [row_index[f"{r['document_id']}#{r['chunk_index']}"] for r in found]
 
-                    systems = {"Retrieve (gRPC)": retrieve, "same SQL, plain psycopg": raw}
+                    async def use_case(i: int, flt: Filter = domain_filter) -> list[int]:
+                        result = await in_process.retrieve(plan_query(
+                            tenant="", collection="bench", vector=queries[i], k=K,
+                            filter=None if flt.empty else flt))
+                        return [row_index[f"{h.document_id}#{h.index}"] for h in result.hits]
+
+                    systems = {"Retrieve (gRPC)": retrieve, "same SQL, plain psycopg": raw,
+                               "Retrieve use case, in-process": use_case}
                     for call in systems.values():  # warm-up: connections, prepared statements, caches
                         await timed(call, min(50, n_queries), 1)
                     runs: dict[tuple[str, int], list[tuple[list[float], float, list[list[int]]]]] = {}
@@ -300,7 +322,7 @@ async def run(ctx: Context) -> BenchResult:
                                         await timed(call, n_queries, callers))
                     for (system, callers), measured in runs.items():
                         row = median_row(system, case, callers, measured, case_truth)
-                        if system != "Retrieve (gRPC)":
+                        if system == "same SQL, plain psycopg":
                             row["path"] = path
                         rows.append(row)
 
@@ -377,6 +399,8 @@ async def run(ctx: Context) -> BenchResult:
         ratios[f"{key}_retrieve_p50_vs_raw_sql"] = ratio(pick("Retrieve (gRPC)", case)["p50_ms"],
                                                          pick("same SQL, plain psycopg", case)["p50_ms"])
         floor = pick("gRPC health Check (floor)", "-")["p50_ms"]
+        ratios[f"{key}_use_case_p50_vs_raw_sql"] = ratio(pick("Retrieve use case, in-process", case)["p50_ms"],
+                                                         pick("same SQL, plain psycopg", case)["p50_ms"])
         ratios[f"{key}_retrieve_p50_less_grpc_floor_vs_raw_sql"] = ratio(
             pick("Retrieve (gRPC)", case)["p50_ms"] - floor, pick("same SQL, plain psycopg", case)["p50_ms"])
     table = markdown_table(
@@ -396,7 +420,9 @@ async def run(ctx: Context) -> BenchResult:
          ["Retrieve p50 / same SQL p50 <= 1.5", ratios["all_retrieve_p50_vs_raw_sql"],
           ratios["filtered_retrieve_p50_vs_raw_sql"]],
          ["(Retrieve p50 - gRPC health p50) / same SQL p50", ratios["all_retrieve_p50_less_grpc_floor_vs_raw_sql"],
-          ratios["filtered_retrieve_p50_less_grpc_floor_vs_raw_sql"]]], right=(1, 2))
+          ratios["filtered_retrieve_p50_less_grpc_floor_vs_raw_sql"]],
+         ["Retrieve use case in-process p50 / same SQL p50", ratios["all_use_case_p50_vs_raw_sql"],
+          ratios["filtered_use_case_p50_vs_raw_sql"]]], right=(1, 2))
     setup = (f"{len(vectors):,} chunks of {DIMS} dims ({documents:,} documents, {TOPICS} topics), "
              f"{int(rare.sum()):,} rows in the 1% filter; COPY {load_s:.1f} s, HNSW build {build_s:.1f} s in "
              f"PostgreSQL, {faiss_build_s:.1f} s in faiss; m={settings.hnsw_m}, ef_construction="
