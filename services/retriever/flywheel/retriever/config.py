@@ -57,8 +57,9 @@ class RetrieverSettings(ServiceSettings):
     hnsw_ef_construction: int = Field(
         64, ge=4, le=1000, description="HNSW candidate list size while building (`ef_construction`).")
     hnsw_ef_search: int = Field(
-        100, ge=1, le=1000, description="HNSW candidate list size while searching (`hnsw.ef_search`): higher = "
-                                        "better recall, slower.")
+        200, ge=1, le=1000, description="HNSW candidate list size while searching (`hnsw.ef_search`): higher = "
+                                        "better recall, slower (100,000 chunks of 384 dims: recall@10 0.87 at 40, "
+                                        "0.97 at 100, 0.99 at 200 for +12% latency; bench/results/retrieval.md).")
     hnsw_iterative_scan: Literal["off", "relaxed_order", "strict_order"] = Field(
         "relaxed_order", description="pgvector 0.8 iterative index scans (`hnsw.iterative_scan`): when filters drop "
                                      "rows after the HNSW scan, keep scanning until enough rows pass. relaxed_order "
