@@ -447,10 +447,11 @@ async def run(ctx: Context) -> BenchResult:
              f"{settings.hnsw_iterative_scan}, exact search up to {settings.exact_search_max_rows:,} rows.")
     floor = pick("gRPC health Check (floor)", "-")["p50_ms"]
     reading = (
-        f"Reading: the Retrieve use case in-process costs what its statement costs "
-        f"({ratios['all_use_case_p50_vs_raw_sql']:.2f}x and {ratios['filtered_use_case_p50_vs_raw_sql']:.2f}x the "
-        f"plain SQL's p50); over gRPC to the retriever's own process the transport and the process hop add the "
-        f"rest (a health Check alone: {significant(floor)} ms p50). faiss IndexFlatIP with an IDSelectorBatch scores "
+        f"Reading: in-process, the Retrieve use case (collection cache, planning, the statement, conversions) takes "
+        f"{ratios['all_use_case_p50_vs_raw_sql']:.2f}x and {ratios['filtered_use_case_p50_vs_raw_sql']:.2f}x the "
+        f"plain SQL's p50; over gRPC to the retriever's own process the transport and the process hop add the "
+        f"rest (a health Check alone: {significant(floor)} ms p50). Compare runs by their load average: on a busy "
+        f"2-core machine every extra process hop waits for a CPU. faiss IndexFlatIP with an IDSelectorBatch scores "
         f"only the {int(rare.sum()):,} selected rows in a C loop, so the 3x target can only hold unfiltered; "
         f"faiss HNSW post-filters and loses recall under the 1% filter ("
         f"{pick('faiss IndexHNSWFlat', '1% filter')['recall_at_10']:.2f}), which the retriever's exact path avoids.\n")
