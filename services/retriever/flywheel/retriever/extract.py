@@ -98,9 +98,10 @@ def markdown_title(text: str) -> str:
 class _HtmlText(HTMLParser):
     """Collects visible text: headings as `#` lines, list items as `- ` lines, block elements as paragraphs."""
 
-    SKIP = {"script", "style", "noscript", "template", "svg", "iframe", "object"}
+    # Not content: code, styles, embedded objects and navigation menus.
+    SKIP = {"script", "style", "noscript", "template", "svg", "iframe", "object", "nav"}
     BLOCK = {"p", "div", "section", "article", "main", "header", "footer", "nav", "aside", "blockquote", "ul", "ol",
-             "dl", "dt", "dd", "table", "thead", "tbody", "tr", "form", "fieldset", "figure", "figcaption", "address",
+             "dl", "dt", "dd", "table", "thead", "tbody", "form", "fieldset", "figure", "figcaption", "address",
              "hr", "details", "summary"}
     HEADINGS = {f"h{i}": i for i in range(1, 7)}
 
@@ -141,7 +142,7 @@ class _HtmlText(HTMLParser):
         elif tag == "li":
             self._flush()
             self.line.append("- ")
-        elif tag == "br":
+        elif tag in ("br", "tr"):  # a table row is a line; the table is the block
             self._flush()
         elif tag == "pre":
             self._flush(blank=True)
@@ -166,7 +167,7 @@ class _HtmlText(HTMLParser):
         elif tag == "pre":
             self._flush(blank=True)
             self.pre = max(0, self.pre - 1)
-        elif tag == "li":
+        elif tag in ("li", "tr"):
             self._flush()
         elif tag in self.BLOCK:
             self._flush(blank=True)
