@@ -19,8 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from flywheel.common.clients.retriever import RetrieverClient
+    from flywheel.proto.retriever.v1.retriever_service_pb2 import IngestResult
 
 DOCUMENTS_DIR = Path(__file__).parent / "documents"
 QUESTIONS_FILE = DOCUMENTS_DIR / "questions.yaml"
@@ -245,3 +250,17 @@ def mean_reciprocal_rank(
         rank = first_relevant_rank(q, ranked if k is None else ranked[:k])
         total += 0.0 if rank is None else 1.0 / rank
     return total / len(questions)
+
+
+async def ingest_policies(retriever: RetrieverClient, directory: Path = DOCUMENTS_DIR) -> list[IngestResult]:
+    """Create the bank's collection (idempotent) and send every policy document to the retriever, raw: it
+    extracts the text itself. Unchanged documents come back UNCHANGED, so a restarted demo re-sends for
+    free. Returns one result per document, in file-name order."""
+    from flywheel.common.clients.retriever import file_input
+
+    await retriever.create_collection(COLLECTION, tenant=TENANT,
+                                      description="Northwind Bank's policies (the support assistant's knowledge)")
+    inputs = [file_input(path, source=f"payments_demo/documents/{path.name}", document_id=document_id(path),
+                         doc_type="policy")
+              for path in document_paths(directory)]
+    return await retriever.ingest(COLLECTION, inputs, tenant=TENANT)
