@@ -78,7 +78,12 @@ class Batcher(Generic[T, R]):
 
     @property
     def pending(self) -> int:
+        """Items queued (both queues), not yet in a batch."""
         return sum(len(q) for q in self._queues.values())
+
+    def queued(self, *, background: bool = False) -> int:
+        """Items queued in one of the queues."""
+        return len(self._queues[BACKGROUND if background else INTERACTIVE])
 
     async def submit(self, items: Sequence[T], *, background: bool = False) -> list[R]:
         """The results of `items`, in order, encoded together with other callers' items."""
@@ -140,15 +145,21 @@ class Batcher(Generic[T, R]):
         BATCH_SIZE.labels(*self.labels, queue).observe(len(batch))
         self.batches += 1
         try:
-            results = await asyncio.to_thread(self.run, [item for _, _, item in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"the encoder returned {len(results)} results for {len(batch)} inputs")
+            try:
+                results = await asyncio.to_thread(self.run, [item for _, _, item in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the encoder returned {len(results)} results for {len(batch)} inputs")
+            finally:
+                ENCODE_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
+        except asyncio.CancelledError:  # close(): nobody will deliver these results
+            for request, _, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError("the embedder is shutting down"))
+            raise
         except Exception as exc:
             BATCH_FAILURES.labels(*self.labels).inc()
             await self._isolate(batch, exc)
             return
-        finally:
-            ENCODE_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
         TEXTS.labels(*self.labels, queue).inc(len(batch))
         for (request, index, _), result in zip(batch, results, strict=True):
             self._deliver(request, index, result)
@@ -185,11 +196,13 @@ class Batcher(Generic[T, R]):
             request.future.set_result(request.results)  # type: ignore[arg-type]
 
     async def close(self) -> None:
-        """Stop batching: queued callers get `error`; a batch being encoded finishes first."""
+        """Stop batching: queued callers get an error; a batch being encoded is abandoned (its worker thread
+        finishes in the background; its callers were cancelled or get the error)."""
         for queue in self._queues.values():
             for request, _, _ in queue:
                 if not request.future.done():
                     request.future.set_exception(RuntimeError("the embedder is shutting down"))
             queue.clear()
         if self._task is not None and not self._task.done():
+            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
