@@ -138,3 +138,18 @@ async def test_a_lone_caller_waits_at_most_max_wait_and_the_queue_fills_a_batch(
     # With a long max_wait, a batch goes as soon as it is full (never after the 30 s).
     results = await asyncio.wait_for(asyncio.gather(*(batcher.submit([f"q{i}"]) for i in range(3))), 20)
     assert results == [["Q0"], ["Q1"], ["Q2"]] and encoder.batches == [["q0", "q1", "q2"]]
+
+
+async def test_a_lone_caller_does_not_wait_for_company_but_one_after_a_shared_batch_does() -> None:
+    encoder = Encoder()
+    batcher: Batcher[str, str] = Batcher(encoder, max_batch=2, max_wait_s=30.0)
+    # Nothing suggests other callers: no max_wait (the guard is far below the 30 s it would take).
+    assert await asyncio.wait_for(batcher.submit(["alone"]), 10) == ["ALONE"]
+    assert await asyncio.wait_for(batcher.submit(["alone again"]), 10) == ["ALONE AGAIN"]
+    # After a shared batch, a lone item waits for company (here until the batch of 2 is full).
+    assert await asyncio.wait_for(asyncio.gather(batcher.submit(["a"]), batcher.submit(["b"])), 10) == [["A"], ["B"]]
+    waiting = asyncio.create_task(batcher.submit(["c"]))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    joined = await asyncio.wait_for(asyncio.gather(waiting, batcher.submit(["d"])), 10)
+    assert joined == [["C"], ["D"]] and encoder.batches[-1] == ["c", "d"]

@@ -3,7 +3,8 @@
 Callers `submit` a list of items and get their results in order. Items from many callers are encoded
 together in batches of at most `max_batch`: while the model is idle, the first queued item waits at
 most `max_wait` for others (or until a batch is full); while a batch is being encoded, new items queue
-up and go in the next one, so batches grow with load and a lone caller waits `max_wait` at most. One
+up and go in the next one, so batches grow with load. A lone item whose queue's last batch was a lone
+item too (no sign of concurrent callers) does not wait at all, so a single caller pays no `max_wait`. One
 batch runs at a time per version, in a worker thread (torch releases the GIL, so the event loop keeps
 serving meanwhile).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,18 +65,23 @@ class Batcher(Generic[T, R]):
     """`run(items) -> results` (same length, same order) is called in a worker thread with one batch."""
 
     def __init__(self, run: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_s: float,
-                 labels: tuple[str, str] = ("", "")) -> None:
+                 labels: tuple[str, str] = ("", ""), executor: concurrent.futures.Executor | None = None) -> None:
+        """`executor` runs the batches (None: asyncio's default thread pool). Give every batcher of a process
+        the same one-thread executor: torch keeps one intra-op thread pool per calling thread, and one
+        forward pass at a time is what a CPU does best anyway."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         self.run = run
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.labels = labels
+        self.executor = executor
         self._queues: dict[str, collections.deque[tuple[_Request[R], int, T]]] = {
             INTERACTIVE: collections.deque(), BACKGROUND: collections.deque()}
         self._grew = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.batches = 0  # batches encoded so far (tests and the bench read it)
+        self._last_batch: dict[str, int] = {}  # queue -> size of its last batch
 
     @property
     def pending(self) -> int:
@@ -117,7 +124,9 @@ class Batcher(Generic[T, R]):
             if name is None:
                 return
             queue = self._queues[name]
-            deadline = queue[0][0].enqueued + self.max_wait_s
+            # A lone caller after lone callers (no sign of concurrent load) does not wait for company.
+            alone = len(queue) == 1 and self._last_batch.get(name, 0) <= 1
+            deadline = queue[0][0].enqueued + (0.0 if alone else self.max_wait_s)
             while len(queue) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
                 self._grew.clear()
                 try:
@@ -144,9 +153,10 @@ class Batcher(Generic[T, R]):
             QUEUE_WAIT.labels(*self.labels).observe(started - request.enqueued)
         BATCH_SIZE.labels(*self.labels, queue).observe(len(batch))
         self.batches += 1
+        self._last_batch[queue] = len(batch)
         try:
             try:
-                results = await asyncio.to_thread(self.run, [item for _, _, item in batch])
+                results = await self._call([item for _, _, item in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"the encoder returned {len(results)} results for {len(batch)} inputs")
             finally:
@@ -178,13 +188,18 @@ class Batcher(Generic[T, R]):
             if request.future.done():
                 continue
             try:
-                results = await asyncio.to_thread(self.run, [item for _, item in entries])
+                results = await self._call([item for _, item in entries])
             except Exception as exc:
                 if not request.future.done():
                     request.future.set_exception(exc)
                 continue
             for (index, _), result in zip(entries, results, strict=True):
                 self._deliver(request, index, result)
+
+    async def _call(self, items: list[T]) -> list[R]:
+        if self.executor is None:
+            return await asyncio.to_thread(self.run, items)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, items)
 
     @staticmethod
     def _deliver(request: _Request[R], index: int, result: R) -> None:

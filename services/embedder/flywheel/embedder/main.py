@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 
 import torch
@@ -41,6 +42,8 @@ class EmbedderApp:
     def __init__(self, settings: EmbedderSettings) -> None:
         settings.require_infrastructure()
         self.settings = settings
+        # Every forward pass runs on this one thread (torch keeps a thread pool per calling thread).
+        self.encoder_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embedder-encode")
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=4)
         self.auth = Authenticator(TokenStore(self.db))
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
@@ -72,7 +75,7 @@ class EmbedderApp:
 
     def _new_batcher(self, model: EmbeddingModel) -> Batcher[str, EmbeddedText]:
         return Batcher(model.encode, max_batch=self.settings.max_batch, max_wait_s=self.settings.max_wait_ms / 1000,
-                       labels=(model.name, str(model.version)))
+                       labels=(model.name, str(model.version)), executor=self.encoder_thread)
 
     @property
     def address(self) -> str:
@@ -104,6 +107,7 @@ class EmbedderApp:
         await self.promotions.stop()
         await self.publisher.stop()
         await self.catalog.stop()
+        self.encoder_thread.shutdown(wait=False, cancel_futures=True)
         await self.db.close()
 
 
