@@ -7,10 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Counter
 
 from flywheel.common.errors import InvalidArgument
 from flywheel.embedder.catalog import ModelCatalog, ServedVersion
 from flywheel.embedder.model import normalized
+
+
+TRUNCATED = Counter("flywheel_embedder_truncated_texts_total",
+                    "Texts longer than the model's maximum, embedded from their first max_seq_length tokens.",
+                    ["model", "version"])
 
 
 @dataclass
@@ -66,6 +72,8 @@ async def embed_with(served: ServedVersion, texts: list[str], *, normalize: bool
     if unit:
         vectors = normalized(vectors)
     originals = [r.token_count for r in results]
+    truncated = [c > model.max_seq_length for c in originals]
+    if any(truncated):
+        TRUNCATED.labels(model.name, str(model.version)).inc(sum(truncated))
     return EmbedResult(model.name, model.version, model.dimensions, unit, vectors,
-                       [min(c, model.max_seq_length) for c in originals], originals,
-                       [c > model.max_seq_length for c in originals])
+                       [min(c, model.max_seq_length) for c in originals], originals, truncated)

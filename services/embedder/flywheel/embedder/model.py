@@ -8,7 +8,9 @@ would apply). `normalizes` says whether the model's own pipeline ends with it (t
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,11 @@ class EmbeddingModel:
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError(f"{name} v{version}: the tokenizer must be a fast (Rust) tokenizer: chunking needs "
                              "its character offsets")
+        # A Hugging Face fast tokenizer sets truncation and padding on its Rust object at every call, so two
+        # threads sharing one can change each other's settings mid-call. `encode` and `count_tokens` run on
+        # the encoder thread only; the chunker (other threads, several documents at once) gets its own copy.
+        self._spans_tokenizer = copy.deepcopy(self.tokenizer)
+        self._spans_lock = threading.Lock()
         self.max_seq_length = int(model.max_seq_length)
         self.special_tokens = int(self.tokenizer.num_special_tokens_to_add(pair=False))
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -63,15 +70,17 @@ class EmbeddingModel:
         return [EmbeddedText(row, count) for row, count in zip(vectors, counts, strict=True)]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text before truncation, special tokens included (on the encoder thread)."""
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
                                  return_attention_mask=False, return_token_type_ids=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the text's tokens (no special tokens), for the chunker."""
-        encoded = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False,
-                                 return_offsets_mapping=True, return_attention_mask=False,
-                                 return_token_type_ids=False)
+        with self._spans_lock:
+            encoded = self._spans_tokenizer(text, add_special_tokens=False, truncation=False, verbose=False,
+                                            return_offsets_mapping=True, return_attention_mask=False,
+                                            return_token_type_ids=False)
         return [(int(s), int(e)) for s, e in encoded["offset_mapping"]]
 
 
