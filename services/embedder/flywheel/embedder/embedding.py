@@ -13,7 +13,6 @@ from flywheel.common.errors import InvalidArgument
 from flywheel.embedder.catalog import ModelCatalog, ServedVersion
 from flywheel.embedder.model import normalized
 
-
 TRUNCATED = Counter("flywheel_embedder_truncated_texts_total",
                     "Texts longer than the model's maximum, embedded from their first max_seq_length tokens.",
                     ["model", "version"])
