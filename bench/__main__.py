@@ -43,11 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Side-by-side benchmarks of Flywheel's foundation against real peers measured in the same run: "
                     "events (BoundedPublisher, outbox, ConsumerRunner vs raw aiokafka), registry (artifact "
-                    "upload/download vs copy + sha256, GetModelVersion vs health Check) and inference (Flywheel vs "
-                    "MLServer serving the same TorchScript model under the same tritonclient load), embedder (batched gRPC Embed "
-                    "vs sentence-transformers encode in-process). Uses an "
-                    "embedded broker + database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL "
-                    "when both are set.")
+                    "upload/download vs copy + sha256, GetModelVersion vs health Check), inference (Flywheel vs "
+                    "MLServer serving the same TorchScript model under the same tritonclient load) and embedder "
+                    "(batched gRPC Embed vs sentence-transformers encode in-process). Uses an embedded broker + "
+                    "database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL when both are set.")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)}); default: all")
     parser.add_argument("--quick", action="store_true",

@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
+
 from bench.common import (
     REPEATS,
     BenchResult,
@@ -182,7 +184,8 @@ async def run(ctx: Context) -> BenchResult:
     grpc_port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{grpc_port}"
     server_env = {k: v for k, v in os.environ.items() if k.startswith("FLYWHEEL_EMBEDDER_")}
-    runs: dict[str, list[tuple[float, float, float, float]]] = {}  # case -> (texts/s, p50, p99, mean batch)
+    # case -> per run (texts/s, p50 s, p99 s, mean batch, CPU s per text)
+    runs: dict[str, list[tuple[float, float, float, float, float]]] = {}
     try:
         with ctx.steps.step("start the registry in-process"):
             await registry.start()
@@ -195,23 +198,40 @@ async def run(ctx: Context) -> BenchResult:
                 await asyncio.to_thread(local_case, local, pool, 64, BATCH)
                 async with rpc.channel(address, default_timeout=CALL_TIMEOUT, auth=ctx.infra.auth()) as channel:
                     await grpc_case(pb_grpc.EmbedderServiceStub(channel), pb, pool, 8, 16)
+            server = psutil.Process(proc.pid)
+
+            def server_cpu() -> float:
+                times = server.cpu_times()
+                return times.user + times.system
+
+            async def remote(callers: int) -> None:
+                async with rpc.channel(address, default_timeout=CALL_TIMEOUT, auth=ctx.infra.auth()) as channel:
+                    stub = pb_grpc.EmbedderServiceStub(channel)
+                    before, cpu = await asyncio.to_thread(batch_stats, metrics_port), server_cpu()
+                    samples, wall = await grpc_case(stub, pb, pool, callers, grpc_texts[callers] // callers)
+                    cpu, after = server_cpu() - cpu, await asyncio.to_thread(batch_stats, metrics_port)
+                batches = after[1] - before[1]
+                mean_batch = (after[0] - before[0]) / batches if batches else 0.0
+                runs.setdefault(f"grpc_{callers}", []).append(
+                    (len(samples) / wall, percentile(samples, 50), percentile(samples, 99), mean_batch,
+                     cpu / len(samples)))
+
+            async def peer(batch: int, total: int) -> None:
+                cpu = time.process_time()
+                samples, wall = await asyncio.to_thread(local_case, local, pool, total, batch)
+                cpu = time.process_time() - cpu
+                runs.setdefault(f"local_{batch}", []).append(
+                    (total / wall, percentile(samples, 50), percentile(samples, 99), float(batch), cpu / total))
+
             for rep in range(1, REPEATS + 1):
                 with ctx.steps.step(f"run {rep}/{REPEATS}: gRPC with {', '.join(map(str, CALLERS))} callers; "
                                     f"encode 1 and {BATCH} per call"):
-                    for callers in CALLERS:
-                        async with rpc.channel(address, default_timeout=CALL_TIMEOUT, auth=ctx.infra.auth()) as channel:
-                            stub = pb_grpc.EmbedderServiceStub(channel)
-                            before = await asyncio.to_thread(batch_stats, metrics_port)
-                            samples, wall = await grpc_case(stub, pb, pool, callers, grpc_texts[callers] // callers)
-                            after = await asyncio.to_thread(batch_stats, metrics_port)
-                        batches = after[1] - before[1]
-                        mean_batch = (after[0] - before[0]) / batches if batches else 0.0
-                        runs.setdefault(f"grpc_{callers}", []).append(
-                            (len(samples) / wall, percentile(samples, 50), percentile(samples, 99), mean_batch))
-                    for batch, total in ((1, single_calls), (BATCH, batched_texts)):
-                        samples, wall = await asyncio.to_thread(local_case, local, pool, total, batch)
-                        runs.setdefault(f"local_{batch}", []).append(
-                            (total / wall, percentile(samples, 50), percentile(samples, 99), float(batch)))
+                    # Each gRPC case next to the peer it is compared with, so both see the same machine load.
+                    await remote(1)
+                    await peer(1, single_calls)
+                    await remote(8)
+                    await remote(32)
+                    await peer(BATCH, batched_texts)
                 ctx.steps.log(", ".join(f"{case} {significant(values[-1][0])} texts/s"
                                         for case, values in runs.items()))
     finally:
@@ -221,7 +241,7 @@ async def run(ctx: Context) -> BenchResult:
                   server_env=server_env)
 
 
-def report(runs: dict[str, list[tuple[float, float, float, float]]], *, grpc_texts: dict[int, int],
+def report(runs: dict[str, list[tuple[float, float, float, float, float]]], *, grpc_texts: dict[int, int],
            single_calls: int, batched_texts: int, server_env: dict[str, str]) -> BenchResult:
     rows: list[dict[str, Any]] = []
     labels = {**{f"grpc_{c}": f"embedder gRPC, {c} concurrent caller{'s' if c > 1 else ''} x 1 text" for c in CALLERS},
@@ -236,19 +256,32 @@ def report(runs: dict[str, list[tuple[float, float, float, float]]], *, grpc_tex
             "p50_ms": rounded(median([m[1] for m in measured]) * 1e3),
             "p99_ms": rounded(median([m[2] for m in measured]) * 1e3),
             "mean_batch": rounded(median([m[3] for m in measured])),
+            "cpu_ms_per_text": rounded(median([m[4] for m in measured]) * 1e3),
             "runs": [{"texts_per_s": rounded(m[0]), "p50_ms": rounded(m[1] * 1e3), "p99_ms": rounded(m[2] * 1e3),
-                      "mean_batch": rounded(m[3])} for m in measured]})
+                      "mean_batch": rounded(m[3]), "cpu_ms_per_text": rounded(m[4] * 1e3)} for m in measured]})
+    order = [f"grpc_{c}" for c in CALLERS] + ["local_1", f"local_{BATCH}"]
+    rows.sort(key=lambda r: order.index(r["case"]))
+
+    def paired(case: str, peer: str) -> float:
+        """Median over runs of the run's ratio: each run measured the two next to each other."""
+        return round(median([a[0] / b[0] for a, b in zip(runs[case], runs[peer], strict=True)]), 4)
+
+    ratios = {f"grpc_{c}_callers/local_batch{BATCH}": paired(f"grpc_{c}", f"local_{BATCH}") for c in CALLERS}
+    ratios |= {f"grpc_{c}_callers/local_single": paired(f"grpc_{c}", "local_1") for c in CALLERS}
+    ratios[f"local_batch{BATCH}/local_single"] = paired(f"local_{BATCH}", "local_1")
     by = {r["case"]: r for r in rows}
-    batched, single = by[f"local_{BATCH}"]["texts_per_s"], by["local_1"]["texts_per_s"]
-    ratios = {f"grpc_{c}_callers/local_batch{BATCH}": ratio(by[f"grpc_{c}"]["texts_per_s"], batched) for c in CALLERS}
-    ratios |= {f"grpc_{c}_callers/local_single": ratio(by[f"grpc_{c}"]["texts_per_s"], single) for c in CALLERS}
-    ratios[f"local_batch{BATCH}/local_single"] = ratio(batched, single)
+    ratios[f"cpu_per_text_grpc_32_callers/local_batch{BATCH}"] = ratio(by["grpc_32"]["cpu_ms_per_text"],
+                                                                      by[f"local_{BATCH}"]["cpu_ms_per_text"])
+
+    def vs(case: str, peer: str) -> str:
+        return "1.00" if case == peer else f"{paired(case, peer):.2f}"
+
     table = markdown_table(
-        ["case", "texts/s", "p50 ms", "p99 ms", "mean batch", f"vs encode x{BATCH}", "vs encode x1"],
+        ["case", "texts/s", "p50 ms", "p99 ms", "mean batch", "CPU ms/text", f"vs encode x{BATCH}", "vs encode x1"],
         [[r["label"], significant(r["texts_per_s"]), significant(r["p50_ms"]), significant(r["p99_ms"]),
-          significant(r["mean_batch"]) if r["mean_batch"] else "-",
-          f"{r['texts_per_s'] / batched:.2f}", f"{r['texts_per_s'] / single:.2f}"] for r in rows],
-        right=range(1, 7))
+          significant(r["mean_batch"]), significant(r["cpu_ms_per_text"]),
+          vs(r["case"], f"local_{BATCH}"), vs(r["case"], "local_1")] for r in rows],
+        right=range(1, 8))
     target = ratios[f"grpc_32_callers/local_batch{BATCH}"]
     verdict = (f"Target (32 concurrent single-text callers >= 0.8x in-process batched encode): "
                f"{target:.2f}x, {'met' if target >= 0.8 else 'NOT met'}.")
@@ -260,8 +293,11 @@ def report(runs: dict[str, list[tuple[float, float, float, float]]], *, grpc_tex
         "benchmark process (one channel per case, each caller sends its texts one call at a time); p50/p99 are "
         "per call. Peer: SentenceTransformer.encode on the same model directory in the benchmark process. Texts: "
         "600 distinct support questions of 10-20 words. Mean batch: texts per forward pass on the server during "
-        f"the case (its /metrics). Median of {REPEATS} interleaved runs after a warm-up. Both share the machine's "
-        f"cores: the server's forward passes and the clients' gRPC work compete for them. {verdict}")
+        "the case (its /metrics). CPU ms/text: the server process's CPU time (user + system; the clients' is not "
+        "in it) or, for the peer, the benchmark process's, per text. Ratios (vs columns): the median over the runs "
+        "of each run's ratio, the gRPC case measured next to its peer (so both saw the same load from whatever "
+        f"else runs on the machine). Median of {REPEATS} runs after a warm-up. Server, clients and peer share the "
+        f"machine's cores: the server's forward passes and the clients' gRPC work compete for them. {verdict}")
     return BenchResult(
         name=NAME, title="embedder: batched gRPC Embed vs sentence-transformers encode in-process (all-MiniLM-L6-v2)",
         results=rows, ratios=ratios, notes=notes, tables=[table, verdict + "\n"])
