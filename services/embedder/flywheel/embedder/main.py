@@ -47,8 +47,10 @@ class EmbedderApp:
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=4)
         self.auth = Authenticator(TokenStore(self.db))
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        # A channel per call: registry calls are few (resolving versions, downloads), and a kept channel that
+        # first failed to connect (the registry starting at the same time) retries with a growing backoff.
         registry = RegistryClient(settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
-                                  transfer_timeout=settings.download_timeout, keep_channel=True)
+                                  transfer_timeout=settings.download_timeout)
         self.catalog = ModelCatalog(
             registry, default_model=settings.model, cache=settings.model_cache(),
             max_loaded=settings.max_loaded_versions, new_batcher=self._new_batcher, bootstrap=settings.bootstrap,
@@ -86,16 +88,19 @@ class EmbedderApp:
             torch.set_num_threads(self.settings.torch_threads)
         await self.db.open()  # the common migrations only (processed events of the consumers)
         await self.auth.start()
-        # The promotions consumer first, then the default model: a promotion is never missed in between.
-        await self.promotions.start()
+        # gRPC listens from here on (health NOT_SERVING until the model and both consumers are up), so probes and
+        # the launcher see the process while a first start registers and loads the model.
+        await self.rpc.start()
+        # The default model resolves and loads in the background meanwhile. A promotion between its first look
+        # and the consumers' start is not missed: the promotions consumer reads from its committed offsets (the
+        # whole topic for a new group). Documents that need the default model wait (Unavailable, retried).
         await self.catalog.start()
+        await asyncio.gather(self.promotions.start(), self.consumer.start())
         try:
             await asyncio.wait_for(self.catalog.ready.wait(), self.settings.initial_load_timeout)
         except TimeoutError:
             log.warning("default embedding model not loaded yet; serving anyway (health NOT_SERVING until it is)",
                         extra={"model": self.settings.model})
-        await self.consumer.start()
-        await self.rpc.start()
         serving = self.catalog.serving
         log.info("embedder serving", extra={"grpc": self.address, "metrics_port": self.settings.metrics_port,
                                             "model": self.settings.model,
