@@ -508,6 +508,6 @@ async def test_embed_with_names_the_version_and_poison_goes_to_the_dlq(world: Wo
 def test_the_tiny_model_packs_deterministically(tmp_path: Path) -> None:
     from flywheel.common import model_dirs
 
-    a = model_dirs.pack_bytes(build_tiny_model(tmp_path / "a", seed=5))
-    b = model_dirs.pack_bytes(build_tiny_model(tmp_path / "b", seed=5))
+    a = model_dirs.pack_dir(build_tiny_model(tmp_path / "a", seed=5))
+    b = model_dirs.pack_dir(build_tiny_model(tmp_path / "b", seed=5))
     assert a == b

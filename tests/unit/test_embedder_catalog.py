@@ -76,7 +76,7 @@ class MemoryRegistry(ModelRegistry):
 
 
 def tiny(tmp_path: Path, seed: int) -> bytes:
-    return model_dirs.pack_bytes(build_tiny_model(tmp_path / f"m{seed}", seed=seed))
+    return model_dirs.pack_dir(build_tiny_model(tmp_path / f"m{seed}", seed=seed))
 
 
 def batcher(model: EmbeddingModel) -> Batcher:

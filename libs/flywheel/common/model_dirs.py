@@ -1,11 +1,12 @@
-"""Model directories as registry artifacts: a directory (a sentence-transformers model, a Hugging Face
-LLM) packed as a deterministic tar, and unpacked safely into a content-addressed cache.
+"""Model directories as registry artifacts: a deterministic tar of a directory (the same files give the
+same bytes, so the same sha256), and a safe unpack into a content-addressed cache.
 
-`pack` writes the same bytes for the same files (sorted entries, no timestamps, owners or modes of the
-machine that packed it), so packing one directory twice gives one sha256 and the registry stores it
-once. `unpack` refuses what a model directory never holds (absolute paths, `..`, links, devices) and
-`unpack_cached` extracts into `<cache>/<sha256>/` once, atomically, so processes sharing the cache
-(several services under one FLYWHEEL_HOME) never see a half-written model.
+A Hugging Face model or a PEFT adapter is a directory (config, safetensors, tokenizer); the registry
+stores one file per version. `pack_dir` writes the directory's regular files in sorted order with
+fixed metadata (mtime 0, uid/gid 0, mode 0644, no owner names), uncompressed (safetensors do not
+compress). `unpack` extracts into `<cache_root>/<sha256>/` once: regular files and directories only,
+no absolute paths, no `..`, no links or devices; extracted into a temporary sibling and renamed into
+place, so a reader never sees half a directory and two processes racing end with one copy.
 """
 
 from __future__ import annotations
@@ -15,176 +16,133 @@ import hashlib
 import io
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-# Members are written in 1 MiB pieces and read the same way.
-_PIECE = 1 << 20
-_SHA256_HEX = frozenset("0123456789abcdef")
+from flywheel.common.errors import InvalidArgument
+
+CHUNK = 1 << 20
 
 
-class UnsafeArchive(ValueError):
-    """A tar that is not a plain model directory (or is larger than allowed): nothing was extracted
-    outside the destination, and the partial extraction is removed."""
+def _files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(archive name, path) of every regular file under root, sorted; symlinks are followed only to files
+    inside root (a Hugging Face cache's blobs are symlinked), anything else is refused."""
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            real = path.resolve()
+            if not real.is_file():
+                raise InvalidArgument(f"{path}: not a regular file; a model directory holds files only")
+            yield PurePosixPath(path.relative_to(root)).as_posix(), real
 
 
-def _entries(directory: Path) -> Iterator[tuple[str, Path]]:
-    """(relative posix name, path) of every directory and file under `directory`, sorted by name.
-    Symlinked files are packed as the files they point at; a symlinked directory is refused (it may
-    loop, or reach outside the model)."""
-    found: list[tuple[str, Path]] = []
-    for root, dirs, files in os.walk(directory):
-        base = Path(root)
-        for name in dirs:
-            path = base / name
-            if path.is_symlink():
-                raise ValueError(f"{path} is a symlinked directory: pack a directory without them")
-            found.append((path.relative_to(directory).as_posix(), path))
-        for name in files:
-            path = base / name
-            found.append((path.relative_to(directory).as_posix(), path))
-    return iter(sorted(found))
-
-
-def pack(directory: Path, out: IO[bytes]) -> None:
-    """Write `directory` as an uncompressed tar to `out`: entries sorted by name, mtime 0, owner 0,
-    mode 0644 (0755 for directories and executables), so equal contents give equal bytes."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory")
+def pack_dir_to(path: Path | str, out: IO[bytes], *, on_progress: Callable[[int], None] | None = None) -> None:
+    """Write the deterministic tar of directory `path` to the binary stream `out`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidArgument(f"{root} is not a directory")
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for name, path in _entries(directory):
+        for name, real in _files(root):
             info = tarfile.TarInfo(name)
+            info.size = real.stat().st_size
             info.mtime = 0
+            info.mode = 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if path.is_dir():
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-                continue
-            st = path.stat()  # follows a symlinked file
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{path} is not a regular file")
-            info.type = tarfile.REGTYPE
-            info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-            info.size = st.st_size
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+            with real.open("rb") as f:
+                tar.addfile(info, _Progress(f, on_progress) if on_progress else f)
 
 
-def pack_to_file(directory: Path, destination: Path) -> str:
-    """`pack` into the file `destination`; returns the tar's sha256."""
-    with destination.open("wb") as f:
-        pack(directory, f)
-    return file_sha256(destination)
+class _Progress(io.RawIOBase):
+    def __init__(self, f: IO[bytes], on_progress: Callable[[int], None]) -> None:
+        self.f = f
+        self.on_progress = on_progress
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        data = self.f.read(size)
+        self.on_progress(len(data))
+        return data
 
 
-def pack_bytes(directory: Path) -> bytes:
-    """`pack` in memory (small directories: tests, prompts)."""
+def pack_dir(path: Path | str) -> bytes:
+    """The deterministic tar of directory `path`, in memory (use `pack_dir_file` for large models)."""
     buffer = io.BytesIO()
-    pack(directory, buffer)
+    pack_dir_to(path, buffer)
     return buffer.getvalue()
+
+
+def pack_dir_file(path: Path | str, target: Path | str, *,
+                  on_progress: Callable[[int], None] | None = None) -> str:
+    """Write the deterministic tar of `path` to the file `target`; returns its sha256."""
+    with Path(target).open("wb") as out:
+        pack_dir_to(path, out, on_progress=on_progress)
+    return file_sha256(Path(target))
 
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while piece := f.read(_PIECE):
-            digest.update(piece)
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
-def _member_path(destination: Path, member: tarfile.TarInfo) -> Path:
-    name = member.name
-    if not name or "\\" in name or "\x00" in name:
-        raise UnsafeArchive(f"member name {name!r} is not a plain relative path")
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith("/"):
-        raise UnsafeArchive(f"member {name!r} is an absolute path")
-    if any(part == ".." for part in pure.parts):
-        raise UnsafeArchive(f"member {name!r} climbs out of the directory ('..')")
-    parts = [p for p in pure.parts if p != "."]
-    if not parts:
-        raise UnsafeArchive(f"member name {name!r} names no file")
-    target = destination.joinpath(*parts)
-    if destination not in target.parents:
-        raise UnsafeArchive(f"member {name!r} lands outside the directory")
-    return target
+def cached(sha256: str, cache_root: Path | str) -> Path | None:
+    """The directory already unpacked for this artifact sha256, or None."""
+    target = Path(cache_root) / sha256
+    return target if target.is_dir() else None
 
 
-def unpack(source: Path | IO[bytes], destination: Path, *, max_bytes: int | None = None) -> None:
-    """Extract a model-directory tar into `destination` (a new or empty directory; removed on error).
-
-    Only directories and regular files are accepted; absolute names, `..`, symlinks, hard links and
-    devices raise `UnsafeArchive`, as does content beyond `max_bytes` in total. Files get mode 0644
-    (0755 when executable in the tar), never the tar's owners. On error, what was extracted is removed.
-    """
-    destination = Path(destination).resolve()
-    destination.mkdir(parents=True, exist_ok=True)
-    if any(destination.iterdir()):
-        raise ValueError(f"{destination} is not empty: unpack into a new directory")
-    total = 0
-    try:
-        with contextlib.ExitStack() as stack:
-            fileobj = stack.enter_context(Path(source).open("rb")) if isinstance(source, str | Path) else source
-            tar = stack.enter_context(tarfile.open(fileobj=fileobj, mode="r|*"))
-            for member in tar:
-                target = _member_path(destination, member)
-                if member.isdir():
-                    target.mkdir(mode=0o755, parents=True, exist_ok=True)
-                    continue
-                if not member.isreg():
-                    kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
-                    raise UnsafeArchive(f"member {member.name!r} is a {kind}; a model directory holds files only")
-                total += member.size
-                if max_bytes is not None and total > max_bytes:
-                    raise UnsafeArchive(f"the archive holds more than {max_bytes} bytes")
-                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                with target.open("xb") as out:
-                    shutil.copyfileobj(extracted, out, _PIECE)
-                target.chmod(0o755 if member.mode & stat.S_IXUSR else 0o644)
-    except FileExistsError as exc:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise UnsafeArchive(f"the archive names {exc.filename} twice") from exc
-    except tarfile.TarError as exc:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise UnsafeArchive(f"not a readable tar: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise
+def _safe_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for member in tar:
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts or not member.name or member.name.startswith("/"):
+            raise InvalidArgument(f"model archive member {member.name!r}: absolute or escaping path")
+        if not (member.isfile() or member.isdir()):
+            raise InvalidArgument(f"model archive member {member.name!r}: only files and directories are allowed")
+        yield member
 
 
-def cached_dir(cache: Path, sha256: str) -> Path:
-    """Where the directory packed in the tar with this sha256 lives in `cache` (it may not exist yet)."""
-    if len(sha256) != 64 or not set(sha256) <= _SHA256_HEX:
-        raise ValueError(f"{sha256!r} is not a lowercase sha256 hex digest")
-    return Path(cache) / sha256
-
-
-def unpack_cached(source: Path | IO[bytes], cache: Path, sha256: str, *, max_bytes: int | None = None) -> Path:
-    """The directory of the tar `source` (whose sha256 the caller checked) in `cache`, extracted on
-    first use: into a temporary folder that is renamed to `<cache>/<sha256>` when complete, so a crash
-    leaves no half directory and concurrent unpackers of the same tar agree on one copy."""
-    target = cached_dir(cache, sha256)
+def unpack(data: bytes | Path | str, cache_root: Path | str, *, sha256: str = "") -> Path:
+    """Unpack a model directory tar (its bytes, or a file) into `<cache_root>/<sha256>/` and return that
+    directory; when it is there already nothing is read. `sha256` (the registry's, of the tar) saves
+    hashing it again; it is not checked here (the registry client checks downloads)."""
+    root = Path(cache_root)
+    if not sha256:
+        sha256 = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else file_sha256(Path(data))
+    target = root / sha256
     if target.is_dir():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".unpack-{sha256[:12]}-", dir=cache))
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=root))
     try:
-        unpack(source, staging, max_bytes=max_bytes)
-        staging.chmod(0o755)
+        with contextlib.ExitStack() as stack:
+            source = io.BytesIO(data) if isinstance(data, bytes) else stack.enter_context(Path(data).open("rb"))
+            try:
+                tar = stack.enter_context(tarfile.open(fileobj=source, mode="r|*"))
+            except tarfile.TarError as exc:
+                raise InvalidArgument(f"not a model directory archive (tar): {exc}") from None
+            for member in _safe_members(tar):
+                path = scratch / member.name
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                with path.open("wb") as out:
+                    shutil.copyfileobj(extracted, out, CHUNK)
         try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # not "someone else finished first"
+            scratch.rename(target)
+        except OSError:  # another process put it in place first
+            if not target.is_dir():
                 raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
     return target

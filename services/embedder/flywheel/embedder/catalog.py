@@ -22,7 +22,6 @@ import asyncio
 import collections
 import contextlib
 import importlib.util
-import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -278,9 +277,9 @@ class ModelCatalog:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            sha256 = await asyncio.to_thread(model_dirs.pack_to_file, source, tar)
+            sha256 = await asyncio.to_thread(model_dirs.pack_dir_file, source, tar)
             # Unpacked into the cache while it uploads, so loading it needs no download.
-            unpacked = asyncio.ensure_future(asyncio.to_thread(model_dirs.unpack_cached, tar, self.cache, sha256))
+            unpacked = asyncio.ensure_future(asyncio.to_thread(model_dirs.unpack, tar, self.cache, sha256=sha256))
             packed = loop.time()
             spec = reg.ModelVersionSpec(
                 model_name=name, kind=common_pb2.MODEL_KIND_EMBEDDING, framework=FRAMEWORK,
@@ -318,12 +317,12 @@ class ModelCatalog:
         name, version, sha256 = found.model_name, found.version, found.artifact.sha256
         if not sha256:
             raise FailedPrecondition(f"{name} v{version} has no artifact sha256")
-        folder = model_dirs.cached_dir(self.cache, sha256)
-        if not folder.is_dir():
+        folder = model_dirs.cached(sha256, self.cache)
+        if folder is None:
             data = await self.registry.download(name, version)  # checked against the sha256
             try:
-                folder = await asyncio.to_thread(model_dirs.unpack_cached, io.BytesIO(data), self.cache, sha256)
-            except model_dirs.UnsafeArchive as exc:
+                folder = await asyncio.to_thread(model_dirs.unpack, data, self.cache, sha256=sha256)
+            except InvalidArgument as exc:
                 raise FailedPrecondition(f"{name} v{version}: its artifact is not a model directory tar: "
                                          f"{exc}") from exc
         try:

@@ -78,4 +78,4 @@ async def register_tiny_model(registry: ModelRegistry, model_name: str, director
     return await registry.register(reg.ModelVersionSpec(
         model_name=model_name, kind=kind, framework=framework,  # type: ignore[arg-type]
         description=f"tiny test embedding model (seed {seed})", tags=dict(tags or {}),
-        filename=f"{model_name}.tar"), model_dirs.pack_bytes(directory))
+        filename=f"{model_name}.tar"), model_dirs.pack_dir(directory))
