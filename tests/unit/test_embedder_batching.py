@@ -153,3 +153,23 @@ async def test_a_lone_caller_does_not_wait_for_company_but_one_after_a_shared_ba
     assert not waiting.done()
     joined = await asyncio.wait_for(asyncio.gather(waiting, batcher.submit(["d"])), 10)
     assert joined == [["C"], ["D"]] and encoder.batches[-1] == ["c", "d"]
+
+
+async def test_after_a_batch_the_next_waits_for_the_callers_it_expects() -> None:
+    """Expected = the last batch's size + what queued meanwhile: the answered caller's next text joins the
+    two that queued while the model was busy (with a long max_wait, nothing goes before it arrives)."""
+    encoder = Encoder()
+    batcher: Batcher[str, str] = Batcher(encoder, max_batch=8, max_wait_s=30.0)
+    encoder.hold()
+    first = asyncio.create_task(batcher.submit(["a1"]))
+    await started(encoder)
+    queued = [asyncio.create_task(batcher.submit([t])) for t in ("b", "c")]
+    await asyncio.sleep(0)
+    encoder.started.clear()
+    encoder.release.set()
+    assert await first == ["A1"]
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in queued) and len(encoder.batches) == 1  # waiting for the third caller
+    again = await asyncio.wait_for(batcher.submit(["a2"]), 10)
+    assert again == ["A2"] and [await t for t in queued] == [["B"], ["C"]]
+    assert encoder.batches[1] == ["b", "c", "a2"]

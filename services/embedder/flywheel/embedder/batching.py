@@ -1,12 +1,14 @@
 """Dynamic batching across concurrent callers of one model version.
 
 Callers `submit` a list of items and get their results in order. Items from many callers are encoded
-together in batches of at most `max_batch`: while the model is idle, the first queued item waits at
-most `max_wait` for others (or until a batch is full); while a batch is being encoded, new items queue
-up and go in the next one, so batches grow with load. A lone item whose queue's last batch was a lone
-item too (no sign of concurrent callers) does not wait at all, so a single caller pays no `max_wait`. One
-batch runs at a time per version, in a worker thread (torch releases the GIL, so the event loop keeps
-serving meanwhile).
+together in batches of at most `max_batch`. While a batch is being encoded, new items queue up and go in
+the next one, so batches grow with load. When the model becomes free, the next batch waits up to
+`max_wait` (from the model becoming free, or from its oldest item's arrival if later) until as many
+items are queued as the last batch held plus those that queued meanwhile: the callers just answered send
+their next texts right away, so concurrent callers share full batches instead of settling into
+half-size cohorts that take turns. A lone caller (last batch 1, nothing queued) or the first text after
+an idle second waits for nobody. One batch runs at a time per version, in a worker thread (torch
+releases the GIL, so the event loop keeps serving meanwhile).
 
 Two queues: interactive items (gRPC callers: queries) go before background items (document chunks),
 and the two never share a batch, so a query does not wait behind, nor get padded to, 200-token chunks.
@@ -46,6 +48,8 @@ INTERACTIVE, BACKGROUND = "interactive", "background"
 # Background items (document chunks) go first once they have waited this long, so a steady stream of
 # queries cannot stall document ingestion.
 BACKGROUND_STARVE_S = 0.5
+# After this long without a batch, the batcher forgets how many callers it had (a lone text goes at once).
+IDLE_RESET_S = 1.0
 
 
 @dataclass(eq=False)
@@ -81,7 +85,8 @@ class Batcher(Generic[T, R]):
         self._grew = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.batches = 0  # batches encoded so far (tests and the bench read it)
-        self._last_batch: dict[str, int] = {}  # queue -> size of its last batch
+        self._expected: dict[str, int] = {}  # queue -> texts its next batch waits for (see _drain)
+        self._free_at = 0.0  # perf_counter when the last batch finished
 
     @property
     def pending(self) -> int:
@@ -125,9 +130,13 @@ class Batcher(Generic[T, R]):
                 return
             queue = self._queues[name]
             # A lone caller after lone callers (no sign of concurrent load) does not wait for company.
-            alone = len(queue) == 1 and self._last_batch.get(name, 0) <= 1
-            deadline = queue[0][0].enqueued + (0.0 if alone else self.max_wait_s)
-            while len(queue) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
+            # How many texts to wait for: as many as the last batch held plus those that queued meanwhile (the
+            # callers just answered send their next texts right away); 1 after an idle spell or with no history.
+            idle = time.perf_counter() - self._free_at > IDLE_RESET_S
+            expected = 1 if idle else min(self.max_batch, self._expected.get(name, 1))
+            # The wait starts when the oldest item arrived or, if later, when the model became free.
+            deadline = max(queue[0][0].enqueued, self._free_at) + self.max_wait_s
+            while len(queue) < expected and (left := deadline - time.perf_counter()) > 0:
                 self._grew.clear()
                 try:
                     await asyncio.wait_for(self._grew.wait(), left)
@@ -153,14 +162,15 @@ class Batcher(Generic[T, R]):
             QUEUE_WAIT.labels(*self.labels).observe(started - request.enqueued)
         BATCH_SIZE.labels(*self.labels, queue).observe(len(batch))
         self.batches += 1
-        self._last_batch[queue] = len(batch)
         try:
             try:
                 results = await self._call([item for _, _, item in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"the encoder returned {len(results)} results for {len(batch)} inputs")
             finally:
-                ENCODE_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
+                self._free_at = time.perf_counter()
+                self._expected[queue] = len(batch) + len(self._queues[queue])
+                ENCODE_SECONDS.labels(*self.labels).observe(self._free_at - started)
         except asyncio.CancelledError:  # close(): nobody will deliver these results
             for request, _, _ in batch:
                 if not request.future.done():

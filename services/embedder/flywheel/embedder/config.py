@@ -42,8 +42,9 @@ class EmbedderSettings(ServiceSettings):
                              "champion is rolled out.")
     max_batch: int = Field(32, ge=1, description="Dynamic batching: most texts encoded in one forward pass.")
     max_wait_ms: float = Field(
-        3.0, ge=0, description="Dynamic batching: longest a text waits for others to join its batch while the "
-                               "model is idle (a busy model batches whatever queued meanwhile).")
+        5.0, ge=0, description="Dynamic batching: longest a batch waits, once the model is free, for the callers "
+                               "it expects (as many as the last batch had plus those queued meanwhile); a lone "
+                               "caller never waits.")
     torch_threads: int = Field(0, ge=0, description="CPU threads torch uses to encode; 0 = torch's default "
                                                     "(the machine's cores).")
     max_texts: int = Field(256, ge=1, description="Most texts in one Embed request.")
