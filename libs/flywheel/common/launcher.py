@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -131,17 +130,16 @@ def apply_project_settings(env: dict[str, str], projects: Iterable[EntryPoint] |
 
 
 def wait_serving(child: Child, timeout: float) -> None:
+    """Until the child reports SERVING. A fresh channel per look: a channel that failed to connect while the
+    server was not listening yet retries with an exponential backoff (~43 s between tries after a minute), so
+    one kept across the wait can miss a server that came up in the meantime."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(child.grpc_address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if child.proc.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.proc.returncode} while starting")
-            with contextlib.suppress(grpc.RpcError):
-                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with code {child.proc.returncode} while starting")
+        if is_serving(child.grpc_address, timeout=1.0):
+            return
+        time.sleep(0.2)
     raise TimeoutError(f"{child.name} did not report SERVING on {child.grpc_address} within {timeout:.0f}s")
 
 
