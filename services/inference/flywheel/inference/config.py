@@ -35,6 +35,11 @@ class InferenceSettings(ServiceSettings):
     featurestore_addr: str = shared(  # type: ignore[assignment]
         "featurestore_addr", "127.0.0.1:50052",
         "Address of the feature store gRPC server (online features of requests that carry entity ids).")
+    embedder_addr: str = shared(  # type: ignore[assignment]
+        "embedder_addr", "127.0.0.1:50055",
+        "Embedder gRPC address (FLYWHEEL_EMBEDDER_ADDR): /v1/embeddings and the embedding models of /v1/models go "
+        "there; empty = no embeddings on this server.")
+    embedder_timeout_s: float = Field(10.0, gt=0, description="Deadline of one call to the embedder.")
     feature_timeout_s: float = Field(
         2.0, gt=0, description="Deadline of one GetOnlineFeatures call (requests that carry entity ids).")
     routing: dict[str, Route] = Field(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
+from flywheel.common.clients.embedder import EmbedderClient
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
@@ -21,6 +22,7 @@ from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
 from flywheel.inference.handlers import handlers
 from flywheel.inference.llm.service import LLMService, LLMSettings
+from flywheel.inference.openai_api import OpenAIDoor
 from flywheel.inference.predlog import SOURCE, PredictionLog
 from flywheel.inference.repository import Repository
 from flywheel.inference.rest import RestServer
@@ -69,8 +71,12 @@ class InferenceApp:
                                        health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
+        self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
+                                       timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
+        self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,
+                                 embedder_models=self.embedder.models if self.embedder is not None else None)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
-                               tls=settings.server_tls())
+                               tls=settings.server_tls(), extra_routes=self.openai.routes())
 
     def _new_slot(self, name: str) -> ModelSlot:
         return ModelSlot(name, self.settings.route(name), self.settings.sample_rate(name))
@@ -109,6 +115,8 @@ class InferenceApp:
         await self.rpc.stop()
         await self.dataplane.drain()
         await self.features.close()
+        if self.embedder is not None:
+            await self.embedder.close()
         await self.consumer.stop()
         await self.repository.stop()
         await self.publisher.stop()

@@ -1,4 +1,5 @@
-"""The OIP v2 REST front door (Starlette, served by uvicorn in the gRPC server's event loop).
+"""The OIP v2 REST front door (Starlette, served by uvicorn in the gRPC server's event loop), which also
+carries the OpenAI-compatible /v1 routes (openai_api.py).
 
 Every route takes the same bearer token and roles as its gRPC twin (see api.ROLES): health routes are
 open, predictions need `predict`, metadata `predict` or a reading role.
@@ -9,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from flywheel.common.auth import Authenticator
 from flywheel.common.errors import InvalidArgument
@@ -38,8 +39,10 @@ from flywheel.inference.dataplane import DataPlane
 log = logging.getLogger(__name__)
 
 
-def build_app(dp: DataPlane, authenticator: Authenticator | None = None) -> Starlette:
-    """The REST app; `authenticator` None serves without authentication (unit tests of the routes only)."""
+def build_app(dp: DataPlane, authenticator: Authenticator | None = None,
+              extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The REST app; `authenticator` None serves without authentication (unit tests of the routes only);
+    `extra_routes`: other doors on the same port (the OpenAI-compatible /v1 routes)."""
 
     def needs(rpc: str) -> Callable[[Endpoint], Endpoint]:
         return guard(authenticator, ROLES[rpc], f"call {rpc}")
@@ -131,6 +134,7 @@ def build_app(dp: DataPlane, authenticator: Authenticator | None = None) -> Star
         Route("/v2/models/{name}/versions/{version}/config", model_config),
         Route("/v2/models/{name}/stats", model_stats),
         Route("/v2/models/{name}/versions/{version}/stats", model_stats),
+        *extra_routes,
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
@@ -139,7 +143,7 @@ class RestServer:
     """uvicorn running `build_app(dp)` as a task of the current event loop."""
 
     def __init__(self, dp: DataPlane, host: str, port: int, *, authenticator: Authenticator | None,
-                 tls: ServerTls | None = None) -> None:
+                 tls: ServerTls | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
         """`tls`: HTTPS with the server certificate (and client certificates when it requires them)."""
         ssl: dict[str, Any] = {}
         if tls is not None:
@@ -148,7 +152,7 @@ class RestServer:
             ssl = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
                    "ssl_ca_certs": tls.client_ca_file or None,
                    "ssl_cert_reqs": ssl_module.CERT_REQUIRED if tls.require_client_auth else ssl_module.CERT_NONE}
-        config = uvicorn.Config(build_app(dp, authenticator), host=host, port=port, lifespan="off",
+        config = uvicorn.Config(build_app(dp, authenticator, extra_routes), host=host, port=port, lifespan="off",
                                 log_level="warning", access_log=False, http="httptools", loop="none", **ssl)
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task | None = None
