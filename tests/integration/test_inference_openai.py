@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from flywheel.common import rpc
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.embedder.config import EmbedderSettings
 from flywheel.embedder.main import EmbedderApp
@@ -21,6 +25,8 @@ from flywheel.inference.config import InferenceSettings
 from flywheel.inference.main import InferenceApp
 from flywheel.inference.testing import build_tiny_llm_artifact
 from flywheel.proto.events.v1 import common_pb2
+from flywheel.proto.inference.v1 import generation_service_pb2 as gpb
+from flywheel.proto.inference.v1 import generation_service_pb2_grpc as gpb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests import polling
 from tests.integration import registry_client
@@ -30,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 U = uuid.uuid4().hex[:8]
 LLM, EMB = f"tiny-chat-{U}", f"tiny-emb-{U}"
+GENERATION = "flywheel.inference.v1.GenerationService"
 CHAT = [{"role": "system", "content": "You answer from the bank's documents."},
         {"role": "user", "content": "How do I freeze my card?"}]
 
@@ -242,3 +249,75 @@ async def test_a_client_that_leaves_mid_stream_cancels_its_generation(app, infra
     async def freed() -> bool:
         return engine.stats.cancelled > cancelled and engine.stats.running == 0
     await polling.eventually(freed, what="the abandoned generation cancelled")
+
+
+# ---------------------------------------------------------------- gRPC Generate
+
+
+def generate_request(messages: list[dict[str, str]] | None = None, **params: Any) -> gpb.GenerateRequest:
+    model, prompt = params.pop("model", LLM), params.pop("prompt", None)
+    request = gpb.GenerateRequest(model=model, params=gpb.SamplingParams(**params), user="u1")
+    if prompt is not None:
+        request.prompt = prompt
+    else:
+        request.messages.CopyFrom(gpb.Messages(messages=[gpb.ChatMessage(**m) for m in (CHAT if messages is None
+                                                                                           else messages)]))
+    return request
+
+
+async def test_grpc_generate_streams_the_same_answer_as_rest(app, infra, oai) -> None:  # type: ignore[no-untyped-def]
+    rest = await oai.chat.completions.create(model=LLM, messages=CHAT, temperature=0, max_tokens=12)
+    async with rpc.channel(app.grpc_address, auth=infra.tokens.auth("predict")) as channel:
+        stub = gpb_grpc.GenerationServiceStub(channel)
+        responses = [r async for r in stub.Generate(generate_request(temperature=0, max_tokens=12))]
+    assert len(responses) > 1  # streamed, not one answer
+    assert "".join(r.text for r in responses) == rest.choices[0].message.content
+    assert all(r.text for r in responses[:-1]) and not any(r.finish_reason for r in responses[:-1])
+    assert (responses[0].model, responses[0].model_version) == (LLM, app.llm.model(LLM).version)
+    last = responses[-1]
+    assert last.finish_reason == rest.choices[0].finish_reason
+    assert last.usage.completion_tokens == rest.usage.completion_tokens == sum(r.token_count for r in responses)
+    assert last.usage.prompt_tokens == rest.usage.prompt_tokens
+    assert last.time_to_first_token_s > 0
+
+
+async def test_grpc_generate_errors_are_statuses(app, infra) -> None:  # type: ignore[no-untyped-def]
+    async def code(request: gpb.GenerateRequest, role: str | None = "predict") -> grpc.StatusCode:
+        async with rpc.channel(app.grpc_address, auth=infra.tokens.auth(role) if role else None) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in gpb_grpc.GenerationServiceStub(channel).Generate(request):
+                    pass
+        return caught.value.code()
+
+    assert await code(generate_request(model="no-such-llm")) == grpc.StatusCode.NOT_FOUND
+    assert await code(generate_request([])) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request([{"role": "wizard", "content": "hi"}])) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request(temperature=3.0)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request(top_p=0.0)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request(max_tokens=0)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request([{"role": "user", "content": "fees " * 400}])) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(generate_request(), role=None) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code(generate_request(), role="reader") == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_grpc_generate_takes_a_plain_prompt_and_a_seed(app, infra) -> None:  # type: ignore[no-untyped-def]
+    async with rpc.channel(app.grpc_address, auth=infra.tokens.auth("predict")) as channel:
+        stub = gpb_grpc.GenerationServiceStub(channel)
+
+        async def text(**params: Any) -> tuple[str, str]:
+            responses = [r async for r in stub.Generate(generate_request(prompt="The bank", **params))]
+            return "".join(r.text for r in responses), responses[-1].finish_reason
+        first = await text(temperature=1.0, seed=5, max_tokens=3)
+        assert first == await text(temperature=1.0, seed=5, max_tokens=3)
+        assert first[1] == "length"
+
+
+async def test_health_and_reflection_list_the_generation_service(app) -> None:  # type: ignore[no-untyped-def]
+    async with rpc.channel(app.grpc_address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=GENERATION))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = [r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            list_services="")]))]
+    assert GENERATION in {s.name for s in answers[0].list_services_response.service}

@@ -1,5 +1,6 @@
 """Composition root of the inference service: the OIP v2 gRPC and REST front doors (one event
-loop), model loading + hot swap from the registry, the models.promoted consumer, the prediction
+loop), the generation doors (OpenAI-compatible REST on the HTTP port, gRPC GenerationService),
+model loading + hot swap from the registry, the models.promoted consumer, the prediction
 log publisher and the metrics endpoint.
 """
 
@@ -20,6 +21,9 @@ from flywheel.inference.api import ROLES, InferenceServicer
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
+from flywheel.inference.generation import ROLES as GENERATION_ROLES
+from flywheel.inference.generation import SERVICE_NAME as GENERATION_SERVICE
+from flywheel.inference.generation import GenerationServicer
 from flywheel.inference.handlers import handlers
 from flywheel.inference.llm.service import LLMService, LLMSettings
 from flywheel.inference.openai_api import OpenAIDoor
@@ -28,6 +32,7 @@ from flywheel.inference.repository import Repository
 from flywheel.inference.rest import RestServer
 from flywheel.proto.inference import grpc_service_pb2 as pb
 from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from flywheel.proto.inference.v1 import generation_service_pb2_grpc as generation_pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -71,6 +76,8 @@ class InferenceApp:
                                        health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
+        self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server, GenerationServicer(self.llm),
+                     GENERATION_SERVICE, GENERATION_ROLES)
         self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
                                        timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
         self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,

@@ -35,6 +35,7 @@ from starlette.routing import Route
 from flywheel.common import auth, errors
 from flywheel.common.auth import Authenticator, AuthError, bind_principal, unbind_principal
 from flywheel.common.clients.ports import TextEmbedder
+from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ def bad(message: str, param: str | None = None) -> OpenAIError:
 
 def to_openai_error(exc: BaseException, *, param_of_model: str = "model") -> OpenAIError:
     """A domain or auth error as the OpenAI error it stands for."""
-    from flywheel.inference.llm.engine import Overloaded
-
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, AuthError):
@@ -77,7 +76,7 @@ def to_openai_error(exc: BaseException, *, param_of_model: str = "model") -> Ope
         return OpenAIError(404, str(exc), param=param_of_model, code="model_not_found")
     if isinstance(exc, errors.InvalidArgument):
         return OpenAIError(400, str(exc))
-    if isinstance(exc, Overloaded):
+    if is_overloaded(exc):
         return OpenAIError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded")
     if isinstance(exc, errors.Unavailable):
         return OpenAIError(503, str(exc), type="server_error", code="model_not_ready")

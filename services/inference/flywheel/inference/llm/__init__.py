@@ -5,3 +5,12 @@ Importing this package is cheap: torch/transformers/peft are imported by the mod
 (`engine`, `loading`, ...), which the repository only imports once a model of kind LLM is promoted.
 The doors build on `flywheel.inference.llm.service.LLMService` (see its docstring).
 """
+
+import sys
+
+
+def is_overloaded(exc: BaseException) -> bool:
+    """Whether `exc` is the engine's Overloaded (queue full), without importing the engine (and transformers)
+    when no engine ever ran: then it cannot be."""
+    engine = sys.modules.get("flywheel.inference.llm.engine")
+    return engine is not None and isinstance(exc, engine.Overloaded)
