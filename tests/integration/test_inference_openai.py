@@ -321,3 +321,21 @@ async def test_health_and_reflection_list_the_generation_service(app) -> None:  
         answers = [r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
             list_services="")]))]
     assert GENERATION in {s.name for s in answers[0].list_services_response.service}
+
+
+async def test_a_full_queue_is_429_and_resource_exhausted(app, infra, oai) -> None:  # type: ignore[no-untyped-def]
+    assert app.llm is not None
+    engine = app.llm.engine(LLM)
+    saved, engine.max_queue = engine.max_queue, 0  # the real engine, told no request may wait
+    try:
+        for stream in (False, True):
+            with pytest.raises(openai.RateLimitError) as caught:
+                await oai.chat.completions.create(model=LLM, messages=CHAT, max_tokens=2, stream=stream)
+            assert caught.value.code == "rate_limit_exceeded" and "overloaded" in caught.value.message
+        async with rpc.channel(app.grpc_address, auth=infra.tokens.auth("predict")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                async for _ in gpb_grpc.GenerationServiceStub(channel).Generate(generate_request(max_tokens=2)):
+                    pass
+        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        engine.max_queue = saved
