@@ -105,10 +105,12 @@ class Accounts:
         scope = frozenset(q.strip() for q in queues if q.strip())
         check_password(password)
         if not actor.may_create(role, scope):
+            if actor.role == LEAD and role != REVIEWER:
+                raise Forbidden(f"{actor.name} (lead) may create reviewers only, not a user with role {role}")
             if actor.role == LEAD:
+                asked = ", ".join(sorted(scope)) or "all queues"
                 raise Forbidden(f"{actor.name} (lead) may create reviewers of the queues it leads "
-                                f"({', '.join(sorted(actor.queues)) or 'all'}), not a {role}"
-                                + (f" of {', '.join(sorted(scope)) or 'all queues'}" if role == REVIEWER else ""))
+                                f"({', '.join(sorted(actor.queues))}), not of {asked}")
             raise Forbidden(f"{actor.name} ({actor.role}) may not create users")
         user = User(id=str(uuid.uuid4()), username=name, role=role, queues=sorted(scope), created_at=None,
                     created_by=actor.name, disabled_at=None, password_hash=await self._hash(password))

@@ -216,6 +216,7 @@ class ReviewQueues:
                 else:
                     item.status = CONFLICT
                     OUTCOMES.labels(item.queue, "conflict").inc()
+                await store.drop_item_leases(conn, item_id)
             await store.set_item_state(conn, item)
         DECISIONS.labels(item.queue, decision.action).inc()
         return Decided(decision, item.status)

@@ -181,8 +181,8 @@ async def decided_by(conn: AsyncConnection, item_id: str, reviewer: str) -> bool
 
 
 async def lease(conn: AsyncConnection, item_id: str, reviewer: str, queue: str, seconds: float) -> datetime:
-    """Give the item to `reviewer` for `seconds` (expired leases of the item are dropped on the way)."""
-    await conn.execute("DELETE FROM leases WHERE item_id = %s AND expires_at <= now()", (item_id,))
+    """Give the item to `reviewer` for `seconds`. Expired leases of others stay (they no longer count) until
+    the item leaves the queue, so a reviewer who comes back late learns that the lease expired."""
     row = await (await conn.execute(
         "INSERT INTO leases (item_id, reviewer, queue, expires_at)"
         " VALUES (%s, %s, %s, now() + make_interval(secs => %s))"
@@ -210,6 +210,11 @@ async def renew(conn: AsyncConnection, item_id: str, reviewer: str, seconds: flo
 
 async def drop_lease(conn: AsyncConnection, item_id: str, reviewer: str) -> None:
     await conn.execute("DELETE FROM leases WHERE item_id = %s AND reviewer = %s", (item_id, reviewer))
+
+
+async def drop_item_leases(conn: AsyncConnection, item_id: str) -> None:
+    """The item left the queue (done, in conflict): nobody holds it any more."""
+    await conn.execute("DELETE FROM leases WHERE item_id = %s", (item_id,))
 
 
 async def drop_other_leases(conn: AsyncConnection, reviewer: str, queue: str, keep: str) -> None:
