@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from flywheel.common.errors import InvalidArgument
 from flywheel.review.access import Unauthenticated
 from flywheel.review.export import jsonl, parquet
 from flywheel.review.intake import REASONS
@@ -248,10 +249,12 @@ def router(ctx: WebContext) -> APIRouter:
 
     @r.get("/export", summary="Decisions as JSON Lines or Parquet, filtered by queue, reviewer and time (lead)",
            responses={200: {"content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}})
-    async def export(format: Literal["jsonl", "parquet"] = "jsonl", queue: str | None = None,
-                     reviewer: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    async def export(format: Literal["jsonl", "parquet"] = "jsonl", queue: str = "", reviewer: str = "",
+                     since: str = Query("", description="ISO time (UTC unless it names a zone): decided at or after"),
+                     until: str = Query("", description="ISO time: decided before"),
                      who: Caller = Depends(caller)) -> Response:
-        flt = ExportFilter(queue or None, reviewer or None, _utc(since), _utc(until))
+        flt = ExportFilter(queue.strip() or None, reviewer.strip() or None, _time("since", since),
+                           _time("until", until))
         records = ctx.reports.export(who.actor, flt)
         first = await _peek(records)  # permission and filter errors surface before the response starts
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -284,10 +287,15 @@ def router(ctx: WebContext) -> APIRouter:
     return r
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+def _time(name: str, value: str) -> datetime | None:
+    """An optional ISO time from a query (a form's empty field = none); UTC when it names no zone."""
+    if not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an ISO time like 2026-03-01T12:00:00Z, got {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 async def _peek(records: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -170,10 +170,17 @@ def build_app(ctx: WebContext) -> FastAPI:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    def error_page(request: Request, status: int, message: str) -> Response:
+    async def error_page(request: Request, status: int, message: str) -> Response:
+        """The error as a page, with the navigation when someone is logged in."""
         assert ctx.templates is not None
-        return ctx.templates.TemplateResponse(request, "error.html", {"status": status, "message": message,
-                                                                      "caller": None}, status_code=status)
+        try:
+            caller = await ctx.caller(request)
+        except Exception:  # the error may be about the caller itself
+            caller = None
+        values = {"status": status, "message": message, "caller": caller}
+        if caller is not None:
+            values.update(actor=caller.actor, csrf=caller.csrf_token)
+        return ctx.templates.TemplateResponse(request, "error.html", values, status_code=status)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
@@ -187,7 +194,7 @@ def build_app(ctx: WebContext) -> FastAPI:
             return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
         if status == 401:
             return RedirectResponse(f"/login?next={quote(request.url.path, safe='/')}", status_code=303)
-        return error_page(request, status, str(exc))
+        return await error_page(request, status, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -198,7 +205,7 @@ def build_app(ctx: WebContext) -> FastAPI:
         message = "; ".join(problems) or "invalid request"
         if is_api(request):
             return JSONResponse({"error": message}, status_code=400)
-        return error_page(request, 400, message)
+        return await error_page(request, 400, message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -206,14 +213,14 @@ def build_app(ctx: WebContext) -> FastAPI:
         if is_api(request):
             return JSONResponse({"error": f"{message}: {request.method} {request.url.path}"},
                                 status_code=exc.status_code)
-        return error_page(request, exc.status_code, message)
+        return await error_page(request, exc.status_code, message)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.url.path})
         if is_api(request):
             return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
-        return error_page(request, 500, "internal error; see the server log")
+        return await error_page(request, 500, "internal error; see the server log")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

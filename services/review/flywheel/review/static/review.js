@@ -21,11 +21,13 @@
   }
 
   document.addEventListener("submit", function (event) {
-    // One submission per form: a key held down (or a double click) must not decide twice.
+    // One submission per action form: a key held down (or a double click) must not decide twice. (Not for
+    // GET forms such as the export, which stay on the page; and no disabling of the buttons here, which
+    // would drop the clicked button's name and value from what the form sends.)
     const form = event.target;
+    if (form.method.toLowerCase() !== "post") return;
     if (form.dataset.sent) { event.preventDefault(); return; }
     form.dataset.sent = "1";
-    for (const b of form.querySelectorAll("button")) b.disabled = true;
   });
 
   document.addEventListener("keydown", function (event) {
