@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import events, features, inference, loop, monitor, registry
+from bench import events, features, inference, loop, monitor, registry, review
 from bench.common import (
     BenchResult,
     Context,
@@ -34,7 +34,7 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 # the events benchmark holds tens of thousands of events in memory.
 BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: events.run,
                                     features.NAME: features.run, inference.NAME: inference.run,
-                                    monitor.NAME: monitor.run, loop.NAME: loop.run}
+                                    monitor.NAME: monitor.run, review.NAME: review.run, loop.NAME: loop.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
