@@ -46,6 +46,12 @@ def decision_kind(item: Item, decision: Decision) -> int:
     return reviews_pb2.REVIEW_DECISION_APPROVED if same else reviews_pb2.REVIEW_DECISION_CORRECTED
 
 
+def event_ids(decision_id: str) -> list[str]:
+    """The ids of a decision's events (feedback.received, reviews.completed), known before they are built."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel-review/{topic}/{decision_id}"))
+            for topic in (FEEDBACK_RECEIVED.name, REVIEWS_COMPLETED.name)]
+
+
 def decision_events(item: Item, decision: Decision, reviewers: Sequence[str], decided_at: datetime) -> list[Event]:
     """feedback.received and reviews.completed for the final decision of an item. `reviewers`: who made it
     (one reviewer; both, when two agreed; the lead who resolved a conflict)."""
@@ -65,9 +71,6 @@ def decision_events(item: Item, decision: Decision, reviewers: Sequence[str], de
         decision=decision_kind(item, decision), label=label, corrected_completion=decision.corrected_completion,
         comment=decision.comment)  # type: ignore[arg-type]
     completed.completed_at.FromDatetime(decided_at)
-    return [
-        Event(FEEDBACK_RECEIVED, item.request_id, feedback, SOURCE,
-              id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel-review/feedback.received/{decision.id}"))),
-        Event(REVIEWS_COMPLETED, item.request_id, completed, SOURCE,
-              id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel-review/reviews.completed/{decision.id}"))),
-    ]
+    feedback_id, completed_id = event_ids(decision.id)
+    return [Event(FEEDBACK_RECEIVED, item.request_id, feedback, SOURCE, id=feedback_id),
+            Event(REVIEWS_COMPLETED, item.request_id, completed, SOURCE, id=completed_id)]

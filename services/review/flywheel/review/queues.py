@@ -30,7 +30,7 @@ from flywheel.common.events import Event
 from flywheel.common.outbox import enqueue, withdraw
 from flywheel.review import store
 from flywheel.review.access import Actor, Forbidden
-from flywheel.review.feedback import decision_events
+from flywheel.review.feedback import decision_events, event_ids
 from flywheel.review.intake import ANSWER, item_from_event
 from flywheel.review.store import CONFLICT, DONE, OPEN, Decision, Item
 
@@ -115,10 +115,6 @@ class ReviewQueues:
 
     # -- work ---------------------------------------------------------------------------------------
 
-    async def _queue_exists(self, conn: AsyncConnection, queue: str) -> None:
-        if queue not in await store.queue_names(conn):
-            raise NotFound(f"no queue {queue!r} (queues are made by the first review request for a model)")
-
     async def current(self, actor: Actor, queue: str) -> Claim | None:
         """The item the actor holds in `queue` now, if any (nothing changes)."""
         actor.require_work(queue)
@@ -132,27 +128,24 @@ class ReviewQueues:
         actor.require_work(queue)
         seconds = self.settings.lease_seconds
         async with self.db.connection() as conn, conn.transaction():
-            await self._queue_exists(conn, queue)
-            held = await store.current_lease(conn, actor.name, queue)
-            if held is not None:
-                expires = await store.renew(conn, held.id, actor.name, seconds)
-                if expires is not None:
-                    CLAIMS.labels(queue, "held").inc()
-                    return Claim(held, expires)
+            held = await store.renew_held(conn, actor.name, queue, seconds)
+            if held is not None and held.lease_expires_at is not None:
+                CLAIMS.labels(queue, "held").inc()
+                return Claim(held, held.lease_expires_at)
             passed: list[str] = []
             for _ in range(CLAIM_ATTEMPTS):
-                item_id = await store.lock_next_candidate(conn, queue, actor.name, passed)
-                if item_id is None:
+                item = await store.lock_next_candidate(conn, queue, actor.name, passed)
+                if item is None:
                     break
-                item = await store.get_item(conn, item_id)
                 # The scan's snapshot may predate a claim that committed before we took the lock: look again.
-                if item is None or item.status != OPEN or await store.decided_by(conn, item_id, actor.name) or \
-                        item.labels_done + await store.others_holding(conn, item_id, actor.name) >= item.labels_needed:
-                    passed.append(item_id)
+                if not await store.still_free(conn, item.id, actor.name):
+                    passed.append(item.id)
                     continue
-                expires = await store.lease(conn, item_id, actor.name, queue, seconds)
+                expires = await store.lease(conn, item.id, actor.name, queue, seconds)
                 CLAIMS.labels(queue, "claimed").inc()
                 return Claim(item, expires)
+            if not await store.queue_exists(conn, queue):
+                raise NotFound(f"no queue {queue!r} (queues are made by the first review request for a model)")
         CLAIMS.labels(queue, "empty").inc()
         return None
 
@@ -204,20 +197,23 @@ class ReviewQueues:
                     item.labels_done + await store.others_holding(conn, item_id, actor.name) >= item.labels_needed:
                 await store.drop_lease(conn, item_id, actor.name)
                 raise FailedPrecondition("your lease on this item expired and another reviewer has it now")
-            decision = await store.add_decision(
-                conn, self._decision(item, actor, verdict, resolution=False, claimed_at=held["claimed_at"]),
-                self.settings.undo_seconds)
-            await store.drop_lease(conn, item_id, actor.name)
+            decision = self._decision(item, actor, verdict, resolution=False, claimed_at=held["claimed_at"])
             item.labels_done += 1
+            reviewers: list[str] = []
             if item.labels_done >= item.labels_needed:
-                standing = [d for d in await store.active_decisions(conn, item_id) if not d.resolution]
-                if len({d.category for d in standing}) == 1:
-                    await self._complete(conn, item, decision, sorted({d.reviewer for d in standing}))
+                standing = [d for d in await store.active_decisions(conn, item_id) if not d.resolution] \
+                    if item.labels_needed > 1 else []
+                if all(d.category == decision.category for d in standing):
+                    reviewers = sorted({actor.name, *(d.reviewer for d in standing)})
+                    decision.event_ids = event_ids(decision.id)
                 else:
                     item.status = CONFLICT
                     OUTCOMES.labels(item.queue, "conflict").inc()
-                await store.drop_item_leases(conn, item_id)
-            await store.set_item_state(conn, item)
+            decision = await store.add_decision(conn, decision, self.settings.undo_seconds)
+            if reviewers:
+                await self._complete(conn, item, decision, reviewers)
+            # Drops the reviewer's lease, and every lease of an item that left the queue.
+            await store.settle(conn, item, actor.name)
         DECISIONS.labels(item.queue, decision.action).inc()
         return Decided(decision, item.status)
 
@@ -228,8 +224,9 @@ class ReviewQueues:
             actor.require_lead(item.queue)
             if item.status != CONFLICT:
                 raise FailedPrecondition(f"the item is {item.status}, not in conflict: nothing to resolve")
-            decision = await store.add_decision(conn, self._decision(item, actor, verdict, resolution=True),
-                                                self.settings.undo_seconds)
+            decision = self._decision(item, actor, verdict, resolution=True)
+            decision.event_ids = event_ids(decision.id)
+            decision = await store.add_decision(conn, decision, self.settings.undo_seconds)
             await self._complete(conn, item, decision, [actor.name])
             await store.set_item_state(conn, item)
         OUTCOMES.labels(item.queue, "resolved").inc()
@@ -289,13 +286,13 @@ class ReviewQueues:
         return item
 
     async def _complete(self, conn: AsyncConnection, item: Item, decision: Decision, reviewers: list[str]) -> None:
-        """Make `decision` the item's final one: its events into the outbox, held until its undo window ends."""
+        """Make `decision` (stored with its event ids) the item's final one: its events into the outbox, held
+        until its undo window ends."""
         assert decision.decided_at is not None and decision.undo_until is not None
         events = decision_events(item, decision, reviewers, decision.decided_at)
+        assert [e.id for e in events] == decision.event_ids
         for event in events:
             await enqueue(conn, event, not_before=decision.undo_until)
-        decision.event_ids = [e.id for e in events]
-        await store.set_decision_events(conn, decision.id, decision.event_ids)
         item.status, item.final_decision_id, item.completed_at = DONE, decision.id, decision.decided_at
         OUTCOMES.labels(item.queue, "done").inc()
 

@@ -149,11 +149,24 @@ async def current_lease(conn: AsyncConnection, reviewer: str, queue: str) -> Ite
     return Item.from_row(row) if row else None
 
 
-async def lock_next_candidate(conn: AsyncConnection, queue: str, reviewer: str, exclude: Sequence[str]) -> str | None:
-    """Lock the most urgent open item of `queue` that `reviewer` may take (not decided or skipped by them, a
-    label still free: labels done plus unexpired leases below the labels needed); its id, or None."""
+async def renew_held(conn: AsyncConnection, reviewer: str, queue: str, seconds: float) -> Item | None:
+    """The open item `reviewer` holds in `queue` now (its lease unexpired), its lease renewed; None if none."""
     row = await (await conn.execute(
-        "SELECT i.id FROM items i WHERE i.queue = %s AND i.status = 'open' AND i.labels_done < i.labels_needed"
+        f"WITH held AS (SELECT l.item_id FROM leases l JOIN items i ON i.id = l.item_id"
+        f"  WHERE l.reviewer = %s AND l.queue = %s AND l.expires_at > now() AND i.status = 'open'"
+        f"  ORDER BY l.claimed_at LIMIT 1),"
+        f" renewed AS (UPDATE leases l SET expires_at = now() + make_interval(secs => %s) FROM held"
+        f"  WHERE l.item_id = held.item_id AND l.reviewer = %s RETURNING l.item_id, l.expires_at)"
+        f" SELECT {_items()}, r.expires_at AS lease_expires_at FROM renewed r JOIN items i ON i.id = r.item_id",
+        (reviewer, queue, seconds, reviewer))).fetchone()
+    return Item.from_row(row) if row else None
+
+
+async def lock_next_candidate(conn: AsyncConnection, queue: str, reviewer: str, exclude: Sequence[str]) -> Item | None:
+    """Lock the most urgent open item of `queue` that `reviewer` may take (not decided or skipped by them, a
+    label still free: labels done plus unexpired leases below the labels needed); None when there is none."""
+    row = await (await conn.execute(
+        f"SELECT {_items()} FROM items i WHERE i.queue = %s AND i.status = 'open' AND i.labels_done < i.labels_needed"
         " AND i.id <> ALL(%s)"
         " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.item_id = i.id AND d.reviewer = %s"
         "                 AND d.undone_at IS NULL AND NOT d.resolution)"
@@ -162,7 +175,23 @@ async def lock_next_candidate(conn: AsyncConnection, queue: str, reviewer: str, 
         "     < i.labels_needed"
         " ORDER BY i.priority DESC, i.requested_at, i.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED",
         (queue, list(exclude), reviewer, reviewer))).fetchone()
-    return row["id"] if row else None
+    return Item.from_row(row) if row else None
+
+
+async def still_free(conn: AsyncConnection, item_id: str, reviewer: str) -> bool:
+    """Whether `reviewer` may take the item, looked at again with a fresh snapshot (run it after locking the
+    item: a claim that committed after the scan's snapshot is seen now)."""
+    row = await (await conn.execute(
+        "SELECT i.status = 'open' AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.item_id = i.id"
+        "   AND d.reviewer = %s AND d.undone_at IS NULL AND NOT d.resolution)"
+        " AND i.labels_done + (SELECT count(*) FROM leases l WHERE l.item_id = i.id AND l.reviewer <> %s"
+        "   AND l.expires_at > now()) < i.labels_needed AS free FROM items i WHERE i.id = %s",
+        (reviewer, reviewer, item_id))).fetchone()
+    return bool(row and row["free"])
+
+
+async def queue_exists(conn: AsyncConnection, queue: str) -> bool:
+    return await (await conn.execute("SELECT 1 FROM queues WHERE name = %s", (queue,))).fetchone() is not None
 
 
 async def others_holding(conn: AsyncConnection, item_id: str, reviewer: str) -> int:
@@ -212,11 +241,6 @@ async def drop_lease(conn: AsyncConnection, item_id: str, reviewer: str) -> None
     await conn.execute("DELETE FROM leases WHERE item_id = %s AND reviewer = %s", (item_id, reviewer))
 
 
-async def drop_item_leases(conn: AsyncConnection, item_id: str) -> None:
-    """The item left the queue (done, in conflict): nobody holds it any more."""
-    await conn.execute("DELETE FROM leases WHERE item_id = %s", (item_id,))
-
-
 async def drop_other_leases(conn: AsyncConnection, reviewer: str, queue: str, keep: str) -> None:
     """Release what `reviewer` holds in `queue` besides `keep` (undo gives back the undone item instead)."""
     await conn.execute("DELETE FROM leases WHERE reviewer = %s AND queue = %s AND item_id <> %s",
@@ -226,6 +250,16 @@ async def drop_other_leases(conn: AsyncConnection, reviewer: str, queue: str, ke
 async def add_skip(conn: AsyncConnection, item_id: str, reviewer: str, queue: str) -> None:
     await conn.execute("INSERT INTO skips (item_id, reviewer, queue) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                        (item_id, reviewer, queue))
+
+
+async def settle(conn: AsyncConnection, item: Item, reviewer: str) -> None:
+    """After `reviewer` decided: its lease goes (every lease, when the item left the queue), the item's state
+    is stored."""
+    await conn.execute(
+        "WITH gone AS (DELETE FROM leases WHERE item_id = %s AND (reviewer = %s OR %s))"
+        " UPDATE items SET labels_done = %s, status = %s, final_decision_id = %s, completed_at = %s WHERE id = %s",
+        (item.id, reviewer, item.status != OPEN, item.labels_done, item.status, item.final_decision_id,
+         item.completed_at, item.id))
 
 
 async def set_item_state(conn: AsyncConnection, item: Item) -> None:
@@ -238,18 +272,15 @@ async def set_item_state(conn: AsyncConnection, item: Item) -> None:
 
 
 async def add_decision(conn: AsyncConnection, d: Decision, undo_seconds: float) -> Decision:
+    """Store a decision (with the ids of its events when it is final); decided now, undoable for `undo_seconds`."""
     row = await (await conn.execute(
         "INSERT INTO decisions (id, item_id, queue, reviewer, action, category, label, corrected_completion, comment,"
-        " resolution, claimed_at, undo_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " resolution, claimed_at, event_ids, undo_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
         " now() + make_interval(secs => %s)) RETURNING *",
         (d.id, d.item_id, d.queue, d.reviewer, d.action, d.category, Jsonb(d.label), d.corrected_completion,
-         d.comment, d.resolution, d.claimed_at, undo_seconds))).fetchone()
+         d.comment, d.resolution, d.claimed_at, d.event_ids, undo_seconds))).fetchone()
     assert row is not None
     return Decision.from_row(row)
-
-
-async def set_decision_events(conn: AsyncConnection, decision_id: str, event_ids: Sequence[str]) -> None:
-    await conn.execute("UPDATE decisions SET event_ids = %s WHERE id = %s", (list(event_ids), decision_id))
 
 
 async def active_decisions(conn: AsyncConnection, item_id: str) -> list[Decision]:
