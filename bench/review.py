@@ -112,9 +112,11 @@ async def ingest(app: ReviewApp, schema: str, queues: list[str], expected: int, 
             await asyncio.sleep(0.02)
 
 
-async def work(url: str, queue: str, tokens: list[str]) -> tuple[dict[str, list[float]], list[tuple[Any, ...]], float]:
+async def work(url: str, queue: str, tokens: list[str],
+               ) -> tuple[dict[str, list[float]], list[tuple[Any, ...]], float, float]:
     """Every reviewer claims and labels until the queue has nothing for it. Returns the latencies per call,
-    what each reviewer held when ((item, reviewer, claimed, decided)), and the wall seconds."""
+    what each reviewer held when ((item, reviewer, claimed, decided)), the wall seconds and the CPU seconds of
+    this process (server and clients)."""
     latencies: dict[str, list[float]] = defaultdict(list)
     held: list[tuple[Any, ...]] = []
 
@@ -138,9 +140,9 @@ async def work(url: str, queue: str, tokens: list[str]) -> tuple[dict[str, list[
                     raise RuntimeError(f"submit refused: {decided.status_code} {decided.text}")
                 held.append((item["id"], i, start, done))
 
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(reviewer(i, t) for i, t in enumerate(tokens)))
-    return latencies, held, time.perf_counter() - wall
+    return latencies, held, time.perf_counter() - wall, time.process_time() - cpu
 
 
 async def floor(url: str, calls: int, callers: int) -> list[float]:
@@ -246,7 +248,7 @@ async def run(ctx: Context) -> BenchResult:
                 f"SELECT id, labels_needed FROM {schema}.items WHERE queue = %s", (work_queue,))).fetchall()}
         tokens = await reviewer_tokens(infra.database_url, ctx.run_id, REVIEWERS)
         with ctx.steps.step(f"{REVIEWERS} reviewers claim and label {n_work:,} items over HTTP"):
-            latencies, held, work_seconds = await work(app.url, work_queue, tokens)
+            latencies, held, work_seconds, work_cpu = await work(app.url, work_queue, tokens)
         with ctx.steps.step(f"GET /healthz floor, {REVIEWERS} callers"):
             health = await floor(app.url, len(latencies["claim-next"]), REVIEWERS)
         with ctx.steps.step("check: every item labelled as needed, every final decision published once"):
@@ -306,7 +308,8 @@ async def run(ctx: Context) -> BenchResult:
         {"case": "submit (POST /api/v1/items/{id}/decision)", "callers": REVIEWERS, **submit},
         {"case": "GET /healthz (HTTP floor)", "callers": REVIEWERS, **healthz},
         {"case": "labels per second, 20 reviewers", "labels": len(held), "seconds": rounded(work_seconds),
-         "per_s": rounded(len(held) / work_seconds)},
+         "per_s": rounded(len(held) / work_seconds), "process_cpu_seconds": rounded(work_cpu),
+         "process_cpu_ms_per_request": rounded(work_cpu * 1000 / (len(latencies["claim-next"]) + len(held)))},
     ]
     ratios = {"intake_vs_raw_per_s": ratio(ingest_rate, raw_rate),
               "claim_p50/healthz_p50": ratio(claim["p50_ms"], healthz["p50_ms"]),
@@ -330,7 +333,9 @@ async def run(ctx: Context) -> BenchResult:
              "with no database. Work: 20 simulated reviewers (httpx, one connection each, bearer tokens) claim and "
              f"label until the queue is empty ({n_work:,} items, 10% double labelled, so two reviewers hold those); "
              "undo window 0 so events go out at once. App, reviewers and PostgreSQL share the machine's cores; "
-             f"{len(held) / work_seconds:,.0f} labels/s overall. One run, no repeats. Checks (all must hold or the "
+             f"{len(held) / work_seconds:,.0f} labels/s overall, {results[5]['process_cpu_ms_per_request']} ms of this "
+             "process's CPU per claim or submit (server and client together; PostgreSQL not included). Latencies "
+             "grow with the machine's load (recorded above). One run, no repeats. Checks (all must hold or the "
              "benchmark fails): nothing lost or duplicated from event to item to label to published event.")
     return BenchResult(name=NAME, title="review: intake of reviews.requested and the work API under 20 reviewers",
                        results=results, ratios=ratios, notes=notes,
