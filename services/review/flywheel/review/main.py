@@ -38,8 +38,10 @@ class HttpServer:
     """uvicorn serving the app as a task of the current event loop (the process's signals stay the app's)."""
 
     def __init__(self, app: Any, host: str, port: int, *, ssl: dict[str, Any] | None = None) -> None:
+        # Keep-alive longer than uvicorn's 5 s: a reviewer's page and a proxy in front reuse connections, and a
+        # client that sends its next request just as the server closes an idle connection gets a reset.
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning", access_log=False,
-                                loop="none", proxy_headers=True, **(ssl or {}))
+                                loop="none", proxy_headers=True, timeout_keep_alive=65, **(ssl or {}))
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task | None = None
         self.port = 0
