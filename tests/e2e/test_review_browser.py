@@ -327,3 +327,16 @@ async def test_reviewers_and_leads_stay_in_their_lane(page, browser, site: Site)
     await page.wait_for_selector("#flash:has-text('Resolved: fraud.')")
     [item] = await rows(site.app, "SELECT status FROM items WHERE id = %s", item_id)
     assert item["status"] == "done"
+
+    # A lead creates reviewers (only reviewers), who can log in at once.
+    await page.goto("/users")
+    assert await page.locator("#new-user select[name=role] option").all_inner_texts() == ["reviewer"]
+    await page.fill("#new-user input[name=username]", f"newbie-{site.unique}")
+    await page.fill("#new-user input[name=password]", PASSWORD)
+    await page.click("#new-user button[type=submit]")
+    await page.wait_for_selector(f"#flash:has-text('Created reviewer newbie-{site.unique}.')")
+    newbie = await browser.new_context(base_url=site.url)
+    try:
+        await log_in(await newbie.new_page(), f"newbie-{site.unique}")
+    finally:
+        await newbie.close()

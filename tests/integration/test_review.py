@@ -485,3 +485,75 @@ async def test_bad_input_is_a_4xx_with_a_json_error(review: Running, infra, prod
                 "user name")
     schema = (await http.get("/api/v1/openapi.json")).json()
     assert "/api/v1/items/{item_id}/decision" in schema["paths"]
+
+
+# -- export and the command line ---------------------------------------------------------------------------------
+
+
+async def test_export_filters_by_queue_reviewer_and_time(review: Running, infra, producer, unique: str) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    queue = f"export-{unique}"
+    await send_events(producer, [predictive_request(queue, f"e{i}-{unique}", row=0) for i in range(4)])
+    await wait_open(review.reviewer, queue, 4)
+    other_token = await create_token(infra, f"olga-{unique}", "reviewer")
+    decided: list[dict[str, Any]] = []
+    async with client(review.url, other_token) as olga:
+        for http, label in ((review.reviewer, "fraud"), (olga, "legit"), (review.reviewer, "legit"), (olga, "fraud")):
+            item = (await http.post(f"/api/v1/queues/{queue}/claim")).json()["item"]
+            decided.append((await http.post(f"/api/v1/items/{item['id']}/decision", json={"label": label})).json())
+    times = [d["decision"]["decided_at"] for d in decided]
+
+    async def export(**params: str) -> list[dict[str, Any]]:
+        response = await review.lead.get("/api/v1/export", params={"queue": queue, **params})
+        assert response.status_code == 200, response.text
+        return [json.loads(line) for line in response.text.splitlines()]
+
+    everything = await export()
+    assert [r["decision_id"] for r in everything] == [d["decision"]["id"] for d in decided]
+    assert {r["reviewer"] for r in await export(reviewer=f"olga-{unique}")} == {f"olga-{unique}"}
+    window = await export(since=times[1], until=times[3])  # [since, until)
+    assert [r["decision_id"] for r in window] == [d["decision"]["id"] for d in decided[1:3]]
+    assert all(r["final"] and r["queue"] == queue and r["kind"] == "predictive" for r in everything)
+    assert everything[0]["content"]["prediction"]["label"] is True
+
+    response = await review.lead.get("/api/v1/export", params={"queue": queue, "format": "parquet",
+                                                               "reviewer": "reviewer"})
+    assert response.headers["content-type"] == "application/vnd.apache.parquet"
+    rows = pq.read_table(io.BytesIO(response.content)).to_pylist()
+    assert [(r["reviewer"], r["label_flag"]) for r in rows] == [("reviewer", True), ("reviewer", False)]
+    assert json.loads(rows[0]["entity_keys"])["transaction_id"] == f"{rows[0]['request_id']}-t0"
+
+
+async def test_the_command_line_manages_users_and_exports(review: Running, infra, producer, unique: str,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from flywheel.review.cli import review as cli
+
+    monkeypatch.setenv("FLYWHEEL_TOKEN", infra.tokens.admin)
+    monkeypatch.setenv("COLUMNS", "250")  # tables at full width
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(cli, ["--url", review.url, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    # The CLI blocks on HTTP: run it beside the event loop that serves the app.
+    created = await asyncio.to_thread(run, "user-create", f"cli-{unique}", "--role", "lead", "--queues", "fraud",
+                                      "--password", "long enough pass")
+    assert f"created lead cli-{unique}" in created
+    assert f"cli-{unique}" in await asyncio.to_thread(run, "users")
+    await send_events(producer, [predictive_request(f"cli-q-{unique}", f"cq-{unique}")])
+    await wait_open(review.reviewer, f"cli-q-{unique}", 1)
+    assert f"cli-q-{unique}" in await asyncio.to_thread(run, "queues")
+    out = tmp_path / "all.jsonl"
+    await asyncio.to_thread(run, "export", "--queue", f"cli-q-{unique}", "-o", str(out))
+    assert out.exists() and out.read_text() == ""  # nothing decided in that queue yet
+    result = await asyncio.to_thread(runner.invoke, cli, ["--url", review.url, "user-create", f"cli-{unique}",
+                                                          "--password", "long enough pass"])
+    assert result.exit_code != 0 and "409" in result.output and "exists already" in result.output

@@ -23,8 +23,6 @@ from rich.table import Table
 
 from flywheel.common.cli import client_auth
 
-console = Console()
-
 
 def default_url() -> str:
     from flywheel.review.config import ReviewSettings
@@ -87,7 +85,7 @@ def users(url: str) -> None:
     for u in json.loads(call(url, "GET", "/api/v1/users")):
         table.add_row(u["username"], u["role"], ", ".join(u["queues"]) or "all", u["created_by"],
                       "yes" if u["disabled"] else "")
-    console.print(table)
+    Console().print(table)
 
 
 @review.command("user-disable")
@@ -110,7 +108,7 @@ def queues(url: str) -> None:
         oldest = q["oldest_open_seconds"]
         table.add_row(q["queue"], q["kind"], str(q["open"]), str(q["in_progress"]), str(q["conflicts"]),
                       str(q["done"]), f"{oldest:.0f}" if oldest is not None else "-")
-    console.print(table)
+    Console().print(table)
 
 
 @review.command("quality")
@@ -124,7 +122,7 @@ def quality(url: str) -> None:
     for p in body["pairs"]:
         table.add_row(p["queue"], f"{p['reviewer']} · {p['other']}", str(p["items"]), str(p["agreed"]),
                       _kappa(p["kappa"]))
-    console.print(table)
+    Console().print(table)
 
 
 def _kappa(value: float | None) -> str:
