@@ -158,6 +158,7 @@ async def test_decisions_reach_both_topics_exactly_once(review: Running, infra, 
         ids = [dict(r.headers)["ce_id"].decode() for r in records]
         assert sorted(ids) == sorted(await outbox_ids(review.app, topic, requests))
         assert len(ids) == len(set(ids)) == 4
+        assert all(dict(r.headers).get("traceparent") for r in records)  # the decision's trace goes along
 
     [label] = [predictions_pb2.FeedbackReceived.FromString(r.value) for r in feedback
                if r.key.decode() == item["request_id"]]

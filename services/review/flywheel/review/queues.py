@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from opentelemetry import trace
 from prometheus_client import Counter
 from psycopg import AsyncConnection
 
@@ -34,6 +35,7 @@ from flywheel.review.feedback import decision_events, event_ids
 from flywheel.review.intake import ANSWER, item_from_event
 from flywheel.review.store import CONFLICT, DONE, OPEN, Decision, Item
 
+tracer = trace.get_tracer(__name__)
 ITEMS = Counter("flywheel_review_items_total", "reviews.requested events, by what became of them.",
                 ["queue", "outcome"])
 DECISIONS = Counter("flywheel_review_decisions_total", "Decisions taken, by queue and action.", ["queue", "action"])
@@ -179,7 +181,7 @@ class ReviewQueues:
         OUTCOMES.labels(item.queue, "skipped").inc()
         return item
 
-    async def decide(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
+    async def _decide(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
         """Record the actor's decision on an item it holds; completes the item (events held in the outbox
         for the undo window) or, for the second label of a double-labelled item that disagrees, makes a
         conflict."""
@@ -217,7 +219,7 @@ class ReviewQueues:
         DECISIONS.labels(item.queue, decision.action).inc()
         return Decided(decision, item.status)
 
-    async def resolve(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
+    async def _resolve(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
         """A lead's final decision on a conflict (its events are held for the undo window too)."""
         async with self.db.connection() as conn, conn.transaction():
             item = await self._locked(conn, item_id)
@@ -232,7 +234,7 @@ class ReviewQueues:
         OUTCOMES.labels(item.queue, "resolved").inc()
         return Decided(decision, item.status)
 
-    async def undo(self, actor: Actor, decision_id: str) -> Item:
+    async def _undo(self, actor: Actor, decision_id: str) -> Item:
         """Take back the actor's decision within its undo window. The events of the item's final decision
         are withdrawn from the outbox in the same transaction; when the relay sent them already the undo is
         refused and nothing changes. The item goes back to the actor (a resolution: back to conflict)."""
@@ -263,6 +265,25 @@ class ReviewQueues:
             await store.set_item_state(conn, item)
         OUTCOMES.labels(item.queue, "undone").inc()
         return item
+
+    async def decide(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
+        """Record the actor's decision on an item it holds (see `_decide`); a span, so the events the decision
+        writes carry its trace."""
+        with tracer.start_as_current_span("review.decide", attributes={"review.item_id": item_id,
+                                                                       "review.reviewer": actor.name}):
+            return await self._decide(actor, item_id, verdict)
+
+    async def resolve(self, actor: Actor, item_id: str, verdict: Verdict) -> Decided:
+        """A lead's final decision on a conflict (see `_resolve`), in a span."""
+        with tracer.start_as_current_span("review.resolve", attributes={"review.item_id": item_id,
+                                                                        "review.reviewer": actor.name}):
+            return await self._resolve(actor, item_id, verdict)
+
+    async def undo(self, actor: Actor, decision_id: str) -> Item:
+        """Take back the actor's decision (see `_undo`), in a span."""
+        with tracer.start_as_current_span("review.undo", attributes={"review.decision_id": decision_id,
+                                                                     "review.reviewer": actor.name}):
+            return await self._undo(actor, decision_id)
 
     async def last_undoable(self, actor: Actor, queue: str | None = None) -> Decision | None:
         async with self.db.connection() as conn:
