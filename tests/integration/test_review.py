@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
@@ -241,14 +242,15 @@ async def until_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 async def test_a_decision_survives_a_kill_before_its_events_are_published(infra, producer, unique: str,  # type: ignore[no-untyped-def]
                                                                           tmp_path: Path) -> None:
-    settings = review_settings(infra, undo_seconds=3.0)
+    settings = review_settings(infra)
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")},
            "FLYWHEEL_KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "FLYWHEEL_DATABASE_URL": infra.database_url,
            "FLYWHEEL_HOME": str(infra.home), "FLYWHEEL_REVIEW_DB_SCHEMA": settings.db_schema,
-           "FLYWHEEL_REVIEW_CONSUMER_GROUP": settings.consumer_group, "FLYWHEEL_REVIEW_UNDO_SECONDS": "3",
+           "FLYWHEEL_REVIEW_CONSUMER_GROUP": settings.consumer_group, "FLYWHEEL_REVIEW_UNDO_SECONDS": "8",
            "FLYWHEEL_REVIEW_METRICS_PORT": "0", "FLYWHEEL_REGISTRY_ADDR": "", "FLYWHEEL_LOG_JSON": "false",
-           "FLYWHEEL_REVIEW_LABEL_NAMES": '{"*": ["legit", "fraud"]}'}
+           "FLYWHEEL_REVIEW_LABEL_NAMES": '{"*": ["legit", "fraud"]}',
+           "FLYWHEEL_REVIEW_DOUBLE_LABEL_SHARE": "0"}  # one label completes an item
     url = f"http://127.0.0.1:{port}"
     queue = f"kill-{unique}"
     await send_events(producer, [predictive_request(queue, f"k{i}-{unique}", row=0) for i in range(3)])
@@ -264,8 +266,14 @@ async def test_a_decision_survives_a_kill_before_its_events_are_published(infra,
                 response = await http.post(f"/api/v1/items/{item['id']}/decision", json={"label": "fraud"})
                 assert response.status_code == 201, response.text
                 requests.add(item["request_id"])
-        proc.send_signal(signal.SIGKILL)  # within the undo window: the events are still held in the outbox
+        # Killed within the undo window: the decisions are stored, their events still held in the outbox.
+        async with await psycopg.AsyncConnection.connect(infra.database_url) as conn:
+            held = await (await conn.execute(f"SELECT count(*) FILTER (WHERE sent_at IS NULL), count(*)"
+                                             f" FROM {settings.db_schema}.outbox")).fetchone()
+        proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        assert held == (6, 6), "the kill came after the publish: the test proves nothing"
+
         proc = start_process(env, port, log)
         await until_ready(url, proc, log)
         feedback = await published(infra.kafka_bootstrap, FEEDBACK_RECEIVED.name, requests, 3)
