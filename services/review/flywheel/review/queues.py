@@ -253,6 +253,8 @@ class ReviewQueues:
                 assert final is not None
                 if await withdraw(conn, final.event_ids) < len(final.event_ids):
                     raise FailedPrecondition("too late to undo: the decision's events were published already")
+                if final.resolution and final.id != decision_id:
+                    await store.mark_undone(conn, final.id)  # it resolved a conflict that is gone with this label
                 item.final_decision_id, item.completed_at = None, None
             await store.mark_undone(conn, decision_id)
             if decision.resolution:
