@@ -336,7 +336,7 @@ async def test_concurrent_reviewers_never_hold_the_same_item(review: Running, in
 
 async def test_double_labelling_measures_agreement_and_a_lead_resolves_conflicts(infra, producer,  # type: ignore[no-untyped-def]
                                                                                  unique: str) -> None:
-    app = ReviewApp(review_settings(infra, double_label_share=1.0))
+    app = ReviewApp(review_settings(infra, double_label_share=1.0, undo_seconds=60.0))
     await app.start()
     queue = f"double-{unique}"
     tokens = {name: await create_token(infra, f"{name}-{unique}", "reviewer") for name in ("ann", "ben")}
@@ -369,14 +369,24 @@ async def test_double_labelling_measures_agreement_and_a_lead_resolves_conflicts
             conflicts = (await lead.get("/api/v1/conflicts", params={"queue": queue})).json()
             assert len(conflicts) == 3 and all(len(c["decisions"]) == 2 for c in conflicts)
             target = conflicts[0]["item"]
-            resolved = await lead.post(f"/api/v1/items/{target['id']}/resolve", json={"label": "fraud"})
+            resolved = await lead.post(f"/api/v1/items/{target['id']}/resolve", json={"label": "legit"})
             assert resolved.status_code == 201 and resolved.json()["item_status"] == "done"
             assert len((await lead.get("/api/v1/conflicts", params={"queue": queue})).json()) == 2
-        # The 7 agreed items and the resolved one were published (one label each), the 2 conflicts not yet.
+            # The lead changes their mind within the undo window: back to conflict, its events withdrawn.
+            undone = await lead.post(f"/api/v1/decisions/{resolved.json()['decision']['id']}/undo")
+            assert undone.status_code == 200 and undone.json()["status"] == "conflict"
+            assert len((await lead.get("/api/v1/conflicts", params={"queue": queue})).json()) == 3
+            resolved = await lead.post(f"/api/v1/items/{target['id']}/resolve", json={"label": "fraud"})
+            assert resolved.status_code == 201 and resolved.json()["item_status"] == "done"
+        # The 7 agreed items and the resolved one have their events (one label each), the 2 conflicts none yet.
         async with app.db.connection() as conn:
             rows = await (await conn.execute(
                 "SELECT count(*) AS n FROM outbox WHERE topic = %s", (FEEDBACK_RECEIVED.name,))).fetchone()
+            flags = await (await conn.execute(
+                "SELECT payload FROM outbox WHERE topic = %s AND key = %s", (FEEDBACK_RECEIVED.name,
+                                                                             target["request_id"]))).fetchall()
         assert rows["n"] == 8
+        assert [predictions_pb2.FeedbackReceived.FromString(r["payload"]).label.flag for r in flags] == [True]
     finally:
         await app.stop()
 
