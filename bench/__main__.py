@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import events, features, inference, loop, monitor, registry, review
+from bench import embedder, events, features, generation, inference, loop, monitor, registry, retrieval, review
 from bench.common import (
     BenchResult,
     Context,
@@ -34,7 +34,8 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 # the events benchmark holds tens of thousands of events in memory.
 BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: events.run,
                                     features.NAME: features.run, inference.NAME: inference.run,
-                                    monitor.NAME: monitor.run, review.NAME: review.run, loop.NAME: loop.run}
+                                    monitor.NAME: monitor.run, review.NAME: review.run, retrieval.NAME: retrieval.run,
+                                    embedder.NAME: embedder.run, loop.NAME: loop.run, generation.NAME: generation.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
@@ -43,8 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Side-by-side benchmarks of Flywheel's foundation against real peers measured in the same run: "
                     "events (BoundedPublisher, outbox, ConsumerRunner vs raw aiokafka), registry (artifact "
-                    "upload/download vs copy + sha256, GetModelVersion vs health Check) and inference (Flywheel vs "
-                    "MLServer serving the same TorchScript model under the same tritonclient load). Uses an "
+                    "upload/download vs copy + sha256, GetModelVersion vs health Check), inference (Flywheel vs "
+                    "MLServer serving the same TorchScript model under the same tritonclient load), embedder "
+                    "(batched gRPC Embed vs sentence-transformers encode in-process), generation "
+                    "(the LLM engine vs Hugging Face generate on SmolLM2-135M: 1 and 8 streams, int8). Uses an "
                     "embedded broker + database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL "
                     "when both are set.")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",

@@ -116,7 +116,7 @@ async def test_drift_retrains_evaluates_promotes_and_recovers(platform, registry
     config = DriverConfig(
         model=model, day_seconds=DAY_SECONDS, rate=PER_DAY / DAY_SECONDS, warmup_days=30, history_days=10,
         stable_days=7, drift_days=300, batch_size=10, window=WINDOW_ROWS, epochs=15, champion_wait=20.0,
-        status_every=0, tick_seconds=0.2)
+        status_every=0, tick_seconds=0.2, documents=False)
     driver = DemoDriver(config, platform["addresses"])
     await driver.start()
     traffic: asyncio.Task | None = None

@@ -123,7 +123,8 @@ def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
         admin_token = home / "admin.token"
         assert any(str(admin_token) in line for line in lines), lines  # the launcher says where it is
         assert stat.S_IMODE(admin_token.stat().st_mode) == 0o600
-        assert "no models registered yet" in cli(address, home, "list")
+        # The one model on a first start: the embedder registered the shipped all-MiniLM-L6-v2 (no champion).
+        assert "all-minilm-l6-v2" in cli(address, home, "list")
         # Without the token the registry refuses (another home has none).
         assert "UNAUTHENTICATED" in cli(address, tmp_path / "elsewhere", "list", check=False)
         check_review_login(env, lines, home)
@@ -137,5 +138,7 @@ def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
     proc, _ = start_launcher(home, env)  # same data directory: the model is still there
     try:
         assert "demo" in cli(address, home, "list")  # and the admin token still works
+        versions = cli(address, home, "list", "all-minilm-l6-v2")
+        assert "│ 1 " in versions and "│ 2 " not in versions  # the embedder did not register it again
     finally:
         stop(proc)

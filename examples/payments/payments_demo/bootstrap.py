@@ -9,6 +9,7 @@ from datetime import datetime
 
 from payments_demo.clients import Platform
 from payments_demo.config import DriverConfig
+from payments_demo.rag import COLLECTION, TENANT, ingest_policies
 from payments_demo.traffic import Traffic
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ async def run_bootstrap(platform: Platform, traffic: Traffic, config: DriverConf
     Skips the training (not the history) when the model already has a champion, unless
     `retrain_on_start`: a restarted demo keeps serving what the loop promoted.
     """
+    if config.documents:
+        await ingest_knowledge(platform)
     await traffic.publish_history()
     champion = await platform.champion(config.model)
     if champion and not config.retrain_on_start:
@@ -33,6 +36,16 @@ async def run_bootstrap(platform: Platform, traffic: Traffic, config: DriverConf
         champion = await ensure_champion(platform, config, version)
     await wait_serving(platform, config)
     return champion
+
+
+async def ingest_knowledge(platform: Platform) -> None:
+    """The support assistant's knowledge: the bank's policy documents into their retrieval collection."""
+    from flywheel.proto.retriever.v1 import retriever_service_pb2 as rpb
+
+    results = await ingest_policies(platform.retriever)
+    accepted = sum(r.status == rpb.INGEST_STATUS_ACCEPTED for r in results)
+    log.info(f"knowledge: {len(results)} policy documents in {TENANT}/{COLLECTION} "
+             f"({accepted} new or changed, queued for embedding)")
 
 
 async def first_run(platform: Platform, config: DriverConfig, start: datetime, end: datetime, *, note: str) -> int:

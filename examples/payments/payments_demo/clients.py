@@ -17,6 +17,7 @@ class Platform:
     def __init__(self, addresses: Addresses, timeout: float = 10.0) -> None:
         from flywheel.common import rpc
         from flywheel.common.clients.registry import RegistryClient
+        from flywheel.common.clients.retriever import RetrieverClient
         from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc
         from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc
         from flywheel.proto.inference import grpc_service_pb2_grpc
@@ -35,11 +36,13 @@ class Platform:
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self._channels["inference"])
         self.evaluator = evaluator_service_pb2_grpc.EvaluatorServiceStub(self._channels["evaluator"])
         self.monitor = monitor_service_pb2_grpc.MonitorServiceStub(self._channels["monitor"])
+        self.retriever = RetrieverClient(addresses.retriever_addr, auth=auth, timeout=60.0)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         await self.versions.close()
+        await self.retriever.close()
 
     async def champion(self, model: str) -> int:
         """The registry's champion version of `model` (0 = none, or the model is unknown)."""

@@ -47,6 +47,7 @@ class Addresses(ServiceSettings):
     inference_addr: str = shared("inference_addr", "127.0.0.1:8001", "Inference OIP v2 gRPC address.")  # type: ignore[assignment]
     evaluator_addr: str = shared("evaluator_addr", "127.0.0.1:50057", "Evaluator gRPC address.")  # type: ignore[assignment]
     monitor_addr: str = shared("monitor_addr", "127.0.0.1:50058", "Monitor gRPC address.")  # type: ignore[assignment]
+    retriever_addr: str = shared("retriever_addr", "127.0.0.1:50056", "Retriever gRPC address.")  # type: ignore[assignment]
     status_port: int = Field(8090, description="Port of the status page (0 = off).")
 
     @classmethod
@@ -101,6 +102,8 @@ class DriverConfig:
     status_every: float = 10.0
     # Train even when the model already has a champion.
     retrain_on_start: bool = False
+    # Ingest the bank's policy documents into the retriever at bootstrap (the support assistant's knowledge).
+    documents: bool = True
 
     @property
     def transactions_per_day(self) -> int:

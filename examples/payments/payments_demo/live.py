@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive(int), default=None, help="epochs of the first run (default: the spec)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--retrain-on-start", action="store_true", help="train even if the model has a champion")
+    p.add_argument("--no-documents", action="store_true",
+                   help="do not ingest the bank's policy documents into the retriever at bootstrap")
     p.add_argument("--max-transactions", type=_positive(int), default=None, help="stop after this many payments")
     p.add_argument("--status-port", type=int, default=None,
                    help="status page port (0 = off; default FLYWHEEL_DEMO_STATUS_PORT or 8090)")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         drift_days=args.drift_days, drift=args.drift, cloned_card_rate=args.cloned_card_rate,
         chargeback_hours=args.chargeback_hours, settlement_hours=args.settlement_hours, batch_size=args.batch_size,
         window=args.window, epochs=args.epochs, status_every=args.status_every,
-        retrain_on_start=args.retrain_on_start)
+        retrain_on_start=args.retrain_on_start, documents=not args.no_documents)
     try:
         return asyncio.run(_drive(config, addresses, args.max_transactions))
     except RuntimeError as exc:

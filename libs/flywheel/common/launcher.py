@@ -136,6 +136,9 @@ def apply_project_settings(env: dict[str, str], projects: Iterable[EntryPoint] |
 
 
 def wait_ready(child: Child, timeout: float) -> None:
+    """Until the child is ready. A fresh gRPC channel per look: a channel that failed to connect while the
+    server was not listening yet retries with an exponential backoff (~43 s between tries after a minute), so
+    one kept across the wait can miss a server that came up in the meantime."""
     assert child.readiness is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

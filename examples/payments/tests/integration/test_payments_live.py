@@ -70,7 +70,7 @@ async def test_bootstrap_serves_v1_and_live_traffic_is_scored_and_labelled(servi
     config = DriverConfig(
         model=services["model"], day_seconds=20, rate=15, warmup_days=1, history_days=3, stable_days=1,
         drift_days=1, batch_size=7, window=50, epochs=3, run_params={"min_rows": "100"}, champion_wait=1.0,
-        status_every=0, tick_seconds=0.2)
+        status_every=0, tick_seconds=0.2, documents=False)
     driver = DemoDriver(config, services["addresses"])
     page = StatusPage(driver, port=0, refresh_seconds=0.5)
     await driver.start()

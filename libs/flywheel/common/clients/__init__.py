@@ -4,7 +4,9 @@
 - `registry`: `RegistryClient` (versions by number, alias or tag; chunked, sha256-checked uploads and
   downloads; lineage and metrics);
 - `featurestore`: `FeatureStoreClient` (point-in-time training sets, online lookups) and the
-  FeatureValue conversions.
+  FeatureValue conversions;
+- `retriever`: `RetrieverClient` (collections, ingestion of raw files, hybrid retrieval, documents) and
+  the builders of its inputs (`file_input`, `document_input`, `metadata_filter`).
 
 Every client takes `address` and `auth` (`flywheel.common.rpc.ClientAuth`: bearer token, TLS), gives
 every call a deadline, and raises domain errors (`flywheel.common.rpc.domain_error`), never gRPC ones.

@@ -102,3 +102,17 @@ class TextEmbedder(abc.ABC):
     async def close(self) -> None:
         """Release what the adapter holds open."""
         return None
+
+
+class DocumentRetriever(abc.ABC):
+    """The chunks of a tenant's collection that best answer a query (the retriever service)."""
+
+    @abc.abstractmethod
+    async def retrieve(self, collection: str, *, text: str = "", vector: Sequence[float] | None = None, k: int = 0,
+                       tenant: str = "", filter: Any = None, weights: tuple[float, float] | None = None,
+                       rrf_k: int = 0, text_for_keywords: str = "") -> Any:
+        """The best `k` chunks (a `flywheel.retriever.v1.RetrieveResponse`) for a text query or a query vector."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds open."""
+        return None

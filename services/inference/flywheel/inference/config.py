@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -57,6 +58,29 @@ class InferenceSettings(ServiceSettings):
     allow_anonymous_predict: bool = Field(
         False, description="Calls without a token may predict (role `predict`), so stock OIP clients work unchanged; "
                            "`make run` turns it on for its loopback stack, production manifests leave it off.")
+
+    # -- LLMs (models of kind llm and LoRA adapters; see flywheel/inference/llm) --------------------------
+    llm_enabled: bool = Field(True, description="Serve models whose champion is an LLM or a LoRA adapter. Nothing "
+                                                "LLM-related is loaded until one is promoted.")
+    llm_quantization: dict[str, Literal["none", "int8", "int8-all"]] = Field(
+        default_factory=dict, description='Per base LLM (JSON): {"smollm2-135m-instruct": "int8"} serves it int8 '
+                                          "dynamically quantized (int8: Linear layers per channel but the output "
+                                          "head and MLP down projections; int8-all: every Linear, per tensor); "
+                                          "default none (float32). LoRA adapters need a float base.")
+    llm_max_batch: int = Field(8, ge=1, description="Most sequences one decode step serves (continuous batching).")
+    llm_max_queue: int = Field(64, ge=0, description="Generations waiting for a batch row before new ones are "
+                                                     "refused as overloaded.")
+    llm_max_tokens: int = Field(1024, ge=1, description="Cap on max_tokens of one generation.")
+    llm_max_context: int = Field(2048, ge=16, description="Context (prompt + completion) served, at most the model's: "
+                                                          "bounds the KV cache (SmolLM2-135M: 46 KB per token, so "
+                                                          "8 rows x 2048 tokens = 0.75 GB at most).")
+    llm_prefix_cache_tokens: int = Field(2048, ge=0, description="Prompt tokens whose keys/values are kept for "
+                                                                 "prefix reuse (shared system prompts); 0 = off.")
+    llm_cache_dir: Path | None = Field(None, description="Where LLM and adapter directories are unpacked "
+                                                         "(content-addressed); default <home>/llm/models.")
+
+    def llm_models_dir(self) -> Path:
+        return self.llm_cache_dir or Path(self.home) / "llm" / "models"
 
     def route(self, model: str) -> Route:
         return self.routing.get(model) or Route()

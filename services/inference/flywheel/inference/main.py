@@ -20,6 +20,7 @@ from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
 from flywheel.inference.handlers import handlers
+from flywheel.inference.llm.service import LLMService, LLMSettings
 from flywheel.inference.predlog import SOURCE, PredictionLog
 from flywheel.inference.repository import Repository
 from flywheel.inference.rest import RestServer
@@ -48,9 +49,16 @@ class InferenceApp:
                                                              max_input_values=settings.log_max_input_values),
                                    max_batch_size=settings.max_batch_size,
                                    max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
-        self.repository = Repository(self.slots, RegistryClient(
-            settings.registry_addr, auth=settings.client_auth(), transfer_timeout=settings.load_timeout_s,
-            keep_channel=True), new_slot=None if settings.models else self._new_slot)
+        registry = RegistryClient(settings.registry_addr, auth=settings.client_auth(),
+                                  transfer_timeout=settings.load_timeout_s, keep_channel=True)
+        # The doors' generation API (None when LLM serving is off); loads nothing until an LLM is promoted.
+        self.llm = LLMService(registry, LLMSettings(
+            cache_dir=settings.llm_models_dir(), quantization=dict(settings.llm_quantization),
+            max_batch=settings.llm_max_batch, max_queue=settings.llm_max_queue, max_tokens=settings.llm_max_tokens,
+            max_context=settings.llm_max_context,
+            prefix_cache_tokens=settings.llm_prefix_cache_tokens)) if settings.llm_enabled else None
+        self.repository = Repository(self.slots, registry, new_slot=None if settings.models else self._new_slot,
+                                     llm=self.llm)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)

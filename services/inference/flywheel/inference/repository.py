@@ -4,8 +4,10 @@ downloads and loads (in a worker thread) and warms what changed, then swaps it i
 reference assignment. Requests hold the reference they started with, so in-flight requests
 finish on their version. Reconciles of one model are serialized and coalesced.
 
-Which models: a configured list, or (no list) every predictive model that has a champion in the
-registry, found at start and whenever `models.promoted` names a model not served yet.
+Which models: a configured list, or (no list) every model that has a champion in the registry, found
+at start and whenever `models.promoted` names a model not served yet. Predictive models are served
+here (slots); a model whose champion is an LLM or a LoRA adapter is handed to the LLM service
+(`flywheel.inference.llm.service`), which loads it next to its base.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
@@ -22,24 +25,31 @@ from flywheel.inference.dataplane import ModelSlot
 from flywheel.inference.model import LoadedModel, load_artifact
 from flywheel.proto.events.v1 import common_pb2
 
+if TYPE_CHECKING:
+    from flywheel.inference.llm.service import LLMService
+
 log = logging.getLogger(__name__)
 
 LOADED_VERSION = Gauge("flywheel_inference_loaded_version", "Version loaded per model and alias (0 = none).",
                        ["model", "alias"])
 
 
-# What inference serves; other kinds (LLMs, adapters, embeddings) are served elsewhere.
+# What the OIP slots serve; LLMs and adapters go to the LLM service, embeddings are served elsewhere.
 SERVED_KINDS = (common_pb2.MODEL_KIND_PREDICTIVE, common_pb2.MODEL_KIND_UNSPECIFIED)
+LLM_KINDS = (common_pb2.MODEL_KIND_LLM, common_pb2.MODEL_KIND_LORA_ADAPTER)
 
 
 class Repository:
     def __init__(self, slots: dict[str, ModelSlot], registry: ModelRegistry, *,
-                 new_slot: Callable[[str], ModelSlot] | None = None) -> None:
-        """`registry` is this repository's own: `stop` closes it. `new_slot`: serve every predictive model
-        with a champion (a slot is made for each on first sight); None: only the models in `slots`."""
+                 new_slot: Callable[[str], ModelSlot] | None = None, llm: LLMService | None = None) -> None:
+        """`registry` is this repository's own: `stop` closes it. `new_slot`: serve every model with a champion
+        (a slot is made for each predictive one on first sight); None: only the models in `slots`. `llm`: the
+        LLM service models of kind LLM / LoRA adapter are handed to (None: they are not served)."""
         self.slots = slots
         self.registry = registry
         self.new_slot = new_slot
+        self.llm = llm
+        self._llm_names: set[str] = set()  # names whose champion was an LLM or adapter
         self._locks = {name: asyncio.Lock() for name in slots}
         self._pending: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
@@ -73,11 +83,13 @@ class Repository:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.llm is not None:
+            await self.llm.stop()
         await self.registry.close()
 
     def schedule(self, name: str) -> None:
         """Reconcile `name` soon (coalesced: at most one running and one queued per model)."""
-        if name not in self.slots and self.new_slot is None:
+        if name not in self.slots and name not in self._llm_names and self.new_slot is None:
             return
         task = self._pending.get(name)
         if task is not None and not task.done():
@@ -110,6 +122,10 @@ class Repository:
                 return
 
     async def reconcile(self, name: str) -> None:
+        if name in self._llm_names or name not in self.slots or not self.slots[name].versions():
+            # Not a predictive model being served: it may be (or have been) an LLM or an adapter.
+            if await self._llm_model(name):
+                return
         if name not in self.slots:
             if self.new_slot is None:
                 return
@@ -148,6 +164,26 @@ class Repository:
                                                       "previous": current.version if current else 0})
             if self.new_slot is not None and not slot.versions():
                 del self.slots[name]  # discovered, but no champion (any more): not served
+
+    async def _llm_model(self, name: str) -> bool:
+        """Hand `name` to the LLM service when its champion is an LLM or adapter, or it was one; True if so."""
+        found = await self.registry.get_version(name, alias="champion")
+        is_llm = found is not None and found.kind in LLM_KINDS
+        if not is_llm and name not in self._llm_names:
+            return False
+        if self.llm is None:
+            if is_llm and name in self.slots:
+                self.slots[name].load_error = "LLMs are not served by this inference (llm_enabled is off)"
+            return is_llm
+        self.llm.schedule(name)
+        if is_llm:
+            self._llm_names.add(name)
+            slot = self.slots.get(name)
+            if slot is not None and not slot.versions():
+                del self.slots[name]  # served by the LLM service, not an OIP slot
+        else:
+            self._llm_names.discard(name)  # no champion any more (the LLM service unloads it), or another kind
+        return is_llm or found is None
 
     def _not_served(self, name: str, kind: int) -> None:
         """A model of another kind: a discovered one stops being served, a configured one says why."""

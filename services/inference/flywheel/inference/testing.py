@@ -75,3 +75,100 @@ def build_predictive_artifact(n_numeric: int = 30, vocab: dict[str, list[str]] |
     return write_artifact(name=name, schema=InputSchema(numeric, categorical, vocab), model_pt=to_torchscript(module),
                           threshold=threshold, metadata=metadata)
 
+
+
+# -- a tiny causal LM and LoRA adapter (tests and benchmarks; nothing downloads) ------------------------
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# What the tokenizer learns its merges from: a little English, some accents, CJK and an emoji, so that
+# multi-byte characters span several tokens (the incremental decoder's hard case).
+TINY_CORPUS = [
+    "The bank refunds card payments that were not authorised by the customer.",
+    "A chargeback is filed when a customer disputes a payment with the card issuer.",
+    "Customers can freeze their card in the app and order a new one at no cost.",
+    "Transfers above the daily limit need a second confirmation by text message.",
+    "Interest on savings is paid monthly; fees are listed in the price schedule.",
+    "Café crème, naïve résumé, Zürich, São Paulo, Ærøskøbing.",
+    "日本語のテキストと絵文字 🙂 も少し含めます。",
+    "system user assistant hello world question answer policy document support",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 320) -> Any:
+    """A byte-level BPE tokenizer trained on `TINY_CORPUS`, with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   chat_template=TINY_CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
+
+
+def build_tiny_llm(directory: Any, *, seed: int = 0, hidden: int = 48, layers: int = 2,
+                   max_context: int = 256) -> Any:
+    """Write a tiny Llama causal LM (random seeded weights) with its tokenizer to `directory` (a Hugging
+    Face model directory, as registered with kind MODEL_KIND_LLM); returns the path."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=max_context, tie_word_embeddings=True, initializer_range=0.3,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+                                               pad_token_id=eos)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_adapter(base_directory: Any, directory: Any, *, seed: int = 1, rank: int = 4) -> Any:
+    """Write a LoRA adapter (PEFT, random non-zero weights so it changes the outputs) for the tiny model at
+    `base_directory` to `directory` (registered with kind MODEL_KIND_LORA_ADAPTER); returns the path."""
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_directory, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank * 4, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # larger than PEFT's random init, so the adapter visibly changes greedy outputs
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(Path(directory))
+    return Path(directory)
+
+
+def build_tiny_llm_artifact(directory: Any, *, seed: int = 0) -> bytes:
+    """The registry artifact (deterministic tar) of a tiny model built in `directory`."""
+    from flywheel.common.model_dirs import pack_dir
+
+    return pack_dir(build_tiny_llm(directory, seed=seed))
+
+
+def build_tiny_adapter_artifact(base_directory: Any, directory: Any, *, seed: int = 1) -> bytes:
+    from flywheel.common.model_dirs import pack_dir
+
+    return pack_dir(build_tiny_adapter(base_directory, directory, seed=seed))

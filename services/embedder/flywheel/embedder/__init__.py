@@ -1,0 +1,1 @@
+"""Flywheel embedder: sentence embedding models from the registry, batched across callers."""

@@ -1,0 +1,3 @@
+from flywheel.embedder.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Flywheel retriever: documents, their chunks and vectors, and hybrid retrieval per tenant and collection."""

@@ -1,0 +1,3 @@
+from flywheel.retriever.main import main
+
+main()
