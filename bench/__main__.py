@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import embedder, events, features, generation, inference, loop, monitor, registry, retrieval
+from bench import embedder, events, features, generation, inference, loop, monitor, registry, retrieval, review
 from bench.common import (
     BenchResult,
     Context,
@@ -34,7 +34,7 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 # the events benchmark holds tens of thousands of events in memory.
 BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: events.run,
                                     features.NAME: features.run, inference.NAME: inference.run,
-                                    monitor.NAME: monitor.run, retrieval.NAME: retrieval.run,
+                                    monitor.NAME: monitor.run, review.NAME: review.run, retrieval.NAME: retrieval.run,
                                     embedder.NAME: embedder.run, loop.NAME: loop.run, generation.NAME: generation.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 

@@ -40,6 +40,7 @@ class Tokens:
     reader: str
     predict: str
     reviewer: str
+    lead: str
     # What `make run` gives a demo: it trains, promotes and predicts like a user's project.
     demo: str
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,6 +83,26 @@ def launcher_env() -> tuple[dict[str, str], dict[str, int]]:
     return env, grpc_ports
 
 
+def check_review_login(env: dict[str, str], lines: list[str], home: Path) -> None:
+    """The review app (HTTP, no gRPC) is ready, and the demo login the launcher printed lets a person in."""
+    if "FLYWHEEL_REVIEW_HTTP_PORT" not in env:
+        return  # the review app is not installed
+    port = int(env["FLYWHEEL_REVIEW_HTTP_PORT"])
+    assert any(f"{'review':<12} http http://127.0.0.1:{port}" in line for line in lines), lines
+    [login] = [line for line in lines if "as reviewer /" in line]
+    password = login.split("as reviewer / ", 1)[1].split()[0]
+    assert stat.S_IMODE((home / "review-demo-logins.json").stat().st_mode) == 0o600
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        assert http.get("/readyz").status_code == 200
+        form = http.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None, form.text
+        done = http.post("/login", data={"username": "reviewer", "password": password,
+                                         "csrf_token": token.group(1), "next": "/"})
+        assert done.status_code == 303 and done.headers["location"] == "/", done.text
+        assert "<h1>Queues</h1>" in http.get("/").text
+
+
 def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
     env, ports = launcher_env()
     address = f"127.0.0.1:{ports['registry']}"
@@ -105,6 +127,7 @@ def test_make_run_serves_answers_and_stops_cleanly(tmp_path: Path) -> None:
         assert "all-minilm-l6-v2" in cli(address, home, "list")
         # Without the token the registry refuses (another home has none).
         assert "UNAUTHENTICATED" in cli(address, tmp_path / "elsewhere", "list", check=False)
+        check_review_login(env, lines, home)
         (tmp_path / "m.bin").write_bytes(b"weights that must survive a restart")
         assert "registered demo:1" in cli(address, home, "register", "demo", str(tmp_path / "m.bin"))
     finally:

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flywheel.common.embedded import free_port
 from flywheel.common.errors import PoisonEvent
 from flywheel.common.events import Event
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner, ensure_topics, send_events, wait_assigned
-from flywheel.common.outbox import OutboxRelay, enqueue
+from flywheel.common.outbox import OutboxRelay, enqueue, withdraw
 from flywheel.common.topics import Topic
 from flywheel.proto.events.v1 import models_pb2
 from tests import polling
@@ -491,6 +492,39 @@ async def test_batch_handler_applies_each_event_once_and_isolates_a_bad_one(
     finally:
         await runner.stop()
         await db.close()
+
+
+async def test_outbox_holds_rows_until_their_time_and_withdraws_unsent_ones(infra, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """A change that can still be undone (the review app's decisions) writes its events held (`not_before`);
+    the relay leaves them until then, and `withdraw` takes back what was not sent, never what was."""
+    db = await Database(infra.database_url, f"outbox_hold_{unique}").open()
+    topic = Topic(f"test.outbox.hold.{unique}", models_pb2.ModelPromoted, "model name", 1)
+    await ensure_topics(infra.kafka_bootstrap, [topic], dead_letters=False)
+    held, taken_back, immediate = (promoted(topic, "m", v) for v in (1, 2, 3))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    async with db.connection() as conn, conn.transaction():
+        await enqueue(conn, held, not_before=later)
+        await enqueue(conn, taken_back, not_before=later)
+        await enqueue(conn, immediate)
+    relay = OutboxRelay(db, infra.kafka_bootstrap, client_id=f"tests-outbox-hold-{unique}", poll_interval=0.1)
+    await relay.start()
+    try:
+        await eventually(lambda: scalar(db, "SELECT sent_at IS NOT NULL FROM outbox WHERE event_id = %s", immediate.id),
+                         what="the row without a hold sent")
+        assert await scalar(db, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2  # the held ones wait
+        async with db.connection() as conn, conn.transaction():
+            assert await withdraw(conn, [taken_back.id]) == 1
+            assert await withdraw(conn, [immediate.id]) == 0  # sent: it stands
+        async with db.connection() as conn:  # the hold ends
+            await conn.execute("UPDATE outbox SET not_before = now() WHERE event_id = %s", (held.id,))
+        relay.wake()
+        records = await read_records(infra.kafka_bootstrap, topic.name,
+                                     until=lambda rs: {header(r, "ce_id") for r in rs} >= {held.id, immediate.id})
+    finally:
+        await relay.stop()
+        await db.close()
+    # In id order the withdrawn row came before the held one: had it gone out, it would be here.
+    assert sorted(header(r, "ce_id") for r in records) == sorted([immediate.id, held.id])
 
 
 async def test_an_outage_is_waited_out_not_dead_lettered(infra, producer, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

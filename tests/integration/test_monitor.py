@@ -184,6 +184,8 @@ async def test_drift_alert_retrain_lineage_late_labels_and_reviews(monitor, regi
         per_window: dict[str, int] = {}
         for r in low:
             assert abs(float(r.context["probability"]) - 0.5) <= 0.05
+            # The prediction's time: a reviewer's label of the row is valid as of then.
+            assert r.HasField("event_time") and r.event_time.ToDatetime() <= r.requested_at.ToDatetime()
             per_window[r.context["window_id"]] = per_window.get(r.context["window_id"], 0) + 1
         assert max(per_window.values()) <= 3
 

@@ -162,3 +162,20 @@ def test_the_monitor_runs_without_torch() -> None:
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['x'] 0.1"
+
+
+def test_the_review_app_runs_without_torch_numpy_or_pandas() -> None:
+    """A small web process: not even its Parquet export pulls in numpy or pandas (pyarrow does not need them)."""
+    names = _distribution(REPO / "services" / "review" / "pyproject.toml")[1]
+    assert not {"torch", "pandas", "numpy"} & set(names)
+    code = BLOCK.format(names=["torch", "pandas", "numpy"]) + (
+        "import asyncio, io\n"
+        "import flywheel.review.main\n"
+        "from flywheel.review.export import parquet\n"
+        "async def rows():\n"
+        "    yield {'decision_id': 'd', 'label_flag': True, 'entity_keys': {'t': '1'}, 'content': {}}\n"
+        "data = asyncio.run(parquet(rows())).read()\n"
+        "print(data[:4], data[-4:])\n")
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "b'PAR1' b'PAR1'"

@@ -326,6 +326,18 @@ def test_every_deployment_has_grpc_probes() -> None:
                 assert liveness.get("grpc", {}).get("port") == port, f"{name}: no gRPC liveness probe on {port}"
 
 
+def test_deployments_without_grpc_have_http_probes() -> None:
+    """A service without gRPC (the review app) is probed over HTTP: ready on /readyz, alive on /healthz."""
+    for deployment in of_kind("Deployment"):
+        name = deployment["metadata"]["name"]
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            if grpc_ports(container):
+                continue
+            assert container.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", name
+            assert container.get("startupProbe", {}).get("httpGet", {}).get("path") == "/readyz", name
+            assert container.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", name
+
+
 def test_deployments_read_shared_config_and_secret() -> None:
     for deployment in of_kind("Deployment"):
         name = deployment["metadata"]["name"]

@@ -11,12 +11,22 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).parent
 
 
+# The monitor samples uncertain fraud scores for human review (|p - 0.5| <= band, a share `rate` of them, at
+# most `max_per_window` per window of 500 payments, i.e. ~10 s of the live demo): a steady trickle a person
+# can keep up with in the review app, where the labels are called what the bank calls them.
+REVIEW_POLICY = '{"fraud": {"band": 0.3, "rate": 0.25, "max_per_window": 3}}'
+REVIEW_LABELS = '{"fraud": ["legit", "fraud"]}'
+
+
 def settings() -> dict[str, str]:
     """The trainer and the evaluator read this project's model specs (`models/`), the feature store
-    applies its Feast repo (`feature_repo/`)."""
+    applies its Feast repo (`feature_repo/`), the monitor sends uncertain fraud scores to review, and the
+    review app names the fraud labels."""
     models = str(PACKAGE_DIR / "models")
     return {
         "FLYWHEEL_TRAINER_SPECS_DIR": models,
         "FLYWHEEL_EVALUATOR_SPECS_DIR": models,
         "FLYWHEEL_FEATURESTORE_REPO": str(PACKAGE_DIR / "feature_repo"),
+        "FLYWHEEL_MONITOR_REVIEW_POLICY": REVIEW_POLICY,
+        "FLYWHEEL_REVIEW_LABEL_NAMES": REVIEW_LABELS,
     }

@@ -9,7 +9,8 @@ unknown token is UNAUTHENTICATED / 401, a known token without a needed role PERM
 cases through `current_principal()`: audit trails record it, never a name sent in the request.
 
 Roles: `admin` may do anything; `operator` promotes, rolls back, edits policies and starts runs;
-`service` is what services need from each other; `reviewer` does review work; `reader` gets and
+`service` is what services need from each other; `reviewer` does review work, `lead` also leads
+reviewers (creates them, resolves their conflicts, reads agreement and exports); `reader` gets and
 lists; `predict` calls the inference data plane.
 """
 
@@ -42,6 +43,8 @@ class Role(StrEnum):
     OPERATOR = "operator"
     SERVICE = "service"
     REVIEWER = "reviewer"
+    # Leads reviewers in the review app: creates reviewers, resolves conflicting labels, exports.
+    LEAD = "lead"
     READER = "reader"
     PREDICT = "predict"
 
@@ -55,7 +58,8 @@ OPERATE: Roles = frozenset({Role.OPERATOR})
 SERVICE: Roles = frozenset({Role.SERVICE})
 WRITE: Roles = frozenset({Role.SERVICE, Role.OPERATOR})
 PREDICT: Roles = frozenset({Role.PREDICT})
-REVIEW: Roles = frozenset({Role.REVIEWER})
+REVIEW: Roles = frozenset({Role.REVIEWER, Role.LEAD})
+LEAD: Roles = frozenset({Role.LEAD})
 
 
 def roles(*names: str | Role) -> Roles:

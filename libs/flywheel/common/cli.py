@@ -66,7 +66,8 @@ def auth() -> None:
     """Bearer tokens: create, list, revoke (writes the `auth` schema of FLYWHEEL_DATABASE_URL).
 
     Roles: admin (everything), operator (promote, rollback, policies, runs), service (service to
-    service), reviewer (review work), reader (get and list), predict (the inference data plane).
+    service), reviewer (review work), lead (leads reviewers), reader (get and list), predict (the inference
+    data plane).
     """
 
 
@@ -103,7 +104,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
 @auth.command("create-token")
 @click.option("--principal", required=True, help="Who the token is for (recorded in audit trails).")
 @click.option("--role", "role_names", multiple=True, required=True,
-              type=click.Choice(["admin", "operator", "service", "reviewer", "reader", "predict"]),
+              type=click.Choice(["admin", "operator", "service", "reviewer", "lead", "reader", "predict"]),
               help="A role of the token (repeatable).")
 @click.option("--expires-in-days", type=float, default=None, help="Expire after this many days (default: never).")
 @click.option("--description", default="", help="A note stored with the token.")

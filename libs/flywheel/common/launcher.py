@@ -3,8 +3,10 @@
 Services are found through the `flywheel.services` entry point group (name -> the
 service's settings class). Each runs as its own process (`python -m flywheel.<name>`)
 with the same FLYWHEEL_HOME, so it finds the embedded stack's addresses there. The
-launcher waits until each one reports SERVING over grpc.health.v1, prints where it
-listens, and on Ctrl-C (or SIGTERM) stops every child, then the stack.
+launcher waits until each one is ready (its settings' `readiness()`: SERVING over
+grpc.health.v1, or for a service without gRPC an HTTP readiness URL answering 200), prints
+where it listens (and the settings' `console_notes()`, e.g. the review app's demo logins),
+and on Ctrl-C (or SIGTERM) stops every child, then the stack.
 
 Installed projects (`flywheel.projects` entry points, name -> a function returning environment
 settings, e.g. where the payments demo's model specs are) configure the services: their settings
@@ -16,7 +18,7 @@ runs as `python -m <module>` with the same environment, its output on this conso
 
 A service that exits on its own (crashed, killed) is restarted, like a compose restart policy or
 Kubernetes would: after a delay that doubles per crash (1 s, 2 s, 4 s, ... at most 30 s), and it
-must report SERVING again within 60 s. A crash loop ends it: a service that crashed
+must be ready again within 60 s. A crash loop ends it: a service that crashed
 `--max-crashes` times within `--crash-window` seconds stops everything (exit code 1), since
 restarting it again would only hide the problem. Every step is printed.
 
@@ -24,7 +26,8 @@ Every door takes a bearer token. On the first start the launcher creates an admi
 to `<home>/admin.token` (mode 0600; the `flywheel` CLI picks it up from there) and gives every
 service and demo a token of its own (`<home>/tokens/<name>.token`, role `service`; demos also
 `operator` and `predict`), reused on later starts. Inference accepts anonymous predictions here
-(loopback only), so stock OIP clients work unchanged; production manifests turn that off.
+(loopback only), so stock OIP clients work unchanged, and the review app creates demo logins (printed
+once it is ready); production manifests turn both off.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -48,15 +53,16 @@ from flywheel.common.auth import Role, TokenStore
 from flywheel.common.cli import ADMIN_TOKEN_FILE
 from flywheel.common.db import Database
 from flywheel.common.embedded import EmbeddedStack
+from flywheel.common.settings import Readiness
 from flywheel.common.supervise import CrashLoopPolicy
 
-START_TIMEOUT = 60.0  # seconds a (re)started service has to report SERVING
+START_TIMEOUT = 60.0  # seconds a (re)started service has to be ready
 
 
 @dataclass
 class Child:
     name: str
-    grpc_address: str
+    readiness: Readiness | None  # None: a demo (nothing to wait for)
     metrics_port: int
     proc: subprocess.Popen
     argv: list[str] = field(default_factory=list)
@@ -64,7 +70,7 @@ class Child:
     policy: CrashLoopPolicy = field(default_factory=CrashLoopPolicy)
     started_at: float = field(default_factory=time.monotonic)
     restart_at: float | None = None  # waiting to be restarted (after a crash) at this time
-    ready_by: float | None = None  # restarted, not SERVING yet; it must be by this time
+    ready_by: float | None = None  # restarted, not ready yet; it must be by this time
 
 
 def describe_exit(code: int) -> str:
@@ -129,18 +135,31 @@ def apply_project_settings(env: dict[str, str], projects: Iterable[EntryPoint] |
     return applied
 
 
-def wait_serving(child: Child, timeout: float) -> None:
-    """Until the child reports SERVING. A fresh channel per look: a channel that failed to connect while the
+def wait_ready(child: Child, timeout: float) -> None:
+    """Until the child is ready. A fresh gRPC channel per look: a channel that failed to connect while the
     server was not listening yet retries with an exponential backoff (~43 s between tries after a minute), so
     one kept across the wait can miss a server that came up in the meantime."""
+    assert child.readiness is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
             raise RuntimeError(f"{child.name} exited with code {child.proc.returncode} while starting")
-        if is_serving(child.grpc_address, timeout=1.0):
+        if is_ready(child.readiness, timeout=1.0):
             return
         time.sleep(0.2)
-    raise TimeoutError(f"{child.name} did not report SERVING on {child.grpc_address} within {timeout:.0f}s")
+    raise TimeoutError(f"{child.name} was not ready ({child.readiness.describe()}) within {timeout:.0f}s")
+
+
+def is_ready(readiness: Readiness, timeout: float = 0.5) -> bool:
+    """One readiness check, without waiting: grpc.health.v1 reports SERVING, or the HTTP readiness URL
+    answers 200."""
+    if readiness.protocol == "http":
+        try:
+            with urllib.request.urlopen(f"http://{readiness.address}{readiness.path}", timeout=timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+    return is_serving(readiness.address, timeout)
 
 
 def is_serving(address: str, timeout: float = 0.5) -> bool:
@@ -176,12 +195,12 @@ def supervise(child: Child, now: float) -> bool:
               f"(crash {crashes} of {child.policy.max_crashes} allowed within {window:.0f}s)", flush=True)
         child.restart_at, child.ready_by = now + delay, None
         return True
-    if child.ready_by is not None:
-        if is_serving(child.grpc_address):
+    if child.ready_by is not None and child.readiness is not None:
+        if is_ready(child.readiness):
             child.ready_by = None
-            print(f"flywheel: {child.name} serving again on {child.grpc_address}", flush=True)
+            print(f"flywheel: {child.name} serving again on {child.readiness.address}", flush=True)
         elif now > child.ready_by:
-            print(f"flywheel: {child.name} did not report SERVING within {START_TIMEOUT:.0f}s after its restart; "
+            print(f"flywheel: {child.name} was not ready within {START_TIMEOUT:.0f}s after its restart; "
                   "killing it", flush=True)
             child.proc.kill()
             child.proc.wait()
@@ -252,25 +271,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  admin token {home / ADMIN_TOKEN_FILE} (the flywheel CLI uses it; role admin)", flush=True)
         # Stock OIP clients (tritonclient, load tools) send no token: on loopback, predictions are open.
         env.setdefault("FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT", "true")
+        # A person can log in to the review app right away: it creates demo logins (printed below).
+        env.setdefault("FLYWHEEL_REVIEW_DEMO_LOGINS", "true")
         apply_project_settings(env)
         planned = {name: settings_class(_env_file=None, home=home) for name, settings_class in services.items()}
-        # Every service finds the others through FLYWHEEL_<NAME>_ADDR (e.g. FLYWHEEL_REGISTRY_ADDR).
+        # Every gRPC service finds the others through FLYWHEEL_<NAME>_ADDR (e.g. FLYWHEEL_REGISTRY_ADDR).
         for name, settings in planned.items():
-            env.setdefault(f"FLYWHEEL_{name.upper()}_ADDR", f"{settings.grpc_host}:{settings.grpc_port}")
+            if settings.readiness().protocol == "grpc":
+                env.setdefault(f"FLYWHEEL_{name.upper()}_ADDR", settings.readiness().address)
         for name, settings in planned.items():
             argv = [sys.executable, "-m", f"flywheel.{name}"]
             child_env = {**env, "FLYWHEEL_TOKEN": tokens[name]}
-            children.append(Child(name, f"{settings.grpc_host}:{settings.grpc_port}", settings.metrics_port,
+            children.append(Child(name, settings.readiness(), settings.metrics_port,
                                   subprocess.Popen(argv, env=child_env), argv, child_env,
                                   CrashLoopPolicy(args.max_crashes, args.crash_window)))
         for child in children:
-            wait_serving(child, timeout=60)
-            print(f"  {child.name:<12} grpc {child.grpc_address}   "
+            wait_ready(child, timeout=60)
+            assert child.readiness is not None
+            print(f"  {child.name:<12} {child.readiness.describe()}   "
                   f"metrics http://127.0.0.1:{child.metrics_port}/metrics", flush=True)
+        # Read once every service is ready (e.g. the logins the review app wrote to FLYWHEEL_HOME while starting).
+        for settings in planned.values():
+            for note in settings.console_notes():
+                print(f"  {'':<12} {note}", flush=True)
         demos: list[Child] = []
         for name, module in demos_wanted.items():
             demo_env = {**env, "FLYWHEEL_TOKEN": tokens[f"demo-{name}"]}
-            demos.append(Child(name, "", 0, subprocess.Popen([sys.executable, "-m", module], env=demo_env)))
+            demos.append(Child(name, None, 0, subprocess.Popen([sys.executable, "-m", module], env=demo_env)))
             print(f"  demo {name:<7} python -m {module}", flush=True)
         print("flywheel: ready (Ctrl-C stops everything)", flush=True)
         children[:0] = demos  # stopped first: a demo talks to the services until the end

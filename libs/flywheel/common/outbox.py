@@ -6,6 +6,11 @@ only after the broker acknowledged them; while the broker is down the rows wait,
 so nothing is lost. A crash between publish and mark re-sends: consumers drop the
 duplicate by its event id.
 
+An event may be held back (`enqueue(..., not_before=...)`) while the change that caused it can
+still be taken back: `withdraw` deletes held rows in the caller's transaction, and refuses (returns
+fewer) once the relay may have sent them. The review app holds a decision's events for its undo
+window this way, so an undone decision never leaves a published event behind.
+
 An event the broker could never accept must not block its schema's outbox forever:
 `enqueue` refuses one over the message size limit (`InvalidArgument`, so the caller's
 transaction rolls back), and the relay parks a row the broker refuses for good
@@ -20,7 +25,8 @@ import json
 import logging
 import os
 import re
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -96,8 +102,12 @@ def channel(schema: str) -> str:
     return f"flywheel_outbox_{schema}"
 
 
-async def enqueue(conn: AsyncConnection, event: Event, *, max_bytes: int | None = None) -> None:
+async def enqueue(conn: AsyncConnection, event: Event, *, max_bytes: int | None = None,
+                  not_before: datetime | None = None) -> None:
     """Add an event to the outbox in the caller's transaction (and wake the relay at commit).
+
+    `not_before`: hold the event until then (the relay sends it at its first poll after that time,
+    within `poll_interval`); until then `withdraw` can take it back.
 
     Raises `InvalidArgument` for an event the broker could never take, larger (key + value +
     headers) than `max_bytes` (default `MAX_MESSAGE_BYTES`): the caller's transaction rolls back
@@ -116,11 +126,26 @@ async def enqueue(conn: AsyncConnection, event: Event, *, max_bytes: int | None 
         raise InvalidArgument(f"{event.topic.name!r} is not a valid Kafka topic name")
     # One round trip: the insert and the wake-up (notifications are delivered at commit).
     await conn.execute(
-        "WITH added AS (INSERT INTO outbox (event_id, topic, key, payload, headers)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING 1)"
+        "WITH added AS (INSERT INTO outbox (event_id, topic, key, payload, headers, not_before)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING 1)"
         " SELECT pg_notify('flywheel_outbox_' || current_schema(), '') FROM added",
-        (event.id, event.topic.name, key.decode(), value, json.dumps([[k, v.decode()] for k, v in headers])),
+        (event.id, event.topic.name, key.decode(), value, json.dumps([[k, v.decode()] for k, v in headers]),
+         not_before),
     )
+
+
+async def withdraw(conn: AsyncConnection, event_ids: Sequence[str]) -> int:
+    """Take back events not sent yet, in the caller's transaction; returns how many were taken back.
+
+    A row the relay is publishing right now is locked: this waits for it, then finds it sent and
+    does not count it. So a caller that needs all of them back (an undo) checks the count and rolls
+    back when it is short: the event is out, and the change it reports must stand.
+    """
+    if not event_ids:
+        return 0
+    cur = await conn.execute("DELETE FROM outbox WHERE event_id = ANY(%s) AND sent_at IS NULL AND parked_at IS NULL",
+                             (list(event_ids),))
+    return cur.rowcount
 
 
 class OutboxRelay:
@@ -131,7 +156,8 @@ class OutboxRelay:
     parked (`parked_at` and `error` set, counted in `flywheel_outbox_parked_total`, logged) and
     the relay goes on, so later rows of the same key may go out without it. Parked rows are kept
     for an operator (`SELECT id, topic, error FROM <schema>.outbox WHERE parked_at IS NOT NULL`);
-    clearing `parked_at` makes the relay try a row again.
+    clearing `parked_at` makes the relay try a row again. A held row (`not_before` in the future)
+    waits for its time while later rows go out: hold every event of a key alike to keep its order.
 
     The relay supervises itself: if its loop crashes (anything but the outages it waits out), it
     logs it, reports down to `health` (e.g. `RpcServer.component_health`), and restarts after an
@@ -289,7 +315,7 @@ class OutboxRelay:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT id, event_id, topic, key, payload, headers FROM outbox"
-                " WHERE sent_at IS NULL AND parked_at IS NULL"
+                " WHERE sent_at IS NULL AND parked_at IS NULL AND (not_before IS NULL OR not_before <= now())"
                 " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (self.batch_size,))
             rows = await cur.fetchall()
             if not rows:

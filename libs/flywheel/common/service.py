@@ -34,8 +34,10 @@ def run_service(name: str, settings: S, make_app: Callable[[S], ServiceApp]) -> 
 
 async def _serve(name: str, settings: Any, make_app: Callable[[Any], ServiceApp]) -> None:
     setup_tracing(name, settings.otlp_endpoint)
-    # Metrics listen where gRPC does: loopback on one machine, every interface in a container.
-    exposed = getattr(settings, "grpc_host", "127.0.0.1") == "0.0.0.0"
+    # Metrics listen where the service does (gRPC, or HTTP for a service without gRPC): loopback on one
+    # machine, every interface in a container.
+    host = getattr(settings, "grpc_host", None) or getattr(settings, "http_host", "127.0.0.1")
+    exposed = host == "0.0.0.0"
     start_metrics_server(getattr(settings, "metrics_port", 0), "0.0.0.0" if exposed else "127.0.0.1")
     app = make_app(settings)
     await app.start()

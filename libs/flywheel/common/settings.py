@@ -10,7 +10,9 @@ is used, so `make run` needs no configuration at all.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +20,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flywheel.common.rpc import ClientAuth, ServerTls
 
 STACK_FILE = "stack.json"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Where a service answers and how `make run` knows it is ready: grpc.health.v1 reporting SERVING
+    at a gRPC address, or an HTTP GET of `path` answering 200 (a service without gRPC, e.g. the review app)."""
+
+    protocol: Literal["grpc", "http"]
+    # host:port
+    address: str
+    path: str = ""
+
+    def describe(self) -> str:
+        return f"grpc {self.address}" if self.protocol == "grpc" else f"http http://{self.address}"
 
 
 def shared(name: str, default: object, description: str) -> object:
@@ -76,6 +92,15 @@ class ServiceSettings(BaseSettings):
         if not (self.tls_cert_file and self.tls_key_file):
             return None
         return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_client_auth)
+
+    def readiness(self) -> Readiness:
+        """How `make run` knows this service is ready: grpc.health.v1 on its gRPC address by default; a
+        service without gRPC overrides it with an HTTP readiness check."""
+        return Readiness("grpc", f"{getattr(self, 'grpc_host', '127.0.0.1')}:{getattr(self, 'grpc_port', 0)}")
+
+    def console_notes(self) -> list[str]:
+        """Lines `make run` prints under this service once it is ready (e.g. how to log in); none by default."""
+        return []
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when no broker or database is configured."""

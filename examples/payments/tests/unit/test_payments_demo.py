@@ -349,7 +349,8 @@ def test_cli_help_and_dry_run() -> None:
     assert "transactions" in result.output and "dry run" in result.output and "onset" in result.output
 
 
-def test_the_project_settings_point_the_services_at_its_specs_and_feature_repo() -> None:
+def test_the_project_settings_point_the_services_at_its_specs_and_feature_repo(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from payments_demo.project import settings
 
     from flywheel.predictive.spec import SpecCatalog
@@ -361,3 +362,13 @@ def test_the_project_settings_point_the_services_at_its_specs_and_feature_repo()
     spec = SpecCatalog(folder).get("fraud")
     assert spec.features.feature_service and spec.feature_names
     assert spec.gate is not None and (spec.gate.metric, spec.gate.floor) == ("roc_auc", 0.65)
+    # The monitor samples uncertain fraud scores for review; the review app calls the labels legit and fraud.
+    from flywheel.monitor.config import MonitorSettings
+    from flywheel.review.config import ReviewSettings
+
+    for key in ("FLYWHEEL_MONITOR_REVIEW_POLICY", "FLYWHEEL_REVIEW_LABEL_NAMES"):
+        monkeypatch.setenv(key, values[key])
+    policy = MonitorSettings(kafka_bootstrap="k:9092", database_url="postgresql://x").review_policy_for("fraud")
+    assert policy.rate > 0 and policy.max_per_window > 0
+    assert ReviewSettings(kafka_bootstrap="k:9092", database_url="postgresql://x").labels_for("fraud") == [
+        "legit", "fraud"]

@@ -265,6 +265,7 @@ class Ingest:
                     context={"row_index": str(r.row_index), "entity_id": r.entity_id, "window_id": window_id,
                              "probability": f"{r.probability:.6f}"})
                 review.requested_at.FromDatetime(now)
+                review.event_time.FromDatetime(r.ts)  # a reviewer's label is valid as of the prediction
                 await enqueue(conn, Event(REVIEWS_REQUESTED, r.request_id, review, SOURCE, id=review.review_id))
                 metrics.REVIEWS.labels(r.model_name, "low_confidence").inc()
             if picked:
@@ -312,6 +313,8 @@ class Ingest:
                      "feedback_label": str(value), "probability": f"{row['probability']:.6f}",
                      "comment": fb.comment, "source": predictions_pb2.FeedbackSource.Name(fb.source)})
         review.requested_at.FromDatetime(now)
+        if fb.HasField("event_time"):
+            review.event_time.CopyFrom(fb.event_time)
         await enqueue(conn, Event(REVIEWS_REQUESTED, fb.request_id, review, SOURCE, id=review.review_id))
         metrics.REVIEWS.labels(row["model_name"], "disputed").inc()
 

@@ -27,7 +27,7 @@ from flywheel.proto.events.v1 import predictions_pb2 as flywheel_dot_events_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flywheel/events/v1/reviews.proto\x12\x12\x66lywheel.events.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a$flywheel/events/v1/predictions.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x03\n\x0fReviewRequested\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .flywheel.events.v1.ReviewReason\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12*\n\x06inputs\x18\x06 \x03(\x0b\x32\x1a.flywheel.events.v1.Tensor\x12+\n\x07outputs\x18\x07 \x03(\x0b\x32\x1a.flywheel.events.v1.Tensor\x12,\n\x03llm\x18\x08 \x01(\x0b\x32\x1f.flywheel.events.v1.LlmExchange\x12\x18\n\x10guard_verdict_id\x18\t \x01(\t\x12\x41\n\x07\x63ontext\x18\n \x03(\x0b\x32\x30.flywheel.events.v1.ReviewRequested.ContextEntry\x12\x30\n\x0crequested_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x02\n\x0fReviewCompleted\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x10\n\x08reviewer\x18\x04 \x01(\t\x12\x34\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0e\x32\".flywheel.events.v1.ReviewDecision\x12(\n\x05label\x18\x06 \x01(\x0b\x32\x19.flywheel.events.v1.Label\x12\x1c\n\x14\x63orrected_completion\x18\x07 \x01(\t\x12\x0f\n\x07\x63omment\x18\x08 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xcd\x01\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x01\x12\x1a\n\x16REVIEW_REASON_DISPUTED\x10\x02\x12\x1f\n\x1bREVIEW_REASON_GUARD_FLAGGED\x10\x03\x12\x1e\n\x1aREVIEW_REASON_DRIFT_SAMPLE\x10\x04\x12\x1f\n\x1bREVIEW_REASON_RANDOM_SAMPLE\x10\x05*\x8c\x01\n\x0eReviewDecision\x12\x1f\n\x1bREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x1c\n\x18REVIEW_DECISION_APPROVED\x10\x01\x12\x1c\n\x18REVIEW_DECISION_REJECTED\x10\x02\x12\x1d\n\x19REVIEW_DECISION_CORRECTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flywheel/events/v1/reviews.proto\x12\x12\x66lywheel.events.v1\x1a\x1f\x66lywheel/events/v1/common.proto\x1a$flywheel/events/v1/predictions.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x04\n\x0fReviewRequested\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .flywheel.events.v1.ReviewReason\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12*\n\x06inputs\x18\x06 \x03(\x0b\x32\x1a.flywheel.events.v1.Tensor\x12+\n\x07outputs\x18\x07 \x03(\x0b\x32\x1a.flywheel.events.v1.Tensor\x12,\n\x03llm\x18\x08 \x01(\x0b\x32\x1f.flywheel.events.v1.LlmExchange\x12\x18\n\x10guard_verdict_id\x18\t \x01(\t\x12\x41\n\x07\x63ontext\x18\n \x03(\x0b\x32\x30.flywheel.events.v1.ReviewRequested.ContextEntry\x12\x30\n\x0crequested_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nevent_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06prompt\x18\r \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12/\n\x06\x63hunks\x18\x0e \x03(\x0b\x32\x1f.flywheel.events.v1.ReviewChunk\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x0bReviewChunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\"\xb8\x02\n\x0fReviewCompleted\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.flywheel.events.v1.ModelRef\x12\x10\n\x08reviewer\x18\x04 \x01(\t\x12\x34\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0e\x32\".flywheel.events.v1.ReviewDecision\x12(\n\x05label\x18\x06 \x01(\x0b\x32\x19.flywheel.events.v1.Label\x12\x1c\n\x14\x63orrected_completion\x18\x07 \x01(\t\x12\x0f\n\x07\x63omment\x18\x08 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xcd\x01\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x01\x12\x1a\n\x16REVIEW_REASON_DISPUTED\x10\x02\x12\x1f\n\x1bREVIEW_REASON_GUARD_FLAGGED\x10\x03\x12\x1e\n\x1aREVIEW_REASON_DRIFT_SAMPLE\x10\x04\x12\x1f\n\x1bREVIEW_REASON_RANDOM_SAMPLE\x10\x05*\x8c\x01\n\x0eReviewDecision\x12\x1f\n\x1bREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x1c\n\x18REVIEW_DECISION_APPROVED\x10\x01\x12\x1c\n\x18REVIEW_DECISION_REJECTED\x10\x02\x12\x1d\n\x19REVIEW_DECISION_CORRECTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REVIEWREQUESTED_CONTEXTENTRY']._loaded_options = None
   _globals['_REVIEWREQUESTED_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_REVIEWREASON']._serialized_start=974
-  _globals['_REVIEWREASON']._serialized_end=1179
-  _globals['_REVIEWDECISION']._serialized_start=1182
-  _globals['_REVIEWDECISION']._serialized_end=1322
+  _globals['_REVIEWREASON']._serialized_start=1215
+  _globals['_REVIEWREASON']._serialized_end=1420
+  _globals['_REVIEWDECISION']._serialized_start=1423
+  _globals['_REVIEWDECISION']._serialized_end=1563
   _globals['_REVIEWREQUESTED']._serialized_start=161
-  _globals['_REVIEWREQUESTED']._serialized_end=656
-  _globals['_REVIEWREQUESTED_CONTEXTENTRY']._serialized_start=610
-  _globals['_REVIEWREQUESTED_CONTEXTENTRY']._serialized_end=656
-  _globals['_REVIEWCOMPLETED']._serialized_start=659
-  _globals['_REVIEWCOMPLETED']._serialized_end=971
+  _globals['_REVIEWREQUESTED']._serialized_end=799
+  _globals['_REVIEWREQUESTED_CONTEXTENTRY']._serialized_start=753
+  _globals['_REVIEWREQUESTED_CONTEXTENTRY']._serialized_end=799
+  _globals['_REVIEWCHUNK']._serialized_start=801
+  _globals['_REVIEWCHUNK']._serialized_end=897
+  _globals['_REVIEWCOMPLETED']._serialized_start=900
+  _globals['_REVIEWCOMPLETED']._serialized_end=1212
 # @@protoc_insertion_point(module_scope)

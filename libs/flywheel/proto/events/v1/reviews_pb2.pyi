@@ -39,7 +39,7 @@ REVIEW_DECISION_REJECTED: ReviewDecision
 REVIEW_DECISION_CORRECTED: ReviewDecision
 
 class ReviewRequested(_message.Message):
-    __slots__ = ("review_id", "request_id", "model", "reason", "priority", "inputs", "outputs", "llm", "guard_verdict_id", "context", "requested_at")
+    __slots__ = ("review_id", "request_id", "model", "reason", "priority", "inputs", "outputs", "llm", "guard_verdict_id", "context", "requested_at", "event_time", "prompt", "chunks")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,9 @@ class ReviewRequested(_message.Message):
     GUARD_VERDICT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     review_id: str
     request_id: str
     model: _common_pb2.ModelRef
@@ -69,7 +72,24 @@ class ReviewRequested(_message.Message):
     guard_verdict_id: str
     context: _containers.ScalarMap[str, str]
     requested_at: _timestamp_pb2.Timestamp
-    def __init__(self, review_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., reason: _Optional[_Union[ReviewReason, str]] = ..., priority: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., llm: _Optional[_Union[_predictions_pb2.LlmExchange, _Mapping]] = ..., guard_verdict_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    event_time: _timestamp_pb2.Timestamp
+    prompt: _common_pb2.ModelRef
+    chunks: _containers.RepeatedCompositeFieldContainer[ReviewChunk]
+    def __init__(self, review_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., reason: _Optional[_Union[ReviewReason, str]] = ..., priority: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., llm: _Optional[_Union[_predictions_pb2.LlmExchange, _Mapping]] = ..., guard_verdict_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[ReviewChunk, _Mapping]]] = ...) -> None: ...
+
+class ReviewChunk(_message.Message):
+    __slots__ = ("chunk_id", "document_id", "title", "text", "score")
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    chunk_id: str
+    document_id: str
+    title: str
+    text: str
+    score: float
+    def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ReviewCompleted(_message.Message):
     __slots__ = ("review_id", "request_id", "model", "reviewer", "decision", "label", "corrected_completion", "comment", "completed_at")

@@ -1,0 +1,3 @@
+from flywheel.review.main import main
+
+main()
