@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 
+from flywheel.common import db as db_module
 from flywheel.common.db import Database, migrate
 from flywheel.common.embedded import free_port
 from flywheel.common.errors import PoisonEvent
@@ -68,6 +69,11 @@ def write_migrations(folder: Path) -> Path:
     return folder
 
 
+# The shared tables' migrations (outbox, processed events, ...), which every service schema gets first.
+COMMON = [f"common:{path.name[:4]}" for path in sorted((Path(db_module.__file__).parent / "migrations").glob("*.sql"))]
+BOTH_TRACKS = [*COMMON, "service:0001", "service:0002"]
+
+
 async def applied_versions(db: Database) -> list[str]:
     async with await AsyncConnection.connect(db.url) as conn:
         cur = await conn.execute(f"SELECT version FROM {db.schema}.schema_migrations ORDER BY version")
@@ -78,7 +84,7 @@ async def test_open_applies_common_and_service_migrations_once(infra, unique: st
     folder = write_migrations(tmp_path / "migrations")
     db = await Database(infra.database_url, f"t_{unique}").open(folder)
     try:
-        assert await applied_versions(db) == ["common:0001", "common:0002", "service:0001", "service:0002"]
+        assert await applied_versions(db) == BOTH_TRACKS
         assert await scalar(db, "SELECT count(*) FROM a") == 1
         # The pool's connections use the schema: the shared tables are there unqualified.
         assert await scalar(db, "SELECT count(*) FROM outbox") == 0
@@ -87,7 +93,7 @@ async def test_open_applies_common_and_service_migrations_once(infra, unique: st
         assert await migrate(db, folder) == []  # a second start applies nothing
         again = await Database(infra.database_url, f"t_{unique}").open(folder)
         await again.close()
-        assert await applied_versions(db) == ["common:0001", "common:0002", "service:0001", "service:0002"]
+        assert await applied_versions(db) == BOTH_TRACKS
         assert await scalar(db, "SELECT count(*) FROM a") == 1
     finally:
         await db.close()
@@ -106,7 +112,7 @@ async def test_concurrent_migrations_apply_each_file_exactly_once(infra, unique:
     # And three full opens (common + service tracks) on another fresh schema.
     opened = await asyncio.gather(*(Database(infra.database_url, f"u_{unique}").open(folder) for _ in range(3)))
     try:
-        assert await applied_versions(opened[0]) == ["common:0001", "common:0002", "service:0001", "service:0002"]
+        assert await applied_versions(opened[0]) == BOTH_TRACKS
         assert await scalar(opened[0], "SELECT count(*) FROM a") == 1
     finally:
         await asyncio.gather(*(db.close() for db in opened))
