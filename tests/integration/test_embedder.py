@@ -161,7 +161,9 @@ async def test_promotion_swaps_the_served_version_without_failing_requests(
     await registry.SetAlias(rpb.SetAliasRequest(model_name=model, alias="champion", version=first.version))
     app = await started(EmbedderApp(settings(infra, registry_app, model, tmp_path / "cache")))
     stop = asyncio.Event()
-    answered: list[int] = []
+    # Per caller, the versions of its answers in order: each caller asks again only once answered, so its
+    # sequence shows the swap as it saw it (answers of batches already running may still come from v1).
+    answered: list[list[int]] = [[] for _ in range(4)]
     failures: list[BaseException] = []
 
     async def caller(i: int) -> None:
@@ -170,27 +172,29 @@ async def test_promotion_swaps_the_served_version_without_failing_requests(
             while not stop.is_set():
                 try:
                     response = await stub.Embed(pb.EmbedRequest(texts=[f"caller {i} asks about fees"]), timeout=30)
-                    answered.append(response.model.version)
+                    answered[i].append(response.model.version)
                 except Exception as exc:
                     failures.append(exc)
                 await asyncio.sleep(0)
 
-    callers = [asyncio.create_task(caller(i)) for i in range(4)]
+    callers = [asyncio.create_task(caller(i)) for i in range(len(answered))]
     try:
-        await polling.eventually(lambda: _true(len(answered) >= 20), 60, "callers answered by v1")
+        await polling.eventually(lambda: _true(all(len(a) >= 5 for a in answered)), 60, "every caller answered by v1")
         second = await register_tiny_model(client, model, tmp_path / "v2", seed=12)
         await registry.SetAlias(rpb.SetAliasRequest(model_name=model, alias="champion", version=second.version))
-        seen = len(answered)
-        await polling.eventually(lambda: _true(answered[-1] == second.version and len(answered) > seen + 20), 90,
-                         "Embed answers the new champion")
+        await polling.eventually(lambda: _true(all(a[-5:] == [second.version] * 5 for a in answered)), 90,
+                                 "every caller answered by the new champion 5 times in a row")
     finally:
         stop.set()
         await asyncio.gather(*callers)
         await app.stop()
         await client.close()
     assert not failures, failures[:3]
-    assert set(answered) == {first.version, second.version}
-    assert set(answered[-10:]) == {second.version}  # once swapped, version 0 stays on the new champion
+    for versions in answered:
+        # v1 until the swap, then v2 for good: once a caller was answered by the new champion, version 0
+        # never resolves to the old one again.
+        swapped_at = versions.index(second.version)
+        assert set(versions[:swapped_at]) == {first.version} and set(versions[swapped_at:]) == {second.version}
 
 
 # ---------------------------------------------------------------- restart

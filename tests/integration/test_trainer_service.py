@@ -424,8 +424,10 @@ async def test_a_retrain_request_waits_for_labels_still_on_their_way(stack: Stac
     labels (its feedback.received consumer) can lag behind. A run started by a retrain request waits for
     them (up to label_wait_seconds) instead of failing on an empty window."""
     assert stack.app.settings.label_wait_seconds >= 60
-    model = write_spec(stack, f"waits-{unique}")
     start, end, frame, labels = window_of_transactions(stack, 1200, seed=6)
+    # The spec needs every row labelled: the run must wait until the last label arrived, not start as soon as
+    # the first few hundred of the batch are in (which made the row count below a race).
+    model = write_spec(stack, f"waits-{unique}", min_rows=len(frame))
     request = retrain_request(f"rr-wait-{unique}", model, start, end, drift_event_id=f"drift-wait-{unique}")
     await send_events(stack.producer, [Event(RETRAIN_REQUESTS, model, request, "tests/monitor")])
 
