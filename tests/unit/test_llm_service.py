@@ -51,14 +51,14 @@ class MemoryRegistry(ModelRegistry):
         return None
 
     async def register(self, spec: Any, artifact: Any, *, on_progress: Any = None) -> reg.ModelVersion:
-        raise NotImplementedError
+        raise AssertionError("serving LLMs never registers a version")
 
     async def download(self, model_name: str, version: int = 0, alias: str = "") -> bytes:
         self.downloads += 1
         return self.versions[(model_name, version)][1]
 
     async def record_lineage(self, model_name: str, version: int, lineage: Any) -> reg.ModelVersion:
-        raise NotImplementedError
+        raise AssertionError("serving LLMs never records lineage")
 
 
 @pytest.fixture(scope="module")
