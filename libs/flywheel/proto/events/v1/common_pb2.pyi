@@ -14,11 +14,13 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_LLM: _ClassVar[ModelKind]
     MODEL_KIND_LORA_ADAPTER: _ClassVar[ModelKind]
     MODEL_KIND_EMBEDDING: _ClassVar[ModelKind]
+    MODEL_KIND_PROMPT: _ClassVar[ModelKind]
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_PREDICTIVE: ModelKind
 MODEL_KIND_LLM: ModelKind
 MODEL_KIND_LORA_ADAPTER: ModelKind
 MODEL_KIND_EMBEDDING: ModelKind
+MODEL_KIND_PROMPT: ModelKind
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")

@@ -42,7 +42,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class LlmExchange(_message.Message):
-    __slots__ = ("messages", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason", "time_to_first_token_ms", "context_chunk_ids", "cache_hit")
+    __slots__ = ("messages", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason", "time_to_first_token_ms", "context_chunk_ids", "cache_hit", "application", "prompt_template", "context_chunk_scores", "cache", "cost", "tenant", "cited_titles")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,13 @@ class LlmExchange(_message.Message):
     TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_CHUNK_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CITED_TITLES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     prompt: str
     completion: str
@@ -61,7 +68,14 @@ class LlmExchange(_message.Message):
     time_to_first_token_ms: float
     context_chunk_ids: _containers.RepeatedScalarFieldContainer[str]
     cache_hit: bool
-    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., context_chunk_ids: _Optional[_Iterable[str]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    application: str
+    prompt_template: _common_pb2.ModelRef
+    context_chunk_scores: _containers.RepeatedScalarFieldContainer[float]
+    cache: str
+    cost: float
+    tenant: str
+    cited_titles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., context_chunk_ids: _Optional[_Iterable[str]] = ..., cache_hit: _Optional[bool] = ..., application: _Optional[str] = ..., prompt_template: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., context_chunk_scores: _Optional[_Iterable[float]] = ..., cache: _Optional[str] = ..., cost: _Optional[float] = ..., tenant: _Optional[str] = ..., cited_titles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictionLogged(_message.Message):
     __slots__ = ("request_id", "model", "arm", "inputs", "inputs_uri", "outputs", "entity_ids", "latency_ms", "timestamp", "traceparent", "sample_rate", "llm", "parameters")
