@@ -1,0 +1,3 @@
+from flywheel.finetuner.main import main
+
+main()
