@@ -83,8 +83,8 @@ def redact(text: str) -> Redacted:
             return PHONE
         return match.group()
 
-    out = _CARD.sub(card, text)
-    out = _IBAN.sub(iban, out)
+    out = _IBAN.sub(iban, text)  # first: an IBAN's digits could pass the Luhn check by chance
+    out = _CARD.sub(card, out)
     out = _EMAIL.sub(email, out)
     out = _PHONE.sub(phone, out)
     return Redacted(out, counts)

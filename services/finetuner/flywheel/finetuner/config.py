@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel.common.settings import ServiceSettings, shared
-from flywheel.finetuner.lora import LoraSettings
+from flywheel.finetuner.hyperparams import LoraSettings
 
 DEFAULT_LORA = LoraSettings()
 

@@ -23,8 +23,8 @@ from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError
 from flywheel.common.jobs import JobScheduler
 from flywheel.finetuner.execution import RUN_TAG, RUNS, RunExecutor
+from flywheel.finetuner.hyperparams import LoraSettings
 from flywheel.finetuner.intake import SOURCE, Intake
-from flywheel.finetuner.lora import LoraSettings
 from flywheel.finetuner.models import BaseModels
 from flywheel.finetuner.runs import DatasetView, RunRequest, Runs
 from flywheel.finetuner.store import FAILED, RUN_QUEUE, SUCCEEDED, FinetunerStore, Run

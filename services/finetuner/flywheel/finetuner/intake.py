@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from psycopg import AsyncConnection
 
 from flywheel.finetuner import dataset
-from flywheel.finetuner.lora import LoraSettings
+from flywheel.finetuner.hyperparams import LoraSettings
 from flywheel.finetuner.store import DUPLICATE, EXAMPLE, REJECTED, UNUSABLE, FinetunerStore, Run
 from flywheel.proto.events.v1 import models_pb2, reviews_pb2
 

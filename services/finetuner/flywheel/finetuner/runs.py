@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 from flywheel.common.db import Database
 from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, PoisonEvent
 from flywheel.finetuner import dataset
-from flywheel.finetuner.lora import LoraSettings
+from flywheel.finetuner.hyperparams import LoraSettings
 from flywheel.finetuner.models import BaseModels
 from flywheel.finetuner.store import DatasetStats, FinetunerStore, Run, StoredExample
 from flywheel.proto.events.v1 import common_pb2, models_pb2
