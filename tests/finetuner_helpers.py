@@ -85,6 +85,27 @@ def corrections(application: str, questions: list[str], wrong: str, right: str, 
     return events
 
 
+def build_tiny_chat_llm(directory: Path, *, seed: int = 3) -> Path:
+    """The inference tests' tiny LLM (`flywheel.inference.testing.build_tiny_llm`), with a seeded random embedding
+    for its end-of-turn token. That token is also its pad token, so transformers initializes its embedding row
+    to zeros and, the head being tied to the embeddings, its logit is always 0: the model could never learn to
+    end an answer. A real chat model's end-of-turn embedding is trained; this gives the tiny one a usable one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.inference.testing import build_tiny_llm
+
+    path = build_tiny_llm(directory, seed=seed)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    embeddings = model.get_input_embeddings().weight
+    end = model.config.eos_token_id
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        embeddings[end] = torch.randn(embeddings.shape[1], generator=generator) * embeddings.std()
+    model.save_pretrained(path)
+    return path
+
+
 async def register_tiny_base(registry: Any, name: str, directory: Path) -> rpb.ModelVersion:
     """Register the tiny model directory as a version of `name` (kind llm) and make it the champion."""
     version = await registry_client.register(registry, name, pack_dir(directory), kind=common_pb2.MODEL_KIND_LLM,

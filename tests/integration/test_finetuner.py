@@ -24,13 +24,19 @@ from flywheel.common.model_dirs import pack_dir, unpack
 from flywheel.common.topics import RETRAIN_REQUESTS
 from flywheel.finetuner.lora import Example, encode_example, eval_loss, load_base
 from flywheel.finetuner.main import FinetunerApp
-from flywheel.inference.testing import build_tiny_llm
 from flywheel.proto.events.v1 import common_pb2, models_pb2, reviews_pb2
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as pb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests import polling
-from tests.finetuner_helpers import SYSTEM, corrections, finetuner_settings, register_tiny_base, reviewed
+from tests.finetuner_helpers import (
+    SYSTEM,
+    build_tiny_chat_llm,
+    corrections,
+    finetuner_settings,
+    register_tiny_base,
+    reviewed,
+)
 from tests.integration import registry_client
 
 pytestmark = pytest.mark.integration
@@ -61,7 +67,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llm(tmp_path_factory.mktemp("tiny-base") / "base", seed=3)
+    return build_tiny_chat_llm(tmp_path_factory.mktemp("tiny-base") / "base", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +344,7 @@ async def test_a_retrain_request_for_an_unknown_application_is_dead_lettered(sta
 
 def test_tiny_base_is_deterministic(base_dir: Path, tmp_path: Path) -> None:
     """The fixture's model: the same config and seed give the same weights (the tests above rely on it)."""
-    again = build_tiny_llm(tmp_path / "again", seed=3)
+    again = build_tiny_chat_llm(tmp_path / "again", seed=3)
     a, _ = load_base(base_dir)
     b, _ = load_base(again)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -17,12 +17,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flywheel.common import rpc
 from flywheel.common.embedded import free_port
 from flywheel.common.kafka import send_events
-from flywheel.inference.testing import build_tiny_llm
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as pb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
 from tests import polling
-from tests.finetuner_helpers import corrections, finetuner_settings, register_tiny_base, settings_env
+from tests.finetuner_helpers import (
+    build_tiny_chat_llm,
+    corrections,
+    finetuner_settings,
+    register_tiny_base,
+    settings_env,
+)
 from tests.integration import registry_client
 
 pytestmark = pytest.mark.integration
@@ -55,7 +60,7 @@ async def test_a_killed_run_resumes_from_its_checkpoint(infra, registry_app, reg
                                                         tmp_path) -> None:
     base_name = f"tiny-resume-{uuid.uuid4().hex[:8]}"
     app = f"assistant-{uuid.uuid4().hex[:6]}"
-    base = await register_tiny_base(registry, base_name, build_tiny_llm(tmp_path / "base", seed=5))
+    base = await register_tiny_base(registry, base_name, build_tiny_chat_llm(tmp_path / "base", seed=5))
     questions = [f"How long do I have to dispute payment {i}?" for i in range(6)]
     await send_events(producer, corrections(app, questions, "Within 120 days.", "Within 60 days.", model=base_name))
     port = free_port()
