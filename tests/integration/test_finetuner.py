@@ -7,6 +7,8 @@ requests and roles get clear statuses."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -349,3 +351,37 @@ def test_tiny_base_is_deterministic(base_dir: Path, tmp_path: Path) -> None:
     b, _ = load_base(again)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert pack_dir(base_dir) == pack_dir(again)
+
+
+async def flywheel_finetune(stack: Stack, *args: str) -> tuple[int, str]:
+    """`flywheel finetune` as an operator runs it (FLYWHEEL_TOKEN: the session's operator token)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flywheel.common.cli", "finetune", "--address", stack.app.address, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": stack.infra.tokens.operator})
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_cli_starts_follows_and_describes(stack: Stack) -> None:
+    app = f"assistant-{uuid.uuid4().hex[:6]}"
+    await send_events(stack.producer, corrections(app, QUESTIONS[:4], WRONG, RIGHT, model=BASE))
+
+    async def four() -> bool:
+        found = await dataset(stack, app)
+        return found is not None and found.examples == 4
+
+    await polling.eventually(four, what=f"{app}'s 4 examples")
+    code, out = await flywheel_finetune(stack, app, "--dataset")
+    assert code == 0 and "corrections" in out and "4" in out and "threshold" in out, out
+    code, out = await flywheel_finetune(stack, app, "--wait", "--set", "epochs=2", "--set", "rank=2")
+    assert code == 0, out
+    [run] = await runs_of(stack, app)
+    assert f"run {run.run_id} queued" in out and "succeeded" in out and "eval_loss" in out, out
+    assert f"registered {BASE}:{run.registered_version}" in out and run.settings["rank"] == "2", out
+    code, out = await flywheel_finetune(stack, "--list", app)
+    assert code == 0 and run.run_id in out and "succeeded" in out, out
+    code, out = await flywheel_finetune(stack, f"ghost-{uuid.uuid4().hex[:6]}", "--wait")
+    assert code == 2 and "NOT_FOUND" in out and "no application or model" in out and "Traceback" not in out, out
+    code, out = await flywheel_finetune(stack, app, "--set", "rank")
+    assert code == 2 and "is not KEY=VALUE" in out, out
