@@ -52,6 +52,9 @@ def test_items_without_an_answer_are_not_kept_and_the_model_names_the_dataset_wi
     assert dataset.review_item(reviews_pb2.ReviewRequested(review_id="r-2")) is None
     item = dataset.review_item(requested("Fee?", "5 EUR.", application=""))
     assert item is not None and item.application == "smol"
+    nameless = requested("Fee?", "5 EUR.", application="")
+    nameless.model.name = ""
+    assert dataset.review_item(nameless) is None  # no dataset it could belong to
 
 
 def test_pii_is_redacted_before_it_is_kept() -> None:

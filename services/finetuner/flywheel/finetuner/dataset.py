@@ -76,6 +76,9 @@ def review_item(request: reviews_pb2.ReviewRequested) -> ReviewItem | None:
     if not request.HasField("llm") or not (request.llm.completion or request.llm.messages):
         return None
     llm = request.llm
+    application = llm.application or request.model.name
+    if not application:
+        return None  # no dataset it could belong to
     counts: Counter[str] = Counter()
     messages = [(m.role, _redacted(m.content, counts)) for m in llm.messages if m.role != "assistant" or m.content]
     # The exchange's messages end with the user's turn; an assistant turn at the end is the answer itself.
@@ -83,7 +86,7 @@ def review_item(request: reviews_pb2.ReviewRequested) -> ReviewItem | None:
         messages.pop()
     return ReviewItem(
         review_id=request.review_id, request_id=request.request_id,
-        application=llm.application or request.model.name, model_name=request.model.name,
+        application=application, model_name=request.model.name,
         model_version=request.model.version, messages=messages, prompt=_redacted(llm.prompt, counts),
         completion=_redacted(llm.completion, counts), redactions=counts)
 

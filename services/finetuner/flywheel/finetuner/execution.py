@@ -263,6 +263,8 @@ class RunExecutor:
                         log.info("fine-tuning epoch done", extra={"run_id": run.id, **item.epoch_metrics})
                     if item.checkpoint_step:
                         checkpoint = item.checkpoint_step
+                        log.info("checkpoint saved", extra={"run_id": run.id, "step": item.checkpoint_step,
+                                                            "total_steps": item.total_steps})
                 if items:
                     last = items[-1]
                     STEPS.labels(run.application).inc(len(items))
