@@ -385,3 +385,34 @@ async def test_the_cli_starts_follows_and_describes(stack: Stack) -> None:
     assert code == 2 and "NOT_FOUND" in out and "no application or model" in out and "Traceback" not in out, out
     code, out = await flywheel_finetune(stack, app, "--set", "rank")
     assert code == 2 and "is not KEY=VALUE" in out, out
+
+
+async def test_a_run_stopped_with_the_service_is_queued_again_and_resumes(stack: Stack) -> None:
+    app = f"assistant-{uuid.uuid4().hex[:6]}"
+    await send_events(stack.producer, corrections(app, QUESTIONS[:5], WRONG, RIGHT, model=BASE))
+
+    async def five() -> bool:
+        found = await dataset(stack, app)
+        return found is not None and found.examples == 5
+
+    await polling.eventually(five, what=f"{app}'s 5 examples")
+    run = (await stack.stub.StartRun(pb.StartRunRequest(
+        application=app, settings={"epochs": "60", "batch_size": "1", "checkpoint_every": "10"}))).run
+
+    async def checkpointed() -> pb.Run | None:
+        found = (await stack.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
+        assert found.status != pb.RUN_STATUS_SUCCEEDED, "the run ended before the service stopped"
+        return found if found.checkpoint_step >= 10 else None
+
+    await polling.eventually(checkpointed, what="a checkpoint", every=0.02)
+    await stack.app.finetuner.stop()  # what SIGTERM does: the scheduler and its runs stop
+    try:
+        stopped = (await stack.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
+        assert stopped.status == pb.RUN_STATUS_QUEUED, stopped
+        assert f"resumes from checkpoint step {stopped.checkpoint_step}" in stopped.stage, stopped.stage
+    finally:
+        stack.app.finetuner.scheduler.start()
+    done = await finished(stack, run.run_id)
+    assert done.status == pb.RUN_STATUS_SUCCEEDED, done.failure_reason
+    assert done.attempts == 2 and stopped.checkpoint_step <= done.resumed_from_step < done.total_steps
+    assert done.step == done.total_steps == 60 * 4 and len(done.epochs) == 60

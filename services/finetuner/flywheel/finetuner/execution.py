@@ -289,13 +289,19 @@ class RunExecutor:
             RESUMES.inc()
             log.info("resuming from checkpoint", extra={"run_id": run.id, "step": step})
         writer = asyncio.create_task(write_reports())
+        training = asyncio.ensure_future(asyncio.to_thread(
+            lora.train_lora, directory, snapshot.examples(TRAIN), snapshot.examples(EVAL), settings,
+            checkpoints=checkpoints, out_dir=self.run_dir(run.id) / "adapter", fingerprint=fingerprint,
+            base_ref=base.ref, progress=progress, threads=self.torch_threads, info=info))
         try:
-            result = await asyncio.to_thread(
-                lora.train_lora, directory, snapshot.examples(TRAIN), snapshot.examples(EVAL), settings,
-                checkpoints=checkpoints, out_dir=self.run_dir(run.id) / "adapter", fingerprint=fingerprint,
-                base_ref=base.ref, progress=progress, threads=self.torch_threads, info=info)
+            result = await asyncio.shield(training)
         except asyncio.CancelledError:
+            # Let the thread stop at its next step (after the checkpoint it may be writing) before the run can be
+            # claimed again: two attempts of one run must never train, or touch its checkpoints, at once.
+            cancelled.set()
             writer.cancel()
+            with contextlib.suppress(BaseException):
+                await training
             raise
         except BaseException:
             reports.put_nowait(None)

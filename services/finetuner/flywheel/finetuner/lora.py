@@ -272,7 +272,7 @@ def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Ex
     under `checkpoints` made for `fingerprint`; write it (PEFT directory) to `out_dir`.
 
     `progress` hears every step (raise from it to stop the run: the newest checkpoint stays).
-    `stop_after_step` (tests) returns right after that step's checkpoint as if interrupted.
+    `stop_after_step` (tests) raises `Interrupted` right after that step (and its checkpoint, when one is due).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -364,7 +364,8 @@ def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Ex
         seconds=time.monotonic() - started)
     (out_dir / INFO_FILE).write_text(json.dumps({
         "format": "peft-lora", "base": base_ref, "settings": settings.to_strings(),
-        "metrics": result.metrics() | {"train_seconds": 0.0}, "epochs": sums.epochs, **(info or {})},
+        "metrics": {k: v for k, v in result.metrics().items() if k != "train_seconds"}, "epochs": sums.epochs,
+        **(info or {})},
         sort_keys=True, indent=1))
     return result
 
