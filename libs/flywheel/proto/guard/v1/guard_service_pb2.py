@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%flywheel/guard/v1/guard_service.proto\x12\x11\x66lywheel.guard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x0c\x43ontextChunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\"|\n\x11\x43heckInputRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\x1f.flywheel.guard.v1.ContextChunk\"\xc4\x01\n\x12\x43heckOutputRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nuser_input\x18\x04 \x01(\t\x12\x30\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\x1f.flywheel.guard.v1.ContextChunk\x12\x13\n\x0bpassed_text\x18\x06 \x01(\t\x12\x12\n\x05\x66inal\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_final\"E\n\x04Span\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x13\n\x0breplacement\x18\x04 \x01(\t\"j\n\nRailResult\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05\x66ired\x18\x03 \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xea\x02\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.flywheel.guard.v1.Action\x12\x0f\n\x07\x62locked\x18\x03 \x01(\x08\x12\x11\n\tescalated\x18\x04 \x01(\x08\x12\x0c\n\x04text\x18\x05 \x01(\t\x12&\n\x05spans\x18\x06 \x03(\x0b\x32\x17.flywheel.guard.v1.Span\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12,\n\x05rails\x18\n \x03(\x0b\x32\x1d.flywheel.guard.v1.RailResult\x12\x13\n\x0brails_fired\x18\x0b \x03(\t\x12\x13\n\x0b\x61pplication\x18\x0c \x01(\t\x12\x16\n\x0epolicy_version\x18\r \x01(\x03\x12\x12\n\nlatency_ms\x18\x0e \x01(\x01\x12\x11\n\tdetectors\x18\x0f \x01(\t\"A\n\x12\x43heckInputResponse\x12+\n\x07verdict\x18\x01 \x01(\x0b\x32\x1a.flywheel.guard.v1.Verdict\"B\n\x13\x43heckOutputResponse\x12+\n\x07verdict\x18\x01 \x01(\x0b\x32\x1a.flywheel.guard.v1.Verdict\"\x81\x02\n\x06Policy\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04yaml\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66\x61il_closed\x18\x06 \x01(\x08\x12\x1b\n\x13stream_window_chars\x18\x07 \x01(\x05\x12\x1e\n\x16\x62locked_input_response\x18\x08 \x01(\t\x12\x18\n\x10\x63heck_timeout_ms\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\"5\n\x10PutPolicyRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\">\n\x11PutPolicyResponse\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.flywheel.guard.v1.Policy\"8\n\x10GetPolicyRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\">\n\x11GetPolicyResponse\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.flywheel.guard.v1.Policy\"\x15\n\x13ListPoliciesRequest\"C\n\x14ListPoliciesResponse\x12+\n\x08policies\x18\x01 \x03(\x0b\x32\x19.flywheel.guard.v1.Policy*l\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x11\n\rACTION_REDACT\x10\x02\x12\x10\n\x0c\x41\x43TION_BLOCK\x10\x03\x12\x13\n\x0f\x41\x43TION_ESCALATE\x10\x04\x32\xd8\x03\n\x0cGuardService\x12Y\n\nCheckInput\x12$.flywheel.guard.v1.CheckInputRequest\x1a%.flywheel.guard.v1.CheckInputResponse\x12\\\n\x0b\x43heckOutput\x12%.flywheel.guard.v1.CheckOutputRequest\x1a&.flywheel.guard.v1.CheckOutputResponse\x12V\n\tPutPolicy\x12#.flywheel.guard.v1.PutPolicyRequest\x1a$.flywheel.guard.v1.PutPolicyResponse\x12V\n\tGetPolicy\x12#.flywheel.guard.v1.GetPolicyRequest\x1a$.flywheel.guard.v1.GetPolicyResponse\x12_\n\x0cListPolicies\x12&.flywheel.guard.v1.ListPoliciesRequest\x1a\'.flywheel.guard.v1.ListPoliciesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%flywheel/guard/v1/guard_service.proto\x12\x11\x66lywheel.guard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x0c\x43ontextChunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\"|\n\x11\x43heckInputRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\x1f.flywheel.guard.v1.ContextChunk\"\xc4\x01\n\x12\x43heckOutputRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nuser_input\x18\x04 \x01(\t\x12\x30\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\x1f.flywheel.guard.v1.ContextChunk\x12\x13\n\x0bpassed_text\x18\x06 \x01(\t\x12\x12\n\x05\x66inal\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_final\"E\n\x04Span\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x13\n\x0breplacement\x18\x04 \x01(\t\"j\n\nRailResult\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05\x66ired\x18\x03 \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xfe\x02\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.flywheel.guard.v1.Action\x12\x0f\n\x07\x62locked\x18\x03 \x01(\x08\x12\x11\n\tescalated\x18\x04 \x01(\x08\x12\x0c\n\x04text\x18\x05 \x01(\t\x12&\n\x05spans\x18\x06 \x03(\x0b\x32\x17.flywheel.guard.v1.Span\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12,\n\x05rails\x18\n \x03(\x0b\x32\x1d.flywheel.guard.v1.RailResult\x12\x13\n\x0brails_fired\x18\x0b \x03(\t\x12\x13\n\x0b\x61pplication\x18\x0c \x01(\t\x12\x16\n\x0epolicy_version\x18\r \x01(\x03\x12\x12\n\nlatency_ms\x18\x0e \x01(\x01\x12\x11\n\tdetectors\x18\x0f \x01(\t\x12\x12\n\nhold_chars\x18\x10 \x01(\x05\"A\n\x12\x43heckInputResponse\x12+\n\x07verdict\x18\x01 \x01(\x0b\x32\x1a.flywheel.guard.v1.Verdict\"B\n\x13\x43heckOutputResponse\x12+\n\x07verdict\x18\x01 \x01(\x0b\x32\x1a.flywheel.guard.v1.Verdict\"\x81\x02\n\x06Policy\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04yaml\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66\x61il_closed\x18\x06 \x01(\x08\x12\x1b\n\x13stream_window_chars\x18\x07 \x01(\x05\x12\x1e\n\x16\x62locked_input_response\x18\x08 \x01(\t\x12\x18\n\x10\x63heck_timeout_ms\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\"5\n\x10PutPolicyRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\">\n\x11PutPolicyResponse\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.flywheel.guard.v1.Policy\"8\n\x10GetPolicyRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\">\n\x11GetPolicyResponse\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.flywheel.guard.v1.Policy\"\x15\n\x13ListPoliciesRequest\"C\n\x14ListPoliciesResponse\x12+\n\x08policies\x18\x01 \x03(\x0b\x32\x19.flywheel.guard.v1.Policy*l\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x11\n\rACTION_REDACT\x10\x02\x12\x10\n\x0c\x41\x43TION_BLOCK\x10\x03\x12\x13\n\x0f\x41\x43TION_ESCALATE\x10\x04\x32\xd8\x03\n\x0cGuardService\x12Y\n\nCheckInput\x12$.flywheel.guard.v1.CheckInputRequest\x1a%.flywheel.guard.v1.CheckInputResponse\x12\\\n\x0b\x43heckOutput\x12%.flywheel.guard.v1.CheckOutputRequest\x1a&.flywheel.guard.v1.CheckOutputResponse\x12V\n\tPutPolicy\x12#.flywheel.guard.v1.PutPolicyRequest\x1a$.flywheel.guard.v1.PutPolicyResponse\x12V\n\tGetPolicy\x12#.flywheel.guard.v1.GetPolicyRequest\x1a$.flywheel.guard.v1.GetPolicyResponse\x12_\n\x0cListPolicies\x12&.flywheel.guard.v1.ListPoliciesRequest\x1a\'.flywheel.guard.v1.ListPoliciesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.guard.v1.guard_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=1789
-  _globals['_ACTION']._serialized_end=1897
+  _globals['_ACTION']._serialized_start=1809
+  _globals['_ACTION']._serialized_end=1917
   _globals['_CONTEXTCHUNK']._serialized_start=93
   _globals['_CONTEXTCHUNK']._serialized_end=190
   _globals['_CHECKINPUTREQUEST']._serialized_start=192
@@ -45,25 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAILRESULT']._serialized_start=588
   _globals['_RAILRESULT']._serialized_end=694
   _globals['_VERDICT']._serialized_start=697
-  _globals['_VERDICT']._serialized_end=1059
-  _globals['_CHECKINPUTRESPONSE']._serialized_start=1061
-  _globals['_CHECKINPUTRESPONSE']._serialized_end=1126
-  _globals['_CHECKOUTPUTRESPONSE']._serialized_start=1128
-  _globals['_CHECKOUTPUTRESPONSE']._serialized_end=1194
-  _globals['_POLICY']._serialized_start=1197
-  _globals['_POLICY']._serialized_end=1454
-  _globals['_PUTPOLICYREQUEST']._serialized_start=1456
-  _globals['_PUTPOLICYREQUEST']._serialized_end=1509
-  _globals['_PUTPOLICYRESPONSE']._serialized_start=1511
-  _globals['_PUTPOLICYRESPONSE']._serialized_end=1573
-  _globals['_GETPOLICYREQUEST']._serialized_start=1575
-  _globals['_GETPOLICYREQUEST']._serialized_end=1631
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1633
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1695
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1697
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1718
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1720
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1787
-  _globals['_GUARDSERVICE']._serialized_start=1900
-  _globals['_GUARDSERVICE']._serialized_end=2372
+  _globals['_VERDICT']._serialized_end=1079
+  _globals['_CHECKINPUTRESPONSE']._serialized_start=1081
+  _globals['_CHECKINPUTRESPONSE']._serialized_end=1146
+  _globals['_CHECKOUTPUTRESPONSE']._serialized_start=1148
+  _globals['_CHECKOUTPUTRESPONSE']._serialized_end=1214
+  _globals['_POLICY']._serialized_start=1217
+  _globals['_POLICY']._serialized_end=1474
+  _globals['_PUTPOLICYREQUEST']._serialized_start=1476
+  _globals['_PUTPOLICYREQUEST']._serialized_end=1529
+  _globals['_PUTPOLICYRESPONSE']._serialized_start=1531
+  _globals['_PUTPOLICYRESPONSE']._serialized_end=1593
+  _globals['_GETPOLICYREQUEST']._serialized_start=1595
+  _globals['_GETPOLICYREQUEST']._serialized_end=1651
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1653
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1715
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1717
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1738
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1740
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1807
+  _globals['_GUARDSERVICE']._serialized_start=1920
+  _globals['_GUARDSERVICE']._serialized_end=2392
 # @@protoc_insertion_point(module_scope)

@@ -96,7 +96,7 @@ class RailResult(_message.Message):
     def __init__(self, rail: _Optional[str] = ..., score: _Optional[float] = ..., fired: _Optional[bool] = ..., action: _Optional[str] = ..., category: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("verdict_id", "action", "blocked", "escalated", "text", "spans", "rule", "category", "message", "rails", "rails_fired", "application", "policy_version", "latency_ms", "detectors")
+    __slots__ = ("verdict_id", "action", "blocked", "escalated", "text", "spans", "rule", "category", "message", "rails", "rails_fired", "application", "policy_version", "latency_ms", "detectors", "hold_chars")
     VERDICT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Verdict(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_CHARS_FIELD_NUMBER: _ClassVar[int]
     verdict_id: str
     action: Action
     blocked: bool
@@ -127,7 +128,8 @@ class Verdict(_message.Message):
     policy_version: int
     latency_ms: float
     detectors: str
-    def __init__(self, verdict_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., blocked: _Optional[bool] = ..., escalated: _Optional[bool] = ..., text: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., rule: _Optional[str] = ..., category: _Optional[str] = ..., message: _Optional[str] = ..., rails: _Optional[_Iterable[_Union[RailResult, _Mapping]]] = ..., rails_fired: _Optional[_Iterable[str]] = ..., application: _Optional[str] = ..., policy_version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., detectors: _Optional[str] = ...) -> None: ...
+    hold_chars: int
+    def __init__(self, verdict_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., blocked: _Optional[bool] = ..., escalated: _Optional[bool] = ..., text: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., rule: _Optional[str] = ..., category: _Optional[str] = ..., message: _Optional[str] = ..., rails: _Optional[_Iterable[_Union[RailResult, _Mapping]]] = ..., rails_fired: _Optional[_Iterable[str]] = ..., application: _Optional[str] = ..., policy_version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., detectors: _Optional[str] = ..., hold_chars: _Optional[int] = ...) -> None: ...
 
 class CheckInputResponse(_message.Message):
     __slots__ = ("verdict",)
