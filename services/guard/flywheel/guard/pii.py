@@ -112,6 +112,12 @@ PHONE = re.compile(
     r")(?![\w-])")
 NAME_CUE = re.compile(r"\b(?:my name is|my name's|i am called|this is|signed|regards,|mr\.?|mrs\.?|ms\.?|miss|dr\.?)"
                       r"\s+([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?)", re.IGNORECASE)
+# "Sarah Jones here, ..." at the start of a message or sentence.
+NAME_HERE = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z'-]+\s+(?:Mc|Mac|O')?[A-Z][a-z'-]+)\s+here\b")
+# Capitalised words that make a pair an organisation or product, not a person.
+ORG_WORDS = {"bank", "checking", "savings", "account", "card", "debit", "credit", "assist", "support", "team",
+             "premier", "plus", "everyday", "classic", "voyager", "summit", "platinum", "rewards", "travel", "street",
+             "road", "avenue", "branch", "services", "fund", "pay", "wallet", "saver", "isa"}
 CAPITALISED_PAIR = re.compile(r"\b([A-Z][a-z'-]+)\s+((?:Mc|Mac|O')?[A-Z][a-z'-]+)\b")
 # Capitalised words after a cue that are not names ("this is Urgent", "Ms Account").
 NOT_NAMES = {"a", "an", "the", "my", "your", "about", "urgent", "regarding", "not", "just", "northwind", "bank",
@@ -191,20 +197,27 @@ def _names(text: str) -> Iterable[PiiSpan]:
             continue
         start = m.start(1)
         end = start + len(" ".join(words)) if len(words) > 1 else start + len(words[0])
-        # "this is X" only counts for a listed first name (it is mostly not an introduction).
-        if m.group().lower().startswith("this is") and words[0].lower() not in names:
+        # "this is X" counts for a listed first name, or a first and last name (else it is mostly not an
+        # introduction: "this is urgent").
+        if m.group().lower().startswith("this is") and words[0].lower() not in names and (
+                len(words) < 2 or any(w.lower() in ORG_WORDS for w in words)):
             continue
         yield PiiSpan("name", start, end, " ".join(words).lower())
+    for m in NAME_HERE.finditer(text):
+        words = m.group(1).split()
+        if not any(w.lower() in NOT_NAMES | ORG_WORDS for w in words):
+            yield PiiSpan("name", m.start(1), m.end(1), m.group(1).lower())
     for m in CAPITALISED_PAIR.finditer(text):
         first, last = m.group(1), m.group(2)
-        if first.lower() in names and last.lower() not in NOT_NAMES:
+        if first.lower() in names and last.lower() not in NOT_NAMES | ORG_WORDS:
             yield PiiSpan("name", m.start(), m.end(), f"{first} {last}".lower())
 
 
 RECOGNIZERS = {"card_number": _cards, "iban": _ibans, "us_ssn": _ssns, "uk_nino": _ninos, "email": _emails,
                "phone": _phones, "name": _names}
 # When spans overlap, the one found by the stronger evidence wins (a checksum beats a pattern).
-PRIORITY = {"card_number": 0, "iban": 1, "us_ssn": 2, "uk_nino": 3, "email": 4, "phone": 5, "name": 6}
+# (An IBAN's digits can hold a Luhn-valid run: the IBAN, validated as a whole, wins.)
+PRIORITY = {"iban": 0, "card_number": 1, "us_ssn": 2, "uk_nino": 3, "email": 4, "phone": 5, "name": 6}
 
 
 def find_pii(text: str, kinds: Iterable[str] = KINDS) -> list[PiiSpan]:
