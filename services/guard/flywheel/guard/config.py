@@ -28,11 +28,14 @@ class GuardSettings(ServiceSettings):
         "guard-detectors", description="Registry model holding the guard's trained detectors; its champion "
                                        "(or, without one, the bootstrapped version) scores the checks.")
     bootstrap: bool = Field(
-        True, description="On start, when the detectors model has no version, train the detectors on the data "
-                          "the guard ships and register them (tagged bootstrap=shipped-data).")
+        True, description="On start, when the detectors model has no version, register the detectors the guard "
+                          "ships (trained on its data; tagged bootstrap=shipped-data).")
     bootstrap_dir: Path | None = Field(
-        None, description="Register this detectors directory (trained beforehand, e.g. by `flywheel guard train "
-                          "--out DIR`) instead of training at the first start; unset = train.")
+        None, description="Register this detectors directory (e.g. written by `flywheel guard train --out DIR`) "
+                          "instead of the shipped one; unset = the shipped one.")
+    bootstrap_train: bool = Field(
+        False, description="Train the detectors on the shipped data at the first start instead (14-60 s on 2 "
+                           "cores, longer than `make run` waits for a service).")
     policies_dir: Path | None = Field(
         None, description="Directory of seed policies (<application>.yaml): each is stored as version 1 of an "
                           "application that has no policy yet. `make run` sets it from the installed projects' "

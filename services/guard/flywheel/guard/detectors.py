@@ -5,7 +5,11 @@ text features (`features.py`) and the groundedness model on lexical support feat
 On disk (a directory; the registry stores it as a tar like any model directory):
     detectors.json  format, feature settings, per head its bias and decision threshold, the grounding
                     model's coefficients, and the held-out metrics measured when it was trained
-    weights.npy     float32 [heads, 2**bits], rows in the order of detectors.json's `heads`
+    weights.npz     per head `<head>.indices` (int32) and `<head>.values` (float32): the nonzero weights
+                    (a head has weights only for features seen in training: ~10k of 2**18), dense in memory
+
+The guard ships one trained on its data in `flywheel/guard/detectors/` (~0.3 MB): the first start
+registers it, so no start waits for training (`flywheel guard train --out` writes it again).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ FORMAT = "flywheel-guard-detectors/1"
 HEADS = ("injection", "toxicity", "investment_advice", "other_customer_data")
 TOPICS = ("investment_advice", "other_customer_data")
 MANIFEST = "detectors.json"
-WEIGHTS = "weights.npy"
+WEIGHTS = "weights.npz"
+SHIPPED_DIR = Path(__file__).parent / "detectors"
 
 
 def sigmoid(x: float) -> float:
@@ -72,7 +77,13 @@ class Detectors:
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / WEIGHTS, self.weights.astype(np.float32))
+        sparse = {}
+        for head, row in zip(self.heads, self.weights, strict=True):
+            nonzero = np.flatnonzero(row)
+            sparse[f"{head}.indices"] = nonzero.astype(np.int32)
+            sparse[f"{head}.values"] = row[nonzero].astype(np.float32)
+        with open(directory / WEIGHTS, "wb") as f:  # np.savez stores no timestamps: same weights, same bytes
+            np.savez_compressed(f, **sparse)
         manifest = {
             "format": FORMAT, "features": {"kind": "hashed-ngrams", "bits": self.bits,
                                            "words": [1, 2], "char_ngrams_in_words": 4, "hash": "crc32"},
@@ -99,9 +110,16 @@ def load(directory: Path, *, name: str = "", version: int = 0) -> Detectors:
     if missing:
         raise ValueError(f"detectors lack the head(s) {', '.join(sorted(missing))}")
     bits = int(manifest["features"]["bits"])
-    weights = np.load(Path(directory) / WEIGHTS)
-    if weights.shape != (len(heads), 1 << bits):
-        raise ValueError(f"weights.npy has shape {weights.shape}; expected {(len(heads), 1 << bits)}")
+    weights = np.zeros((len(heads), 1 << bits), dtype=np.float32)
+    with np.load(Path(directory) / WEIGHTS) as stored:
+        for i, head in enumerate(heads):
+            try:
+                indices, values = stored[f"{head}.indices"], stored[f"{head}.values"]
+            except KeyError:
+                raise ValueError(f"{WEIGHTS} has no weights for head {head!r}") from None
+            if len(indices) != len(values) or (len(indices) and (indices.min() < 0 or indices.max() >= 1 << bits)):
+                raise ValueError(f"{WEIGHTS}: the weights of head {head!r} do not fit 2**{bits} features")
+            weights[i, indices] = values
     g = manifest["grounding"]
     return Detectors(bits=bits, heads=heads, weights=np.ascontiguousarray(weights, dtype=np.float32),
                      biases=np.array([manifest["heads"][h]["bias"] for h in heads], dtype=np.float32),

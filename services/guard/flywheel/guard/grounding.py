@@ -33,7 +33,11 @@ FILLER = re.compile(r"^(?:i hope (?:that|this) helps|is there anything else|let 
                     r"happy to help|i'm sorry|i am sorry|sorry|hello|hi|good (?:morning|afternoon|evening)|"
                     r"you're welcome|glad|great question)", re.IGNORECASE)
 NUMBER = re.compile(r"^\$?\d")
-FEATURES = ("weakest_gap", "mean_gap", "unsupported_numbers", "weak_share", "sentences")
+# Number words an answer may use for a figure the source writes in digits (or the other way round).
+NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                "eight": "8", "nine": "9", "ten": "10", "twelve": "12", "fifteen": "15", "twenty": "20",
+                "thirty": "30", "sixty": "60", "ninety": "90", "hundred": "100"}
+FEATURES = ("weakest_gap", "mean_gap", "unsupported_numbers", "any_unsupported_number", "weak_share", "sentences")
 WEAK = 0.5
 
 
@@ -54,6 +58,8 @@ def content(text: str) -> tuple[set[str], set[str]]:
     for token in WORD.findall(text.lower()):
         if NUMBER.match(token):
             numbers.add(number_token(token).lstrip("$"))
+        elif token in NUMBER_WORDS:
+            numbers.add(NUMBER_WORDS[token])
         elif token not in STOP and len(token) > 2:
             words.add(stem(token))
     return words, numbers
@@ -112,5 +118,5 @@ def features_of(judged: Sequence[SentenceSupport]) -> np.ndarray:
         return np.zeros(len(FEATURES), dtype=np.float64)
     supports = np.array([s.support for s in judged])
     numbers = sum(s.unsupported_numbers for s in judged)
-    return np.array([1 - supports.min(), 1 - supports.mean(), min(numbers, 3) / 3,
+    return np.array([1 - supports.min(), 1 - supports.mean(), min(numbers, 3) / 3, float(numbers > 0),
                      float(np.mean(supports < WEAK)), min(len(judged), 10) / 10], dtype=np.float64)

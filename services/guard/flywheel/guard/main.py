@@ -48,7 +48,7 @@ class GuardApp:
             RegistryClient(settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
                            transfer_timeout=settings.download_timeout),
             model_name=settings.detectors_model, cache=settings.model_cache(), bootstrap=settings.bootstrap,
-            bootstrap_dir=settings.bootstrap_dir,
+            bootstrap_dir=settings.bootstrap_dir, bootstrap_train=settings.bootstrap_train,
             bootstrap_lock=lambda: advisory_lock(settings.database_url,
                                                  f"flywheel.guard.bootstrap.{settings.detectors_model}"),
             on_serving=self.rpc.component_health("detectors"))

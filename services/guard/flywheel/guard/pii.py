@@ -110,7 +110,7 @@ PHONE = re.compile(
     r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-010-4477
     r"|0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}"  # 020 7946 0958, 07700 900123
     r")(?![\w-])")
-NAME_CUE = re.compile(r"\b(?:my name is|my name's|i am called|this is|signed|regards,|mr\.?|mrs\.?|ms\.?|miss|dr\.?)"
+NAME_CUE = re.compile(r"\b(?:my name is|my name's|i am called|i'm|i am|this is|signed|regards,|mr\.?|mrs\.?|ms\.?|miss|dr\.?)"
                       r"\s+([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?)", re.IGNORECASE)
 # "Sarah Jones here, ..." at the start of a message or sentence.
 NAME_HERE = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z'-]+\s+(?:Mc|Mac|O')?[A-Z][a-z'-]+)\s+here\b")
@@ -118,7 +118,8 @@ NAME_HERE = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z'-]+\s+(?:Mc|Mac|O')?[A-Z][a-z'
 ORG_WORDS = {"bank", "checking", "savings", "account", "card", "debit", "credit", "assist", "support", "team",
              "premier", "plus", "everyday", "classic", "voyager", "summit", "platinum", "rewards", "travel", "street",
              "road", "avenue", "branch", "services", "fund", "pay", "wallet", "saver", "isa"}
-CAPITALISED_PAIR = re.compile(r"\b([A-Z][a-z'-]+)\s+((?:Mc|Mac|O')?[A-Z][a-z'-]+)\b")
+# A lookahead, so that pairs overlap ("I'm Sarah Jones": "I'm Sarah", then "Sarah Jones").
+CAPITALISED_PAIR = re.compile(r"(?=\b([A-Z][a-z'-]+)\s+((?:Mc|Mac|O')?[A-Z][a-z'-]+)\b)")
 # Capitalised words after a cue that are not names ("this is Urgent", "Ms Account").
 NOT_NAMES = {"a", "an", "the", "my", "your", "about", "urgent", "regarding", "not", "just", "northwind", "bank",
              "card", "account", "it", "is", "what", "why", "how", "happening", "ridiculous", "unacceptable",
@@ -191,6 +192,8 @@ def _names(text: str) -> Iterable[PiiSpan]:
     names = first_names()
     for m in NAME_CUE.finditer(text):
         words = m.group(1).split()
+        if len(words) > 1 and not words[1][0].isupper():  # the cue is case-blind, names are not
+            words = words[:1]
         while words and words[-1].lower() in NOT_NAMES:
             words.pop()
         if not words or words[0].lower() in NOT_NAMES or not words[0][0].isupper():
@@ -210,7 +213,7 @@ def _names(text: str) -> Iterable[PiiSpan]:
     for m in CAPITALISED_PAIR.finditer(text):
         first, last = m.group(1), m.group(2)
         if first.lower() in names and last.lower() not in NOT_NAMES | ORG_WORDS:
-            yield PiiSpan("name", m.start(), m.end(), f"{first} {last}".lower())
+            yield PiiSpan("name", m.start(1), m.end(2), f"{first} {last}".lower())
 
 
 RECOGNIZERS = {"card_number": _cards, "iban": _ibans, "us_ssn": _ssns, "uk_nino": _ninos, "email": _emails,

@@ -72,7 +72,7 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _model(c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, class_weight="balanced", solver="liblinear", max_iter=1000)
+    return LogisticRegression(C=c, class_weight="balanced", solver="liblinear", max_iter=1000, random_state=SEED)
 
 
 def out_of_fold(x: Any, y: np.ndarray, c: float) -> np.ndarray:
