@@ -36,7 +36,8 @@ from tests.service_helpers import shared_settings
 
 pytestmark = pytest.mark.integration
 
-DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples/payments/payments_demo/guard_policies/support-assistant.yaml"
+DEMO_POLICY = (Path(__file__).resolve().parents[2] / "examples" / "payments" / "payments_demo" / "guard_policies"
+               / "support-assistant.yaml")
 CARD = "4539 1488 0343 6467"  # Luhn-valid
 NOT_A_CARD = "4539 1488 0343 6468"  # the same with a wrong check digit
 EMAIL = "jo.bloggs@example.com"
@@ -117,7 +118,8 @@ async def check_input(world: World, text: str, rid: str = "", role: str = "servi
 
 # ---------------------------------------------------------------- detectors in the registry
 
-async def test_first_start_registered_the_detectors_with_their_held_out_metrics(world: World, infra, registry_app) -> None:  # type: ignore[no-untyped-def]
+async def test_first_start_registered_the_detectors_with_their_held_out_metrics(  # type: ignore[no-untyped-def]
+        world: World, infra, registry_app) -> None:
     async with RegistryClient(registry_app.address, auth=infra.tokens.auth("admin")) as registry:
         found = await registry.find_by_tag(world.model, "bootstrap", "shipped-data")
     assert found is not None and found.version == 1
@@ -324,7 +326,8 @@ async def test_verdicts_on_the_topic_and_in_the_table_carry_no_raw_pii(world: Wo
     assert by_rid[rids[2]].blocked and by_rid[rids[2]].rule == "input.injection"
     # The verdicts table holds the same, redacted.
     async with world.app.db.connection() as conn:
-        rows = await (await conn.execute("SELECT * FROM verdicts WHERE request_id = ANY(%s)", (list(wanted),))).fetchall()
+        rows = await (await conn.execute("SELECT * FROM verdicts WHERE request_id = ANY(%s)",
+                                         (list(wanted),))).fetchall()
     assert len(rows) == len(wanted)
     dump = repr(rows)
     for secret in secrets.values():

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (hand-written data: one message per line)
 """Writes the guard's shipped data sets (services/guard/flywheel/guard/data/*.jsonl) from the
 hand-written lists beside this file: `python services/guard/data_src/author.py`.
 

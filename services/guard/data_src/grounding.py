@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (hand-written data: one message per line)
 """Groundedness: retrieved chunks (in the style of Northwind Bank's policy documents) with answers a
 support assistant might give. Grounded answers restate what the chunks say (paraphrased, partly,
 with pleasantries); ungrounded ones state facts the chunks do not support: wrong amounts or

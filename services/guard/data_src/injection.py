@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (hand-written data: one message per line)
 """Prompt injection and jailbreak attempts against a bank's support assistant. Written for Flywheel's
 guard: instruction overrides, role-play jailbreaks, system-prompt extraction, fake authority,
 encoded or indirect instructions (as they arrive in pasted text), and attempts to make the assistant

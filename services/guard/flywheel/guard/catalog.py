@@ -8,8 +8,9 @@ detectors the guard ships (trained by `training.py` on the shipped data) -- or t
 bootstrap=shipped-data, held-out metrics recorded), so the loop can retrain and promote later versions
 like any model. Training at start was measured and rejected: 14 s on a quiet 2-core machine, ~60 s on
 a busy one, which is longer than `make run` waits for a service; loading the shipped artifact takes
-well under a second. With `bootstrap_train` the guard trains instead (e.g. on a changed data set). A promotion (models.promoted) swaps
-the new champion in: checks that start after the swap use it, running ones finish on the old one.
+well under a second. With `bootstrap_train` the guard trains instead (e.g. on a changed data set).
+A promotion (models.promoted) swaps the new champion in: checks that start after the swap use it,
+running ones finish on the old one.
 
 Loading a version: its artifact (a tar of the detectors directory) is downloaded, unpacked into the
 content-addressed model cache and read with numpy (well under a second).
@@ -62,7 +63,8 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def version_spec(model_name: str, detectors: Detectors, description: str, tags: dict[str, str]) -> reg.ModelVersionSpec:
+def version_spec(model_name: str, detectors: Detectors, description: str,
+                 tags: dict[str, str]) -> reg.ModelVersionSpec:
     return reg.ModelVersionSpec(
         model_name=model_name, kind=common_pb2.MODEL_KIND_PREDICTIVE, framework=FRAMEWORK,
         description=description, tags={**tags, "data_sha256": str(detectors.metrics.get("data_sha256", ""))},

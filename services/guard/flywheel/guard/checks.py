@@ -259,7 +259,7 @@ class _Rails:
             parts = parts[:-1]  # still being written: judged with a later window
         if not parts:
             return RailOutcome(name, 0.0, False, rail.action, "", "no finished sentence yet")
-        score, judged = self.detectors.ungrounded([combined[s:e] for s, e in parts], sources + [request.user_input])
+        score, judged = self.detectors.ungrounded([combined[s:e] for s, e in parts], [*sources, request.user_input])
         threshold = rail.threshold if rail.threshold is not None else self.detectors.grounding_threshold
         fired = score >= threshold
         weakest = min((s.support for s in judged.sentences), default=1.0)

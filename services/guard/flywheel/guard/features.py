@@ -9,6 +9,7 @@ and Python versions, so an artifact trained anywhere scores the same everywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 
@@ -16,18 +17,29 @@ import numpy as np
 
 WORD = re.compile(r"[a-z0-9']+")
 DIGIT = re.compile(r"\d")
+LETTER = re.compile(r"[a-z]")
+SPACED = re.compile(r"(?:\b[a-z] ){4,}[a-z]\b")
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
-def normalise(text: str) -> str:
-    """Lower case, digits folded to 0 (amounts and ids carry no class), whitespace collapsed."""
-    return DIGIT.sub("0", " ".join(text.lower().split()))
-
-
 def tokens(text: str) -> list[str]:
-    words = WORD.findall(normalise(text))
-    # "1gn0re prev10us" spelling: words mixing letters and digits are read as leetspeak too.
-    return [w.translate(LEET) if any(c.isalpha() for c in w) and any(c.isdigit() for c in w) else w for w in words]
+    """Lower-cased words; a word mixing letters and digits is read as leetspeak ("1gn0re" -> "ignore"); other
+    digits are folded to 0 (amounts and ids carry no class)."""
+    out = []
+    for w in WORD.findall(text.lower()):
+        if DIGIT.search(w):
+            w = w.translate(LEET) if LETTER.search(w) else DIGIT.sub("0", w)
+        out.append(w)
+    return out
+
+
+@functools.lru_cache(maxsize=65_536)
+def _word_keys(word: str, mask: int) -> tuple[int, ...]:
+    """A word's own features: the word and its character 4-grams (with word boundaries)."""
+    padded = f" {word} "
+    keys = [zlib.crc32(b"w" + word.encode()) & mask]
+    keys += [zlib.crc32(b"c" + padded[i:i + 4].encode()) & mask for i in range(len(padded) - 3)]
+    return tuple(keys)
 
 
 def hashed(text: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,17 +50,13 @@ def hashed(text: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
     crc = zlib.crc32
     previous = "^"
     for w in words:
-        keys.add(crc(b"w" + w.encode()) & mask)
+        keys.update(_word_keys(w, mask))
         keys.add(crc(f"b{previous} {w}".encode()) & mask)
         previous = w
-        padded = f" {w} "
-        for i in range(len(padded) - 3):
-            keys.add(crc(b"c" + padded[i:i + 4].encode()) & mask)
     if words:
         keys.add(crc(f"b{previous} $".encode()) & mask)
     # Letter-spaced words ("i g n o r e") read as one word too.
-    spaced = re.findall(r"(?:\b[a-z] ){4,}[a-z]\b", normalise(text))
-    for run in spaced:
+    for run in SPACED.findall(" ".join(text.lower().split())):
         keys.add(crc(b"w" + run.replace(" ", "").encode()) & mask)
     if not keys:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)

@@ -110,8 +110,8 @@ PHONE = re.compile(
     r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-010-4477
     r"|0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}"  # 020 7946 0958, 07700 900123
     r")(?![\w-])")
-NAME_CUE = re.compile(r"\b(?:my name is|my name's|i am called|i'm|i am|this is|signed|regards,|mr\.?|mrs\.?|ms\.?|miss|dr\.?)"
-                      r"\s+([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?)", re.IGNORECASE)
+NAME_CUE = re.compile(r"\b(?:my name is|my name's|i am called|i'm|i am|this is|signed|regards,|mr\.?|mrs\.?|ms\.?|"
+                      r"miss|dr\.?)\s+([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?)", re.IGNORECASE)
 # "Sarah Jones here, ..." at the start of a message or sentence.
 NAME_HERE = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z'-]+\s+(?:Mc|Mac|O')?[A-Z][a-z'-]+)\s+here\b")
 # Capitalised words that make a pair an organisation or product, not a person.

@@ -99,12 +99,12 @@ class PolicyBook(PolicySource):
         """Store each `<application>.yaml` of `directory` as version 1 of an application that has no policy
         yet (several replicas starting together store it once); returns the applications seeded."""
         seeded = []
-        for path in sorted(Path(directory).glob("*.yaml")):
+        files = await asyncio.to_thread(lambda: [(p, p.read_text()) for p in sorted(Path(directory).glob("*.yaml"))])
+        for path, text in files:
             application = path.stem
             if not re.match(APPLICATION_NAME, application):
                 log.warning("policy file name is not an application name; skipped", extra={"file": str(path)})
                 continue
-            text = path.read_text()
             parse(text, application)  # a broken seed fails the start, loudly
             if await self.store.add_policy(application, text, "seed", only_if_none=True) is not None:
                 seeded.append(application)

@@ -75,7 +75,7 @@ def decoded_blobs(text: str) -> list[str]:
     found = []
     for m in BASE64.finditer(text):
         blob = m.group()
-        if blob.isdigit() or blob.isalpha() and (blob.islower() or blob.isupper()):
+        if blob.isdigit() or (blob.isalpha() and (blob.islower() or blob.isupper())):
             continue  # a number or a plain word, not an encoding
         try:
             raw = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)
