@@ -128,6 +128,39 @@ async def test_first_start_registered_the_detectors_with_their_held_out_metrics(
     assert world.app.catalog.serving is not None and world.app.catalog.serving.ref == f"{world.model}:1"
 
 
+async def test_a_promoted_detectors_version_is_swapped_in_without_a_restart(  # type: ignore[no-untyped-def]
+        world: World, infra, registry_app, registry) -> None:
+    from flywheel.guard import detectors as det
+    from flywheel.guard.catalog import register
+    from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+
+    stricter = det.load(det.SHIPPED_DIR)
+    stricter.biases = stricter.biases + 20.0  # every head scores ~1: flags everything
+    async with RegistryClient(registry_app.address, auth=infra.tokens.auth("admin")) as client:
+        found = await register(client, world.model, stricter, description="test: a stricter retrained version",
+                               tags={"test": "swap"})
+    application = f"swap-{uuid.uuid4().hex[:8]}"
+    await world.stub("operator").PutPolicy(pb.PutPolicyRequest(application=application, yaml=yaml.safe_dump(
+        {"input": {"toxicity": {"action": "block"}}})))
+    text = "How do I order a new card?"
+    before = (await world.stub().CheckInput(pb.CheckInputRequest(application=application, text=text))).verdict
+    assert not before.blocked and before.detectors == f"{world.model}:1"
+    await registry.SetAlias(rpb.SetAliasRequest(model_name=world.model, alias="champion", version=found.version))
+    try:
+        async def swapped() -> pb.Verdict | None:
+            v = (await world.stub().CheckInput(pb.CheckInputRequest(application=application, text=text))).verdict
+            return v if v.detectors == f"{world.model}:{found.version}" else None
+        after = await polling.eventually(swapped, 60, "the promoted detectors serving")
+        assert after.blocked and after.rule == "input.toxicity"
+    finally:  # back to version 1, so the module's other tests see the shipped detectors
+        await registry.SetAlias(rpb.SetAliasRequest(model_name=world.model, alias="champion", version=1))
+
+    async def restored() -> bool:
+        v = (await world.stub().CheckInput(pb.CheckInputRequest(application=application, text=text))).verdict
+        return v.detectors == f"{world.model}:1"
+    await polling.eventually(restored, 60, "version 1 serving again")
+
+
 # ---------------------------------------------------------------- input rails
 
 async def test_input_blocks_an_injection_with_the_policy_message(world: World) -> None:
