@@ -175,7 +175,8 @@ def test_the_detector_threshold_applies_unless_the_policy_sets_one(shipped: det.
 
 def test_the_shipped_detectors_were_trained_on_the_shipped_data(shipped: det.Detectors) -> None:
     assert shipped.metrics["data_sha256"] == training.data_sha256(training.DATA_DIR), \
-        "the data changed: retrain (flywheel guard train --no-register --out services/guard/flywheel/guard/detectors)"
+        "the data changed: retrain (flywheel guard train --no-register --out " \
+        "services/guard/flywheel/guard/shipped_detectors)"
 
 
 def test_held_out_precision_recall_and_benign_fpr_hold_their_floors(shipped: det.Detectors) -> None:

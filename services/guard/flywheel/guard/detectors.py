@@ -8,7 +8,7 @@ On disk (a directory; the registry stores it as a tar like any model directory):
     weights.npz     per head `<head>.indices` (int32) and `<head>.values` (float32): the nonzero weights
                     (a head has weights only for features seen in training: ~10k of 2**18), dense in memory
 
-The guard ships one trained on its data in `flywheel/guard/detectors/` (~0.3 MB): the first start
+The guard ships one trained on its data in `flywheel/guard/shipped_detectors/` (~0.2 MB): the first start
 registers it, so no start waits for training (`flywheel guard train --out` writes it again).
 """
 
@@ -30,7 +30,7 @@ HEADS = ("injection", "toxicity", "investment_advice", "other_customer_data")
 TOPICS = ("investment_advice", "other_customer_data")
 MANIFEST = "detectors.json"
 WEIGHTS = "weights.npz"
-SHIPPED_DIR = Path(__file__).parent / "detectors"
+SHIPPED_DIR = Path(__file__).parent / "shipped_detectors"
 
 
 def sigmoid(x: float) -> float:
