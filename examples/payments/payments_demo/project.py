@@ -21,7 +21,7 @@ REVIEW_LABELS = '{"fraud": ["legit", "fraud"]}'
 def settings() -> dict[str, str]:
     """The trainer and the evaluator read this project's model specs (`models/`), the feature store
     applies its Feast repo (`feature_repo/`), the monitor sends uncertain fraud scores to review, and the
-    review app names the fraud labels."""
+    review app names the fraud labels, and the guard seeds the support assistant's policy."""
     models = str(PACKAGE_DIR / "models")
     return {
         "FLYWHEEL_TRAINER_SPECS_DIR": models,
@@ -29,4 +29,6 @@ def settings() -> dict[str, str]:
         "FLYWHEEL_FEATURESTORE_REPO": str(PACKAGE_DIR / "feature_repo"),
         "FLYWHEEL_MONITOR_REVIEW_POLICY": REVIEW_POLICY,
         "FLYWHEEL_REVIEW_LABEL_NAMES": REVIEW_LABELS,
+        # The support assistant's guard policy, stored by the guard as version 1 on its first start.
+        "FLYWHEEL_GUARD_POLICIES_DIR": str(PACKAGE_DIR / "guard_policies"),
     }

@@ -6,7 +6,9 @@
 - `featurestore`: `FeatureStoreClient` (point-in-time training sets, online lookups) and the
   FeatureValue conversions;
 - `retriever`: `RetrieverClient` (collections, ingestion of raw files, hybrid retrieval, documents) and
-  the builders of its inputs (`file_input`, `document_input`, `metadata_filter`).
+  the builders of its inputs (`file_input`, `document_input`, `metadata_filter`);
+- `guard`: `GuardClient` (`ContentGuard` port: input checks, output checks whole or in streamed windows,
+  an application's policy).
 
 Every client takes `address` and `auth` (`flywheel.common.rpc.ClientAuth`: bearer token, TLS), gives
 every call a deadline, and raises domain errors (`flywheel.common.rpc.domain_error`), never gRPC ones.

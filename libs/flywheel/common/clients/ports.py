@@ -116,3 +116,81 @@ class DocumentRetriever(abc.ABC):
     async def close(self) -> None:
         """Release what the adapter holds open."""
         return None
+
+
+@dataclass(frozen=True)
+class GuardChunk:
+    """A retrieved chunk an answer was generated from (groundedness; its PII is not a leak)."""
+
+    text: str
+    chunk_id: str = ""
+    document_id: str = ""
+    title: str = ""
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """The guard's decision on one check (see flywheel.guard.v1.Verdict)."""
+
+    verdict_id: str
+    # allow, redact, block or escalate.
+    action: str
+    # The text must not be used; answer with `message` (finish_reason content_filter).
+    blocked: bool
+    # Sent to human review.
+    escalated: bool
+    # The text to use (PII masked where the policy says); empty when blocked. For a streamed window that is
+    # not final: the window minus its last `hold_chars` characters (send those again with the next window).
+    text: str
+    rule: str
+    category: str
+    message: str
+    application: str
+    policy_version: int
+    hold_chars: int = 0
+    # (kind, start, end) of each masked span, in the checked text.
+    spans: tuple[tuple[str, int, int], ...] = ()
+    scores: dict[str, float] | None = None
+    rails_fired: tuple[str, ...] = ()
+    detectors: str = ""
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What a caller needs to know of an application's guard policy before checking."""
+
+    application: str
+    version: int
+    # Guard down or too slow: refuse (a clear error), never answer unchecked.
+    fail_closed: bool
+    stream_window_chars: int
+    # completion (finish_reason content_filter with the message) or error (HTTP 400, code content_filter).
+    blocked_input_response: str
+    check_timeout_ms: int
+    yaml: str = ""
+
+
+class ContentGuard(abc.ABC):
+    """Checks an LLM application's inputs and outputs against its guard policy (the guard service)."""
+
+    @abc.abstractmethod
+    async def check_input(self, application: str, text: str, *, request_id: str = "",
+                          context: Sequence[GuardChunk] = ()) -> GuardVerdict:
+        """Check a user's input before retrieval and generation."""
+
+    @abc.abstractmethod
+    async def check_output(self, application: str, text: str, *, request_id: str = "", user_input: str = "",
+                           context: Sequence[GuardChunk] = (), passed_text: str = "", final: bool = True,
+                           ) -> GuardVerdict:
+        """Check an answer, or one window of a streamed answer (`passed_text`: the raw text already passed;
+        `final`: False while more windows follow)."""
+
+    @abc.abstractmethod
+    async def policy(self, application: str) -> GuardPolicy | None:
+        """The application's newest policy; None when it has none (then it is not guarded)."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds open."""
+        return None

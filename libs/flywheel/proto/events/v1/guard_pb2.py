@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lywheel/events/v1/guard.proto\x12\x12\x66lywheel.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x0cGuardFinding\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\"\x9e\x02\n\x0cGuardVerdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12-\n\x05stage\x18\x03 \x01(\x0e\x32\x1e.flywheel.events.v1.GuardStage\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12/\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1f.flywheel.events.v1.GuardAction\x12\x32\n\x08\x66indings\x18\x06 \x03(\x0b\x32 .flywheel.events.v1.GuardFinding\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12.\n\nchecked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*X\n\nGuardStage\x12\x1b\n\x17GUARD_STAGE_UNSPECIFIED\x10\x00\x12\x15\n\x11GUARD_STAGE_INPUT\x10\x01\x12\x16\n\x12GUARD_STAGE_OUTPUT\x10\x02*\x8d\x01\n\x0bGuardAction\x12\x1c\n\x18GUARD_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12GUARD_ACTION_ALLOW\x10\x01\x12\x17\n\x13GUARD_ACTION_REDACT\x10\x02\x12\x16\n\x12GUARD_ACTION_BLOCK\x10\x03\x12\x17\n\x13GUARD_ACTION_REVIEW\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lywheel/events/v1/guard.proto\x12\x12\x66lywheel.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x0cGuardFinding\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\"\xc0\x04\n\x0cGuardVerdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12-\n\x05stage\x18\x03 \x01(\x0e\x32\x1e.flywheel.events.v1.GuardStage\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12/\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1f.flywheel.events.v1.GuardAction\x12\x32\n\x08\x66indings\x18\x06 \x03(\x0b\x32 .flywheel.events.v1.GuardFinding\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12.\n\nchecked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pplication\x18\t \x01(\t\x12\x16\n\x0epolicy_version\x18\n \x01(\x03\x12<\n\x06scores\x18\x0b \x03(\x0b\x32,.flywheel.events.v1.GuardVerdict.ScoresEntry\x12\x13\n\x0brails_fired\x18\x0c \x03(\t\x12\x0f\n\x07\x62locked\x18\r \x01(\x08\x12\x0c\n\x04rule\x18\x0e \x01(\t\x12\x15\n\rredacted_text\x18\x0f \x01(\t\x12\x11\n\tprincipal\x18\x10 \x01(\t\x12\x11\n\tdetectors\x18\x11 \x01(\t\x12\x15\n\rstream_window\x18\x12 \x01(\x08\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*X\n\nGuardStage\x12\x1b\n\x17GUARD_STAGE_UNSPECIFIED\x10\x00\x12\x15\n\x11GUARD_STAGE_INPUT\x10\x01\x12\x16\n\x12GUARD_STAGE_OUTPUT\x10\x02*\x8d\x01\n\x0bGuardAction\x12\x1c\n\x18GUARD_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12GUARD_ACTION_ALLOW\x10\x01\x12\x17\n\x13GUARD_ACTION_REDACT\x10\x02\x12\x16\n\x12GUARD_ACTION_BLOCK\x10\x03\x12\x17\n\x13GUARD_ACTION_REVIEW\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.events.v1.guard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GUARDSTAGE']._serialized_start=469
-  _globals['_GUARDSTAGE']._serialized_end=557
-  _globals['_GUARDACTION']._serialized_start=560
-  _globals['_GUARDACTION']._serialized_end=701
+  _globals['_GUARDVERDICT_SCORESENTRY']._loaded_options = None
+  _globals['_GUARDVERDICT_SCORESENTRY']._serialized_options = b'8\001'
+  _globals['_GUARDSTAGE']._serialized_start=759
+  _globals['_GUARDSTAGE']._serialized_end=847
+  _globals['_GUARDACTION']._serialized_start=850
+  _globals['_GUARDACTION']._serialized_end=991
   _globals['_GUARDFINDING']._serialized_start=87
   _globals['_GUARDFINDING']._serialized_end=178
   _globals['_GUARDVERDICT']._serialized_start=181
-  _globals['_GUARDVERDICT']._serialized_end=467
+  _globals['_GUARDVERDICT']._serialized_end=757
+  _globals['_GUARDVERDICT_SCORESENTRY']._serialized_start=712
+  _globals['_GUARDVERDICT_SCORESENTRY']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

@@ -47,7 +47,14 @@ class GuardFinding(_message.Message):
     def __init__(self, category: _Optional[str] = ..., detail: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class GuardVerdict(_message.Message):
-    __slots__ = ("verdict_id", "request_id", "stage", "policy", "action", "findings", "latency_ms", "checked_at")
+    __slots__ = ("verdict_id", "request_id", "stage", "policy", "action", "findings", "latency_ms", "checked_at", "application", "policy_version", "scores", "rails_fired", "blocked", "rule", "redacted_text", "principal", "detectors", "stream_window")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     VERDICT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +63,16 @@ class GuardVerdict(_message.Message):
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    RAILS_FIRED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_WINDOW_FIELD_NUMBER: _ClassVar[int]
     verdict_id: str
     request_id: str
     stage: GuardStage
@@ -64,4 +81,14 @@ class GuardVerdict(_message.Message):
     findings: _containers.RepeatedCompositeFieldContainer[GuardFinding]
     latency_ms: float
     checked_at: _timestamp_pb2.Timestamp
-    def __init__(self, verdict_id: _Optional[str] = ..., request_id: _Optional[str] = ..., stage: _Optional[_Union[GuardStage, str]] = ..., policy: _Optional[str] = ..., action: _Optional[_Union[GuardAction, str]] = ..., findings: _Optional[_Iterable[_Union[GuardFinding, _Mapping]]] = ..., latency_ms: _Optional[float] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    application: str
+    policy_version: int
+    scores: _containers.ScalarMap[str, float]
+    rails_fired: _containers.RepeatedScalarFieldContainer[str]
+    blocked: bool
+    rule: str
+    redacted_text: str
+    principal: str
+    detectors: str
+    stream_window: bool
+    def __init__(self, verdict_id: _Optional[str] = ..., request_id: _Optional[str] = ..., stage: _Optional[_Union[GuardStage, str]] = ..., policy: _Optional[str] = ..., action: _Optional[_Union[GuardAction, str]] = ..., findings: _Optional[_Iterable[_Union[GuardFinding, _Mapping]]] = ..., latency_ms: _Optional[float] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., application: _Optional[str] = ..., policy_version: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., rails_fired: _Optional[_Iterable[str]] = ..., blocked: _Optional[bool] = ..., rule: _Optional[str] = ..., redacted_text: _Optional[str] = ..., principal: _Optional[str] = ..., detectors: _Optional[str] = ..., stream_window: _Optional[bool] = ...) -> None: ...

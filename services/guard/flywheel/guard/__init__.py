@@ -1,0 +1,1 @@
+"""Flywheel guard: input and output rails for LLM applications, versioned policies, audit trail."""

@@ -1,0 +1,3 @@
+from flywheel.guard.main import main
+
+main()
