@@ -27,9 +27,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition, FlywheelError, Unavailable
 from flywheel.common.model_dirs import pack_dir_file
-from flywheel.finetuner import lora
+from flywheel.finetuner import hyperparams
 from flywheel.finetuner.dataset import CORRECTION, EVAL, TRAIN
-from flywheel.finetuner.lora import LoraSettings, StepReport, TrainingResult
+from flywheel.finetuner.hyperparams import Example, LoraSettings, StepReport, TrainingResult
 from flywheel.finetuner.models import BaseModel, BaseModels
 from flywheel.finetuner.runs import snapshot_of, split_examples
 from flywheel.finetuner.store import FAILED, SUCCEEDED, FinetunerStore, Run, StoredExample
@@ -65,8 +65,8 @@ class Snapshot:
     id: str
     splits: list[tuple[StoredExample, str]]
 
-    def examples(self, split: str) -> list[lora.Example]:
-        return [lora.Example(tuple(e.messages), e.prompt, e.target) for e, s in self.splits if s == split]
+    def examples(self, split: str) -> list[Example]:
+        return [Example(tuple(e.messages), e.prompt, e.target) for e, s in self.splits if s == split]
 
     @property
     def reviews(self) -> int:
@@ -282,15 +282,17 @@ class RunExecutor:
 
         info = {"run_id": run.id, "application": run.application, "dataset_snapshot_id": snapshot.id}
         checkpoints = self.run_dir(run.id) / "checkpoints"
-        found = lora.latest_checkpoint(checkpoints, fingerprint)
-        step = json.loads((found / lora.STATE_FILE).read_text())["step"] if found is not None else 0
+        found = hyperparams.latest_checkpoint(checkpoints, fingerprint)
+        step = json.loads((found / hyperparams.STATE_FILE).read_text())["step"] if found is not None else 0
         await self.store.update(run.id, resumed_from_step=step)
         if step:
             RESUMES.inc()
             log.info("resuming from checkpoint", extra={"run_id": run.id, "step": step})
+        from flywheel.finetuner.lora import train_lora as train  # torch, transformers, PEFT: on the first run only
+
         writer = asyncio.create_task(write_reports())
         training = asyncio.ensure_future(asyncio.to_thread(
-            lora.train_lora, directory, snapshot.examples(TRAIN), snapshot.examples(EVAL), settings,
+            train, directory, snapshot.examples(TRAIN), snapshot.examples(EVAL), settings,
             checkpoints=checkpoints, out_dir=self.run_dir(run.id) / "adapter", fingerprint=fingerprint,
             base_ref=base.ref, progress=progress, threads=self.torch_threads, info=info))
         try:

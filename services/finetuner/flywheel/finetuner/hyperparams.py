@@ -1,13 +1,20 @@
-"""The settings of a LoRA run (what `lora.train_lora` trains with), torch-free so that the service's settings
-and the launcher can read them without importing torch."""
+"""What a LoRA run takes and gives, torch-free: its settings, its examples, its progress reports, its result
+and where its checkpoints are. The service's settings, the launcher and the scheduler read these without
+importing torch; `lora.py` (torch, transformers, PEFT) is imported by the training thread only."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from flywheel.common.errors import InvalidArgument
+
+STEP_PREFIX = "step-"
+STATE_FILE = "state.json"
 
 
 @dataclass(frozen=True)
@@ -81,3 +88,74 @@ class LoraSettings:
             problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if problems:
             raise InvalidArgument("bad fine-tuning settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction: the conversation up to the assistant's turn (or, without it, the rendered prompt
+    the model saw) and the answer to learn."""
+
+    messages: tuple[tuple[str, str], ...]
+    prompt: str
+    target: str
+
+
+@dataclass
+class StepReport:
+    """What the training loop tells its caller after each optimizer step (and at checkpoints)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    train_loss: float
+    checkpoint_step: int = 0
+    epoch_metrics: dict[str, float] | None = None
+
+
+Progress = Callable[[StepReport], None]
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: Path
+    epochs: list[dict[str, float]]
+    train_loss: float
+    eval_loss: float | None
+    eval_loss_base: float | None
+    steps: int
+    resumed_from_step: int
+    train_examples: int
+    eval_examples: int
+    truncated: int
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        out = {"train_loss": self.train_loss, "steps": float(self.steps),
+               "train_examples": float(self.train_examples), "eval_examples": float(self.eval_examples),
+               "truncated_examples": float(self.truncated), "train_seconds": self.seconds}
+        if self.eval_loss is not None and self.eval_loss_base is not None:
+            out |= {"eval_loss": self.eval_loss, "eval_loss_base": self.eval_loss_base,
+                    "perplexity_before": _exp(self.eval_loss_base), "perplexity_after": _exp(self.eval_loss)}
+        return out
+
+
+def _exp(loss: float) -> float:
+    return math.exp(min(loss, 80.0))
+
+
+def latest_checkpoint(root: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint under `root` made for `fingerprint`, or None."""
+    if not root.is_dir():
+        return None
+    found = []
+    for path in root.iterdir():
+        if not path.name.startswith(STEP_PREFIX) or not (path / STATE_FILE).is_file():
+            continue
+        try:
+            state = json.loads((path / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("fingerprint") == fingerprint:
+            found.append((int(state["step"]), path))
+    return max(found)[1] if found else None

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,24 +31,21 @@ import torch
 import torch.nn.functional as F
 
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
-from flywheel.finetuner.hyperparams import LoraSettings
+from flywheel.finetuner.hyperparams import (
+    STATE_FILE,
+    STEP_PREFIX,
+    Example,
+    LoraSettings,
+    Progress,
+    StepReport,
+    TrainingResult,
+    latest_checkpoint,
+)
 
 IGNORE = -100
-STEP_PREFIX = "step-"
-STATE_FILE = "state.json"
 TENSORS_FILE = "training_state.pt"
 # Written next to the adapter: what it is and how it was made (read by people, not by inference).
 INFO_FILE = "finetune.json"
-
-
-@dataclass(frozen=True)
-class Example:
-    """One instruction: the conversation up to the assistant's turn (or, without it, the rendered prompt
-    the model saw) and the answer to learn."""
-
-    messages: tuple[tuple[str, str], ...]
-    prompt: str
-    target: str
 
 
 @dataclass
@@ -56,50 +53,6 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
-
-
-@dataclass
-class StepReport:
-    """What the training loop tells its caller after each optimizer step (and at checkpoints)."""
-
-    step: int
-    total_steps: int
-    epoch: int
-    epochs: int
-    train_loss: float
-    checkpoint_step: int = 0
-    epoch_metrics: dict[str, float] | None = None
-
-
-Progress = Callable[[StepReport], None]
-
-
-@dataclass
-class TrainingResult:
-    adapter_dir: Path
-    epochs: list[dict[str, float]]
-    train_loss: float
-    eval_loss: float | None
-    eval_loss_base: float | None
-    steps: int
-    resumed_from_step: int
-    train_examples: int
-    eval_examples: int
-    truncated: int
-    seconds: float
-
-    def metrics(self) -> dict[str, float]:
-        out = {"train_loss": self.train_loss, "steps": float(self.steps),
-               "train_examples": float(self.train_examples), "eval_examples": float(self.eval_examples),
-               "truncated_examples": float(self.truncated), "train_seconds": self.seconds}
-        if self.eval_loss is not None and self.eval_loss_base is not None:
-            out |= {"eval_loss": self.eval_loss, "eval_loss_base": self.eval_loss_base,
-                    "perplexity_before": _exp(self.eval_loss_base), "perplexity_after": _exp(self.eval_loss)}
-        return out
-
-
-def _exp(loss: float) -> float:
-    return math.exp(min(loss, 80.0))
 
 
 # -- encoding ----------------------------------------------------------------------------------------------
@@ -184,23 +137,6 @@ def eval_loss(model: Any, encoded: Sequence[Encoded], pad: int, batch_size: int)
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-
-def latest_checkpoint(root: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint under `root` made for `fingerprint`, or None."""
-    if not root.is_dir():
-        return None
-    found = []
-    for path in root.iterdir():
-        if not path.name.startswith(STEP_PREFIX) or not (path / STATE_FILE).is_file():
-            continue
-        try:
-            state = json.loads((path / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if state.get("fingerprint") == fingerprint:
-            found.append((int(state["step"]), path))
-    return max(found)[1] if found else None
-
 
 def _save_checkpoint(root: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
     from peft.utils import get_peft_model_state_dict
