@@ -25,6 +25,8 @@ from flywheel.evaluator.config import EvaluatorSettings
 from flywheel.evaluator.main import EvaluatorApp
 from flywheel.featurestore.config import FeatureStoreSettings
 from flywheel.featurestore.main import FeatureStoreApp
+from flywheel.finetuner.config import FinetunerSettings
+from flywheel.finetuner.main import FinetunerApp
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.main import InferenceApp
 from flywheel.monitor.config import MonitorSettings
@@ -33,6 +35,8 @@ from flywheel.proto.evaluator.v1 import evaluator_service_pb2 as epb
 from flywheel.proto.evaluator.v1 import evaluator_service_pb2_grpc as epb_grpc
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2 as fpb
 from flywheel.proto.featurestore.v1 import feature_store_service_pb2_grpc as fpb_grpc
+from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as ftpb
+from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as ftpb_grpc
 from flywheel.proto.inference import grpc_service_pb2 as ipb
 from flywheel.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as mpb
@@ -132,13 +136,16 @@ async def doors(infra, registry_app) -> AsyncIterator[dict[str, str]]:  # type: 
                                            registry_addr=registry_app.address)),
             MonitorApp(MonitorSettings(**common, db_schema=f"monitor_auth_{suffix}",
                                        consumer_group=f"monitor-auth-{suffix}", registry_addr=registry_app.address)),
+            FinetunerApp(FinetunerSettings(**common, db_schema=f"finetuner_auth_{suffix}",
+                                           consumer_group=f"finetuner-auth-{suffix}",
+                                           registry_addr=registry_app.address)),
             InferenceApp(InferenceSettings(**common, http_port=0, models=["nothing"],
                                            registry_addr=registry_app.address, db_schema=f"inference_auth_{suffix}",
                                            consumer_group=f"inference-auth-{suffix}")),
         ):
             await app.start()
             apps.append(app)
-        names = ("featurestore", "trainer", "evaluator", "monitor", "inference")
+        names = ("featurestore", "trainer", "evaluator", "monitor", "finetuner", "inference")
         yield {"registry": registry_app.address, **{n: a.address for n, a in zip(names, apps, strict=True)},
                "inference-http": f"http://{apps[-1].http_address}"}
     finally:
@@ -186,6 +193,14 @@ DOORS = {
         epb.EvaluateRequest(model_name="nothing", candidate_version=1)), "operator", "service"),
     "monitor read": Door("monitor", lambda ch: mpb_grpc.MonitorServiceStub(ch).GetModelStatus(
         mpb.GetModelStatusRequest(model_name="nothing")), "reader", "predict"),
+    "finetuner read": Door("finetuner", lambda ch: ftpb_grpc.FinetunerServiceStub(ch).ListRuns(
+        ftpb.ListRunsRequest()), "reader", "predict"),
+    "finetuner dataset": Door("finetuner", lambda ch: ftpb_grpc.FinetunerServiceStub(ch).GetDataset(
+        ftpb.GetDatasetRequest(application="no-such-app")), "service", "reviewer"),
+    "finetuner start run": Door("finetuner", lambda ch: ftpb_grpc.FinetunerServiceStub(ch).StartRun(
+        ftpb.StartRunRequest(application="no-such-app")), "operator", "service"),
+    "finetuner watch": Door("finetuner", lambda ch: _read_stream(ftpb_grpc.FinetunerServiceStub(ch).WatchRun(
+        ftpb.WatchRunRequest(run_id="no-such-run"))), "reader", "predict"),
     "inference infer": Door("inference", lambda ch: ipb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
         ipb.ModelInferRequest(model_name="nothing")), "predict", "reader"),
     "inference metadata": Door("inference", lambda ch: ipb_grpc.GRPCInferenceServiceStub(ch).ServerMetadata(
