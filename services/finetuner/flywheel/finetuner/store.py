@@ -120,9 +120,9 @@ class FinetunerStore:
     async def lock_reviews(conn: AsyncConnection, review_ids: Sequence[str]) -> None:
         """Serialize the item and the decision of one review (they arrive on two topics, in either order,
         possibly in concurrent transactions): whichever commits second sees the other."""
-        for review_id in sorted(set(review_ids)):
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                               (f"flywheel.finetuner.review.{review_id}",))
+        keys = [f"flywheel.finetuner.review.{r}" for r in sorted(set(review_ids))]  # one order: no deadlocks
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(%s::text[])"
+                           " WITH ORDINALITY AS t(k, i) ORDER BY i", (keys,))
 
     @staticmethod
     async def add_items(conn: AsyncConnection, items: Sequence[ReviewItem]) -> None:
