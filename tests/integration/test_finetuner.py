@@ -153,7 +153,7 @@ async def test_reviewed_answers_become_a_deduplicated_redacted_dataset(stack: St
 
     got = await polling.eventually(complete, what=f"{app}'s dataset complete", state=lambda: dataset(stack, app))
     assert (got.corrections, got.approvals, got.reviews) == (2, 1, 4)
-    assert dict(got.redactions) == {"card": 2, "email": 2}  # the answer and the decision of both copies
+    assert dict(got.redactions) == {"card_number": 2, "email": 2}  # the answer and the decision of both copies
     assert got.train_examples + got.eval_examples == 3 and got.eval_examples == 1  # eval_fraction 0.25, at least 1
     assert got.new_corrections == 2 and got.correction_threshold == THRESHOLD and not got.last_run_id
     assert len(got.snapshot_id) == 64
@@ -167,7 +167,7 @@ async def test_reviewed_answers_become_a_deduplicated_redacted_dataset(stack: St
         stored = await (await conn.execute("SELECT messages, target FROM examples WHERE application = %s AND"
                                            " target LIKE 'Write to%%'", (app,))).fetchone()
     assert stored is not None and stored["target"] == "Write to [EMAIL] or dispute it in the app."
-    assert stored["messages"] == [["system", SYSTEM], ["user", "My card [CARD] was charged twice, what now?"]]
+    assert stored["messages"] == [["system", SYSTEM], ["user", "My card [CARD_NUMBER] was charged twice, what now?"]]
     # Delivered again: nothing changes (processed event ids, and the review's first decision is kept).
     await send_events(stack.producer, [*correction, *approval])
     await send_events(stack.producer, [reviewed(app, "Can I freeze my card?", "Yes, in the app, at no cost.",

@@ -61,9 +61,9 @@ def test_pii_is_redacted_before_it_is_kept() -> None:
     item = dataset.review_item(requested("Card 4111 1111 1111 1111 blocked, mail a@b.io", "Call 030 1234 5678."))
     made = completed(reviews_pb2.REVIEW_DECISION_CORRECTED, "Write to help@bank.example.")
     assert item is not None
-    assert item.messages[-1] == ("user", "Card [CARD] blocked, mail [EMAIL]")
+    assert item.messages[-1] == ("user", "Card [CARD_NUMBER] blocked, mail [EMAIL]")
     assert item.completion == "Call [PHONE]." and made.corrected == "Write to [EMAIL]."
-    assert dict(item.redactions) == {"card": 1, "email": 1, "phone": 1} and dict(made.redactions) == {"email": 1}
+    assert dict(item.redactions) == {"card_number": 1, "email": 1, "phone": 1} and dict(made.redactions) == {"email": 1}
 
 
 def test_the_dedup_key_is_the_conversation_and_the_target() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flywheel.common import pii
 from flywheel.common.errors import InvalidArgument
-from flywheel.guard import checks, evaluation, pii, rules, training
+from flywheel.guard import checks, evaluation, rules, training
 from flywheel.guard import detectors as det
 from flywheel.guard.policy import parse
 

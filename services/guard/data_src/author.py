@@ -163,7 +163,7 @@ def make_nino(rng: random.Random) -> str:
 
 LISTED_NAMES = ["Sarah Jones", "David Miller", "Priya Sharma", "Tom Walker", "Emily Clark", "Mohammed Khan",
                 "Laura Bennett", "James O'Connor", "Chloe Martin", "Kwame Mensah"]
-# Not in data/first_names.txt: the rule only finds them after a cue ("my name is", "Mr").
+# Not in libs/flywheel/common/pii_first_names.txt: the rule only finds them after a cue ("my name is", "Mr").
 UNLISTED_NAMES = ["Tobias Rainer", "Ottilie Frost", "Bartholomew Quist", "Zephyr Adeyemi", "Marisol Ferreira",
                   "Anouk Visser", "Caspian Hale", "Thandiwe Dube", "Linnea Berg", "Ezio Bellandi"]
 

@@ -1,7 +1,7 @@
 """Measurements of the guard on the shipped held-out data: the detectors' table (from `training`) and
 the PII rail's span-level precision / recall per kind on data/pii.jsonl (the rules are not trained, so
 the whole file is held out). A found span counts as correct when it has the right kind and overlaps
-the labelled span; names are also reported split into listed (in data/first_names.txt) and not."""
+the labelled span; names are also reported split into listed (in libs/flywheel/common/pii_first_names.txt) and not."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from flywheel.guard import pii
+from flywheel.common import pii
 from flywheel.guard.training import DATA_DIR, read_jsonl
 
 Finder = Callable[[str], Iterable[tuple[str, int, int]]]

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flywheel.common import pii
 from flywheel.common.errors import InvalidArgument
-from flywheel.guard import pii
 from flywheel.guard.detectors import TOPICS
 
 Action = Literal["allow", "redact", "block", "escalate", "block_escalate"]

@@ -7,7 +7,7 @@
   NT TN ZZ), six digits, suffix A-D.
 - email: local@domain.tld.
 - phone: +country or national numbers of 10-15 digits in the usual groupings, or "(555) 123-4567".
-- name: a first name from the shipped list (data/first_names.txt) followed by a capitalised word,
+- name: a first name from the shipped list (pii_first_names.txt next to this module) followed by a capitalised word,
   or a capitalised word after a cue ("my name is", "Mr", "Mrs", "Ms", "Dr", "this is"). What it
   catches: people named the way a customer writes them in a sentence. What it misses: names not in
   the list without a cue, lowercase names, names alone on a line. A name-like company or street
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
+FIRST_NAMES = Path(__file__).parent / "pii_first_names.txt"
 
 KINDS = ("card_number", "iban", "us_ssn", "uk_nino", "email", "phone", "name")
 REPLACEMENTS = {kind: f"[{kind.upper()}]" for kind in KINDS}
@@ -129,7 +129,7 @@ NOT_NAMES = {"a", "an", "the", "my", "your", "about", "urgent", "regarding", "no
 
 @functools.cache
 def first_names() -> frozenset[str]:
-    path = DATA / "first_names.txt"
+    path = FIRST_NAMES
     return frozenset(line.strip().lower() for line in path.read_text().splitlines()
                      if line.strip() and not line.startswith("#"))
 
