@@ -115,6 +115,11 @@ class InferenceSettings(ServiceSettings):
                     "an illustrative figure for a small model on CPU: set your own.")
     llm_price_currency: str = Field("USD", description="Currency of the prices (and of the logged cost).")
 
+    def console_notes(self) -> list[str]:
+        """Where the OpenAI-compatible door is (`make run` prints it)."""
+        return [f"OpenAI-compatible http://{self.http_host}:{self.http_port}/v1 (models, chat, embeddings; "
+                "applications: /v1/applications)"]
+
     def llm_models_dir(self) -> Path:
         return self.llm_cache_dir or Path(self.home) / "llm" / "models"
 
