@@ -26,7 +26,7 @@ def test_the_demo_template_is_valid_and_grounded() -> None:
     template = parse_prompt_template((root / DEMO).read_bytes())
     assert template.grounded and template.variables == ("context", "question")
     assert template.refusal.startswith("I can't find that in Northwind Bank's documents")
-    assert dict(template.parameters) == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 200}
+    assert dict(template.parameters) == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 120}
 
 
 def test_rendering_fills_the_variables_and_numbers_the_passages() -> None:

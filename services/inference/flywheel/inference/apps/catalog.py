@@ -11,7 +11,8 @@ answer path.
 
 A definition is checked against what it names before it is stored: the prompt alias must resolve to a version
 of kind prompt, the model must be an LLM or adapter in the registry, the collection must exist for the tenant,
-and the name must not be a model's (the two would compete for `model` in /v1/chat/completions).
+and the name must not be an LLM's or adapter's (the two would compete for `model` in /v1/chat/completions; a prompt
+template often has its application's name, and may).
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ class ApplicationCatalog:
 
     async def check_references(self, app: Application) -> None:
         """InvalidArgument naming what does not resolve; AlreadyExists when a model has the application's name."""
-        if await self.registry.get_version(app.name, version=1) is not None:
-            raise AlreadyExists(f"{app.name!r} is a model in the registry; an application cannot take its name "
-                                "(both would answer to it in /v1/chat/completions)")
+        same = await self.registry.get_version(app.name, version=1)  # versions start at 1
+        if same is not None and same.kind in MODEL_KINDS:  # a prompt template may share the name
+            raise AlreadyExists(f"{app.name!r} is an LLM or adapter in the registry; an application cannot take its "
+                                "name (both would answer to it in /v1/chat/completions)")
         prompt = await self.registry.get_version(app.prompt.name, alias=app.prompt.alias)
         if prompt is None:
             raise InvalidArgument(f"prompt {app.prompt} does not resolve in the registry: register the template "

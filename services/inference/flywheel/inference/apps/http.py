@@ -6,8 +6,8 @@
     DELETE /v1/applications/{name}    delete          operator (or admin)
 
 Errors in OpenAI's shape: 400 invalid_request_error naming the field (bad JSON, bad field, a prompt alias, model
-or collection that does not resolve), 401/403, 404 `application_not_found`, 409 `application_name_taken` (a model
-has that name).
+or collection that does not resolve), 401/403, 404 `application_not_found`, 409 `application_name_taken` (an LLM or
+adapter has that name; a prompt template may).
 
 `/v1/chat/completions` with `model` = an application's name answers as a normal chat completion, plus, at the top
 level (the `openai` client keeps unknown fields: `completion.model_extra["citations"]`):
