@@ -527,3 +527,47 @@ async def test_another_replica_sees_a_change_within_its_refresh(app, infra, stac
     finally:
         await other.stop()
 
+
+
+# ---------------------------------------------------------------------------------------- the command line
+
+
+async def test_the_cli_registers_prompts_and_manages_applications(app, infra, stack) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from flywheel.inference.cli import app as app_cli
+    from flywheel.inference.cli import prompt as prompt_cli
+
+    def run(group: Any, args: list[str], role: str = "operator") -> Any:
+        env = {"FLYWHEEL_TOKEN": getattr(infra.tokens, role), "FLYWHEEL_REGISTRY_ADDR": stack.registry.address,
+               "FLYWHEEL_INFERENCE_URL": f"http://{app.http_address}", "COLUMNS": "200"}
+        return CliRunner().invoke(group, args, env=env, catch_exceptions=False)
+
+    async def cli(group: Any, *args: str, role: str = "operator") -> Any:
+        return await asyncio.to_thread(run, group, list(args), role)
+
+    name, template = f"cli-prompt-{U}", str(PROMPT_FILE)
+    assert "register" in (await cli(prompt_cli, "--help")).output
+    assert "variables context, question" in (await cli(prompt_cli, "check", template)).output
+    registered = await cli(prompt_cli, "register", template, "--name", name, "--alias", "champion")
+    assert registered.exit_code == 0 and f"{name} v1 (registered) -> champion" in registered.output
+    assert "already registered" in (await cli(prompt_cli, "register", template, "--name", name)).output
+    shown = await cli(prompt_cli, "show", f"{name}@champion")
+    assert shown.exit_code == 0 and "refusal" in shown.output and "Customer question: {question}" in shown.output
+
+    application = f"cli-app-{U}"
+    args = ["create", application, "--prompt", name, "--model", LLM, "--collection", rag.COLLECTION,
+            "--tenant", rag.TENANT, "-k", "3", "--guard-policy", "northwind-support"]
+    denied = await cli(app_cli, *args, role="reader")
+    assert denied.exit_code == 1 and "role" in denied.output  # the server says which role is missing
+    created = await cli(app_cli, *args)
+    assert created.exit_code == 0 and f"application {application} created" in created.output, created.output
+    again = await cli(app_cli, *args)
+    assert again.exit_code == 1 and "--replace" in again.output
+    assert (await cli(app_cli, *args, "--replace")).exit_code == 0
+    assert application in (await cli(app_cli, "list", role="reader")).output
+    shown = await cli(app_cli, "show", application, role="reader")
+    assert shown.exit_code == 0 and '"guard_policy": "northwind-support"' in shown.output
+    assert "deleted" in (await cli(app_cli, "delete", application)).output
+    missing = await cli(app_cli, "show", application, role="reader")
+    assert missing.exit_code == 1 and "does not exist" in missing.output
