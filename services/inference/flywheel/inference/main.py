@@ -1,7 +1,8 @@
 """Composition root of the inference service: the OIP v2 gRPC and REST front doors (one event
 loop), the generation doors (OpenAI-compatible REST on the HTTP port, gRPC GenerationService),
-model loading + hot swap from the registry, the models.promoted consumer, the prediction
-log publisher and the metrics endpoint.
+LLM applications (their operator API, prompt templates, grounded answers; flywheel/inference/apps),
+model loading + hot swap from the registry, the models.promoted consumer, the prediction and
+generation log publisher and the metrics endpoint.
 """
 
 from __future__ import annotations
