@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from payments_demo.clients import Platform
@@ -18,14 +19,18 @@ log = logging.getLogger(__name__)
 RETRYABLE_RUN_FAILURES = ("labelled rows", "has only one class")
 
 
-async def run_bootstrap(platform: Platform, traffic: Traffic, config: DriverConfig, *, session: str) -> int:
+async def run_bootstrap(platform: Platform, traffic: Traffic, config: DriverConfig, *, session: str,
+                        on_knowledge: Callable[[], None] | None = None) -> int:
     """History into the feature store and the trainer's labels, a first run, and a champion; returns it.
 
     Skips the training (not the history) when the model already has a champion, unless
-    `retrain_on_start`: a restarted demo keeps serving what the loop promoted.
+    `retrain_on_start`: a restarted demo keeps serving what the loop promoted. `on_knowledge` is called once the
+    policy documents are in their collection (the support assistant is set up from there, in the background).
     """
     if config.documents:
         await ingest_knowledge(platform)
+        if on_knowledge is not None:
+            on_knowledge()
     await traffic.publish_history()
     champion = await platform.champion(config.model)
     if champion and not config.retrain_on_start:

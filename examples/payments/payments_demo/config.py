@@ -48,6 +48,8 @@ class Addresses(ServiceSettings):
     evaluator_addr: str = shared("evaluator_addr", "127.0.0.1:50057", "Evaluator gRPC address.")  # type: ignore[assignment]
     monitor_addr: str = shared("monitor_addr", "127.0.0.1:50058", "Monitor gRPC address.")  # type: ignore[assignment]
     retriever_addr: str = shared("retriever_addr", "127.0.0.1:50056", "Retriever gRPC address.")  # type: ignore[assignment]
+    inference_url: str = shared(  # type: ignore[assignment]
+        "inference_url", "http://127.0.0.1:8000", "Inference's HTTP base URL (OpenAI-compatible door, applications).")
     status_port: int = Field(8090, description="Port of the status page (0 = off).")
 
     @classmethod
@@ -104,6 +106,8 @@ class DriverConfig:
     retrain_on_start: bool = False
     # Ingest the bank's policy documents into the retriever at bootstrap (the support assistant's knowledge).
     documents: bool = True
+    # Set up the support assistant (base LLM, prompt template, application) next to the bootstrap; needs documents.
+    assistant: bool = True
 
     @property
     def transactions_per_day(self) -> int:

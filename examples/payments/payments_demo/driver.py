@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ from payments_demo.narration import WATCHED_TOPICS, Narration
 from payments_demo.stats import LiveStats
 from payments_demo.timeline import Timeline, TimeMap, build_timeline
 from payments_demo.traffic import Traffic
+
+log = logging.getLogger(__name__)
 
 
 class DemoDriver:
@@ -61,6 +64,7 @@ class DemoDriver:
         self._consume = consume_events
         self._producer: Any = None
         self._consumer_task: asyncio.Task | None = None
+        self.assistant_task: asyncio.Task | None = None
 
     # -- what the status page and the tests read --
 
@@ -112,6 +116,10 @@ class DemoDriver:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.assistant_task is not None:
+            self.assistant_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.assistant_task
         if self._consumer_task is not None:
             self._consumer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -137,8 +145,26 @@ class DemoDriver:
         `retrain_on_start`: a restarted demo keeps serving what the loop promoted.
         """
         assert self.platform is not None, "call start() first"
-        self.champion = await run_bootstrap(self.platform, self.traffic, self.config, session=self.session)
+        on_knowledge = self._start_assistant if self.config.assistant else None
+        self.champion = await run_bootstrap(self.platform, self.traffic, self.config, session=self.session,
+                                            on_knowledge=on_knowledge)
         return self.champion
+
+    def _start_assistant(self) -> None:
+        """The support assistant (base LLM, prompt, application) in the background: the fraud loop does not wait."""
+        from payments_demo.assistant import setup_assistant
+
+        assert self.platform is not None
+
+        async def run() -> None:
+            try:
+                await setup_assistant(self.platform, self.addresses)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the payments loop goes on without the assistant
+                log.error(f"assistant: not set up: {exc}")
+        if self.assistant_task is None:
+            self.assistant_task = asyncio.create_task(run(), name="support-assistant")
 
     async def run(self, *, max_transactions: int | None = None, duration: float | None = None) -> int:
         """Live traffic until stopped, `max_transactions` payments scored, `duration` wall seconds, or the

@@ -9,6 +9,7 @@ The modules behind it:
     timeline.py    the simulated days and the map from simulated to wall-clock time
     driver.py      DemoDriver: start/stop, and the parts below put together
     bootstrap.py   history, the first training run, the champion, inference serving it
+    assistant.py   the support assistant: base LLM, prompt template, application (in the background)
     traffic.py     live payments: features pushed, scored over inference, labels sent
     labels.py      labels waiting for the time the bank learns them
     stats.py       served predictions vs truth, by window, phase and version
@@ -88,7 +89,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--retrain-on-start", action="store_true", help="train even if the model has a champion")
     p.add_argument("--no-documents", action="store_true",
-                   help="do not ingest the bank's policy documents into the retriever at bootstrap")
+                   help="do not ingest the bank's policy documents into the retriever at bootstrap (nor set up the "
+                        "support assistant)")
+    p.add_argument("--no-assistant", action="store_true",
+                   help="do not set up the support assistant (base LLM, prompt template, application)")
     p.add_argument("--max-transactions", type=_positive(int), default=None, help="stop after this many payments")
     p.add_argument("--status-port", type=int, default=None,
                    help="status page port (0 = off; default FLYWHEEL_DEMO_STATUS_PORT or 8090)")
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         drift_days=args.drift_days, drift=args.drift, cloned_card_rate=args.cloned_card_rate,
         chargeback_hours=args.chargeback_hours, settlement_hours=args.settlement_hours, batch_size=args.batch_size,
         window=args.window, epochs=args.epochs, status_every=args.status_every,
-        retrain_on_start=args.retrain_on_start, documents=not args.no_documents)
+        retrain_on_start=args.retrain_on_start, documents=not args.no_documents,
+        assistant=not args.no_assistant)
     try:
         return asyncio.run(_drive(config, addresses, args.max_transactions))
     except RuntimeError as exc:

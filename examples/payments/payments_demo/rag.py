@@ -6,7 +6,8 @@ questions with the document that answers them and `evidence`: exact passages fro
 each of which answers the question on its own. A retrieved chunk is relevant to a question when it
 comes from the question's document and contains one of its evidence strings (whitespace-insensitive),
 so the labels survive any change of chunking. The same file lists `refusals`: prompts the assistant
-must refuse, each with the policy section that says so.
+must refuse, each with the policy section that says so, and `unsupported`: questions from outside banking that no
+document answers (the assistant's grounding rule answers them with its refusal).
 
 A document's id is its file name without the extension (`fees.html` -> `fees`); everything here that
 takes a document accepts either form, or a path.
@@ -74,6 +75,14 @@ class Refusal:
     document: str
     section: str
     evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnsupportedQuestion:
+    """A question no document answers (from outside banking)."""
+
+    id: str
+    question: str
 
 
 def document_id(name: str | Path) -> str:
@@ -202,6 +211,15 @@ def load_refusals(path: Path = QUESTIONS_FILE) -> list[Refusal]:
             section=item["section"], evidence=_evidence(item.get("evidence"), where),
         ))
     return refusals
+
+
+def load_unsupported(path: Path = QUESTIONS_FILE) -> list[UnsupportedQuestion]:
+    out = []
+    for item in _load(path).get("unsupported") or []:
+        if not isinstance(item.get("question"), str) or not item["question"].strip():
+            raise ValueError(f"{path.name}: unsupported question {item.get('id')!r} has no question")
+        out.append(UnsupportedQuestion(id=str(item["id"]), question=item["question"]))
+    return out
 
 
 def is_relevant(question: LabelledQuestion, chunk_document: str, chunk_text: str) -> bool:

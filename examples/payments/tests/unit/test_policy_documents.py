@@ -83,8 +83,15 @@ def test_html_to_text() -> None:
 
 
 def test_question_and_refusal_ids_are_unique() -> None:
-    ids = [q.id for q in QUESTIONS] + [r.id for r in REFUSALS]
+    ids = [q.id for q in QUESTIONS] + [r.id for r in REFUSALS] + [u.id for u in rag.load_unsupported()]
     assert not [i for i, n in Counter(ids).items() if n > 1]
+
+
+def test_unsupported_questions_are_not_labelled_questions() -> None:
+    unsupported = rag.load_unsupported()
+    assert len(unsupported) >= 10
+    asked = {rag.normalize(q.question) for q in QUESTIONS} | {rag.normalize(r.prompt) for r in REFUSALS}
+    assert not {rag.normalize(u.question) for u in unsupported} & asked
 
 
 def test_questions_cover_every_document_and_kind() -> None:

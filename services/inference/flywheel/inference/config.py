@@ -20,6 +20,13 @@ class Route(BaseModel):
     canary_share: float = Field(0.1, ge=0.0, le=1.0)
 
 
+class TokenPrice(BaseModel):
+    """What 1,000 tokens cost, for the generation log's cost estimate (in `llm_price_currency`)."""
+
+    prompt: float = Field(0.0, ge=0.0)
+    completion: float = Field(0.0, ge=0.0)
+
+
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_INFERENCE_", extra="ignore", populate_by_name=True)
 
@@ -83,6 +90,35 @@ class InferenceSettings(ServiceSettings):
                                                                  "prefix reuse (shared system prompts); 0 = off.")
     llm_cache_dir: Path | None = Field(None, description="Where LLM and adapter directories are unpacked "
                                                          "(content-addressed); default <home>/llm/models.")
+
+    # -- applications: prompt templates + a model + a retrieval collection (see flywheel/inference/apps) -------
+    retriever_addr: str = shared(  # type: ignore[assignment]
+        "retriever_addr", "127.0.0.1:50056",
+        "Retriever gRPC address (FLYWHEEL_RETRIEVER_ADDR): applications retrieve their passages there; empty = "
+        "applications cannot answer.")
+    retriever_timeout_s: float = Field(10.0, gt=0, description="Deadline of one Retrieve call.")
+    apps_enabled: bool = Field(True, description="Serve applications (/v1/applications and application names in "
+                                                 "/v1/chat/completions and Generate).")
+    apps_refresh_s: float = Field(1.0, gt=0, description="How often each replica checks whether the applications "
+                                                         "changed (one read of a revision counter).")
+    apps_answer_tokens: int = Field(256, ge=1, description="Tokens reserved for an application's answer when neither "
+                                                           "the request nor the prompt template sets max_tokens.")
+    prompt_max_age_s: float = Field(300.0, gt=0, description="Longest a prompt alias resolution is trusted without a "
+                                                             "models.promoted event (promotions arrive as events).")
+    llm_prices: dict[str, TokenPrice] = Field(
+        default_factory=dict, description='Per model or adapter name (JSON), per 1,000 tokens: {"smollm2-135m-'
+                                          'instruct": {"prompt": 0.0001, "completion": 0.0004}}; an adapter without '
+                                          "its own price takes its base's; others take llm_default_price.")
+    llm_default_price: TokenPrice = Field(
+        default_factory=lambda: TokenPrice(prompt=0.0001, completion=0.0004),
+        description="Price per 1,000 tokens of a model without its own (JSON {prompt, completion}); the default is "
+                    "an illustrative figure for a small model on CPU: set your own.")
+    llm_price_currency: str = Field("USD", description="Currency of the prices (and of the logged cost).")
+
+    def console_notes(self) -> list[str]:
+        """Where the OpenAI-compatible door is (`make run` prints it)."""
+        return [f"OpenAI-compatible http://{self.http_host}:{self.http_port}/v1 (models, chat, embeddings; "
+                "applications: /v1/applications)"]
 
     def llm_models_dir(self) -> Path:
         return self.llm_cache_dir or Path(self.home) / "llm" / "models"

@@ -1,7 +1,8 @@
 """Composition root of the inference service: the OIP v2 gRPC and REST front doors (one event
 loop), the generation doors (OpenAI-compatible REST on the HTTP port, gRPC GenerationService),
-model loading + hot swap from the registry, the models.promoted consumer, the prediction
-log publisher and the metrics endpoint.
+LLM applications (their operator API, prompt templates, grounded answers; flywheel/inference/apps),
+model loading + hot swap from the registry, the models.promoted consumer, the prediction and
+generation log publisher and the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -9,21 +10,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.clients.embedder import EmbedderClient
 from flywheel.common.clients.registry import RegistryClient
+from flywheel.common.clients.retriever import RetrieverClient
 from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
 from flywheel.inference.api import ROLES, InferenceServicer
+from flywheel.inference.apps.catalog import ApplicationCatalog
+from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.apps.http import ApplicationChat, ApplicationsDoor
+from flywheel.inference.apps.prompts import PromptResolver
+from flywheel.inference.apps.store import ApplicationStore
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
 from flywheel.inference.generation import ROLES as GENERATION_ROLES
 from flywheel.inference.generation import SERVICE_NAME as GENERATION_SERVICE
 from flywheel.inference.generation import GenerationServicer
+from flywheel.inference.genlog import GenerationLog, Price
 from flywheel.inference.handlers import handlers
 from flywheel.inference.llm.service import LLMService, LLMSettings
 from flywheel.inference.openai_api import OpenAIDoor
@@ -36,6 +46,28 @@ from flywheel.proto.inference.v1 import generation_service_pb2_grpc as generatio
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class Applications:
+    """The parts that serve LLM applications (see flywheel/inference/apps)."""
+
+    catalog: ApplicationCatalog
+    prompts: PromptResolver
+    retriever: RetrieverClient | None
+    answers: GroundedAnswers
+    chat: ApplicationChat
+    door: ApplicationsDoor
+
+    async def start(self) -> None:
+        await self.catalog.start()
+
+    async def stop(self) -> None:
+        await self.catalog.stop()
+        await self.prompts.stop()
+        if self.retriever is not None:
+            await self.retriever.close()
 
 
 class InferenceApp:
@@ -66,24 +98,56 @@ class InferenceApp:
             prefix_cache_tokens=settings.llm_prefix_cache_tokens)) if settings.llm_enabled else None
         self.repository = Repository(self.slots, registry, new_slot=None if settings.models else self._new_slot,
                                      llm=self.llm)
-        self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
+        self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=3)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
+        self.generation_log = self._generation_log()
+        self.apps = self._applications(registry) if settings.apps_enabled else None
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.dataplane.components = self.rpc.components
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, handlers=handlers(self.repository), source=SOURCE,
+                                       db=self.db, source=SOURCE,
+                                       handlers=handlers(self.repository, on_alias_moved=self.apps.prompts.on_promoted
+                                                         if self.apps is not None else None),
                                        health=self.rpc.component_health("consumer"))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
-        self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server, GenerationServicer(self.llm),
+        self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server,
+                     GenerationServicer(self.llm, answers=self.apps.answers if self.apps is not None else None,
+                                        generation_log=self.generation_log),
                      GENERATION_SERVICE, GENERATION_ROLES)
         self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
                                        timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
         self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,
-                                 embedder_models=self.embedder.models if self.embedder is not None else None)
+                                 embedder_models=self.embedder.models if self.embedder is not None else None,
+                                 applications=self.apps.chat if self.apps is not None else None,
+                                 generation_log=self.generation_log)
+        routes = self.openai.routes() + (self.apps.door.routes() if self.apps is not None else [])
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
-                               tls=settings.server_tls(), extra_routes=self.openai.routes())
+                               tls=settings.server_tls(), extra_routes=routes)
+
+    def _generation_log(self) -> GenerationLog | None:
+        """Every generation (models and applications, both doors) to predictions.logged, with a cost estimate."""
+        if self.llm is None:
+            return None
+        s = self.settings
+        return GenerationLog(self.publisher, self.llm,
+                             prices={n: Price(p.prompt, p.completion) for n, p in s.llm_prices.items()},
+                             default_price=Price(s.llm_default_price.prompt, s.llm_default_price.completion),
+                             sample_rate=s.sample_rate)
+
+    def _applications(self, registry: RegistryClient) -> Applications:
+        """Applications: definitions in this service's schema, prompt templates from the registry, passages from
+        the retriever, generation through the LLM service."""
+        s = self.settings
+        retriever = RetrieverClient(s.retriever_addr, auth=s.client_auth(), timeout=s.retriever_timeout_s,
+                                    keep_channel=True) if s.retriever_addr else None
+        catalog = ApplicationCatalog(ApplicationStore(self.db), registry, retriever, refresh_s=s.apps_refresh_s)
+        prompts = PromptResolver(registry, max_age_s=s.prompt_max_age_s)
+        answers = GroundedAnswers(catalog, prompts, retriever, self.llm, answer_tokens=s.apps_answer_tokens,
+                                  max_tokens_cap=s.llm_max_tokens)
+        return Applications(catalog, prompts, retriever, answers, ApplicationChat(answers, self.generation_log),
+                            ApplicationsDoor(catalog, self.auth))
 
     def _new_slot(self, name: str) -> ModelSlot:
         return ModelSlot(name, self.settings.route(name), self.settings.sample_rate(name))
@@ -99,8 +163,10 @@ class InferenceApp:
     address = grpc_address
 
     async def start(self) -> None:
-        await self.db.open()  # the common migrations only (processed_events for the consumer)
+        await self.db.open(MIGRATIONS)  # processed_events for the consumer; the applications
         await self.auth.start()
+        if self.apps is not None:
+            await self.apps.start()
         await self.publisher.start()
         # Consumer first, then a reconcile per model: a promotion is never missed in between.
         await self.consumer.start()
@@ -125,6 +191,8 @@ class InferenceApp:
         if self.embedder is not None:
             await self.embedder.close()
         await self.consumer.stop()
+        if self.apps is not None:
+            await self.apps.stop()
         await self.repository.stop()
         await self.publisher.stop()
         await self.db.close()

@@ -267,11 +267,16 @@ class OpenAIDoor:
     """The routes, over the LLM service (None: LLM serving off) and an embedder (None: not configured)."""
 
     def __init__(self, llm: Any, embedder: TextEmbedder | None, authenticator: Authenticator | None,
-                 *, embedder_models: Callable[[], Any] | None = None) -> None:
+                 *, embedder_models: Callable[[], Any] | None = None, applications: Any = None,
+                 generation_log: Any = None) -> None:
         self.llm = llm
         self.embedder = embedder
         self.authenticator = authenticator
         self.embedder_models = embedder_models
+        # apps.http.ApplicationChat: answers for application names (None: no applications on this server).
+        self.applications = applications
+        # genlog.GenerationLog: every generation to predictions.logged (None: not logged).
+        self.generation_log = generation_log
 
     def guarded(self, what: str, endpoint: Endpoint) -> Endpoint:
         allowed = ROLES[what]
@@ -320,6 +325,8 @@ class OpenAIDoor:
                 out.append({"id": e.model.name, "object": "model", "created": 0, "owned_by": "flywheel",
                             "kind": "embedding", "version": e.model.version, "dimensions": e.dimensions,
                             "context_length": e.max_tokens})
+        if self.applications is not None:
+            out += self.applications.model_entries()
         return out
 
     async def list_models(self, request: Request) -> Response:
@@ -337,11 +344,16 @@ class OpenAIDoor:
     # -- chat -----------------------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        chat = parse_chat(await _json(request))
+        started = time.perf_counter()
+        body = await _json(request)
+        chat = parse_chat(body)
+        if self.applications is not None and self.applications.serves(chat.model):
+            return await self.applications.respond(chat, body)
         if self.llm is None:
             raise errors.NotFound(f"model {chat.model!r} is not served: LLM serving is off on this server")
         generation = self.llm.submit(chat.model, messages=chat.messages, params=chat.params)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        generation = self._logged(generation, ident, chat, started)
         if chat.stream:
             return StreamingResponse(self._stream(generation, ident, created, chat),
                                      media_type="text/event-stream",
@@ -353,6 +365,16 @@ class OpenAIDoor:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text, "refusal": None},
                          "logprobs": None, "finish_reason": completion.finish_reason}],
             "usage": usage_json(completion.usage)})
+
+    def _logged(self, generation: Any, ident: str, chat: ChatRequest, started: float) -> Any:
+        """`generation`, logged to predictions.logged when it ends (when a generation log is configured)."""
+        if self.generation_log is None:
+            return generation
+        from flywheel.inference.genlog import GenerationRecord
+
+        return self.generation_log.watch(generation, GenerationRecord(
+            request_id=ident, door="openai", served=generation.model, params=chat.params, messages=chat.messages,
+            stream=chat.stream, user=chat.user, started=started))
 
     @staticmethod
     def _fingerprint(generation: Any) -> str:

@@ -13,4 +13,5 @@ def is_overloaded(exc: BaseException) -> bool:
     """Whether `exc` is the engine's Overloaded (queue full), without importing the engine (and transformers)
     when no engine ever ran: then it cannot be."""
     engine = sys.modules.get("flywheel.inference.llm.engine")
-    return engine is not None and isinstance(exc, engine.Overloaded)
+    overloaded = getattr(engine, "Overloaded", None)  # None too while the first engine's module is being imported
+    return overloaded is not None and isinstance(exc, overloaded)

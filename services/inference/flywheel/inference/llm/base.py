@@ -82,8 +82,11 @@ def convert_gguf(folder: Path, filename: str, target: Path, *, step: Step | None
     for key in ("quantization_config", "_name_or_path", "transformers_version"):
         config_dict.pop(key, None)
     config = type(config).from_dict(config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Built on the meta device and given the GGUF model's tensors themselves (assign): one copy of the weights in
+    # memory instead of two (the conversion peaked at ~1.7 GB, now ~1.1 GB, next to a running `make run`).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise FailedPrecondition(f"GGUF weights do not fit the config: missing {missing}, unexpected {unexpected}")

@@ -115,9 +115,10 @@ class _Route:
 class Generation:
     """A submitted generation: an async iterator of GenerationChunk (see the module docstring)."""
 
-    def __init__(self, served: ServedModel, stream: GenerationStream) -> None:
+    def __init__(self, served: ServedModel, stream: GenerationStream, prompt_ids: list[int] | None = None) -> None:
         self.model = served
         self.stream = stream
+        self.prompt_ids = list(prompt_ids or [])  # what the model reads (for the generation log)
         self.prompt_tokens = stream.prompt_tokens
         self.max_tokens = stream.max_tokens
 
@@ -231,7 +232,7 @@ class LLMService:
             GENERATIONS.labels(name, type(exc).__name__).inc()
             raise
         GENERATIONS.labels(name, "submitted").inc()
-        return Generation(route.served, stream)
+        return Generation(route.served, stream, ids)
 
     async def generate(self, name: str, **kwargs: Any) -> Completion:
         return await self.submit(name, **kwargs).collect()
