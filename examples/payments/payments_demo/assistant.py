@@ -33,7 +33,7 @@ APPLICATION = "support-assistant"
 PROMPT = "support-assistant"
 PROMPT_FILE = Path(__file__).parent / "prompts" / "support-assistant.yaml"
 BASE_MODEL = "smollm2-135m-instruct"
-GUARD_POLICY = "northwind-support"
+GUARD_POLICY = "support-assistant"  # the guard keys policies by this name (guard_policies/support-assistant.yaml)
 # The grounding rule's threshold (cosine similarity of all-MiniLM-L6-v2 between the question and a passage), measured
 # on the demo's documents: the 118 labelled customer questions have a best passage at 0.26 to 0.80 (median 0.56),
 # questions from outside banking (recipes, sport, weather, ...) reach at most 0.21. Questions about banking products

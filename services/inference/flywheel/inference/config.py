@@ -105,6 +105,15 @@ class InferenceSettings(ServiceSettings):
                                                            "the request nor the prompt template sets max_tokens.")
     prompt_max_age_s: float = Field(300.0, gt=0, description="Longest a prompt alias resolution is trusted without a "
                                                              "models.promoted event (promotions arrive as events).")
+    guard_addr: str = shared(  # type: ignore[assignment]
+        "guard_addr", "127.0.0.1:50059",
+        "Guard gRPC address (FLYWHEEL_GUARD_ADDR): applications whose guard_policy names a policy there are checked "
+        "(input before retrieval, output before it leaves); empty = no guard, named policies are not applied "
+        "(counted in flywheel_inference_guard_unchecked_total).")
+    guard_timeout_s: float = Field(0.3, gt=0, description="Deadline of one guard check when the policy sets no "
+                                                          "check_timeout_ms (policy look-ups get 4x this).")
+    guard_policy_ttl_s: float = Field(5.0, gt=0, description="How long a fetched guard policy is used before it is "
+                                                             "asked for again (the guard hot-reloads policies).")
     llm_prices: dict[str, TokenPrice] = Field(
         default_factory=dict, description='Per model or adapter name (JSON), per 1,000 tokens: {"smollm2-135m-'
                                           'instruct": {"prompt": 0.0001, "completion": 0.0004}}; an adapter without '

@@ -6,7 +6,14 @@ loads); a caller that cancels the call cancels its generation.
 `model` may name an application: the answer is then grounded in its documents (apps.grounding), the first message
 names the prompt template version and the last one carries the citations, or `refused` with the template's refusal
 as the text when no retrieved passage supports an answer. Every generation is logged (genlog) with the request id
-the first message carries."""
+the first message carries.
+
+A guarded application (apps.guarded) checks the last user turn before retrieval: blocked, the policy's
+`blocked_input_response` says how (`completion`: one message with the policy's text and finish_reason
+`content_filter`; `error`: status INVALID_ARGUMENT `content_filter: <message>`); the answer is streamed in checked
+windows only, and a blocked window ends it with finish_reason `content_filter`. Guard down or too slow for a
+fail_closed policy: UNAVAILABLE. The verdict ids go in the trailing metadata (`x-flywheel-guard-verdict`: the
+input's, `x-flywheel-guard-output-verdict`: the last output window's or the blocking one)."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument, NotFound
 from flywheel.common.rpc import map_errors
 from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.apps.guarded import CONTENT_FILTER, VERDICT_HEADER, Guarding, context_chunks, guard_parameters
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
@@ -51,9 +59,10 @@ def given_parameters(params: pb.SamplingParams) -> set[str]:
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, llm: LLMService | None, *, answers: GroundedAnswers | None = None,
-                 generation_log: GenerationLog | None = None) -> None:
+                 generation_log: GenerationLog | None = None, guarding: Guarding | None = None) -> None:
         self.llm = llm
         self.answers = answers  # application calls (None: no applications on this server)
+        self.guarding = guarding or Guarding(None)  # guard policies of applications
         self.generation_log = generation_log  # every generation to predictions.logged (None: not logged)
 
     @map_errors
@@ -104,10 +113,26 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             messages = [{"role": "user", "content": request.prompt}]
         else:
             raise InvalidArgument("give messages or a prompt")
+        app = self.answers.catalog.require(request.model)
+        checked = await self.guarding.check_input(app, messages, request_id=request_id)
+        guard_params = guard_parameters(checked)
+        trailing: list[tuple[str, str]] = []
+        if checked.verdict is not None:
+            trailing.append((VERDICT_HEADER, checked.verdict.verdict_id))
+            context.set_trailing_metadata(tuple(trailing))
+        if checked.blocked:
+            message = checked.message()
+            self._log_blocked_input(app, checked, params, request, request_id, message, guard_params)
+            if checked.as_error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{CONTENT_FILTER}: {message}")
+            yield pb.GenerateResponse(text=message, finish_reason=CONTENT_FILTER, usage=pb.Usage(), model=app.model,
+                                      request_id=request_id)
+            return
+        messages = checked.messages  # the last user turn redacted, from here on
         call = await self.answers.prepare(request.model, messages, params, given_parameters(request.params))
         record = GenerationRecord(request_id=request_id, door="grpc", served=call.served, params=call.params,
                                   messages=messages, prompt_ids=call.prompt_ids, stream=True, user=request.user,
-                                  call=call, started=call.started)
+                                  call=call, started=call.started, guard=guard_params)
         prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
         if call.refused:
             if self.generation_log is not None:
@@ -123,13 +148,36 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
         record.served = generation.model
+        guarded = None
+        if checked.guarded:  # only checked windows leave (and are logged)
+            generation = guarded = self.guarding.stream(generation, app, checked, request_id=request_id,
+                                                        context=context_chunks(call), log_params=record.guard)
         if self.generation_log is not None:
             generation = self.generation_log.watch(generation, record)
         citations = [pb.Citation(index=c.index, chunk_id=c.chunk_id, document_id=c.document_id, title=c.title,
                                  source=c.source, section=c.section, score=c.score, similarity=c.similarity)
                      for c in call.citations]
-        async for response in self._responses(generation, request_id, prompt=prompt, citations=citations):
-            yield response
+        try:
+            async for response in self._responses(generation, request_id, prompt=prompt, citations=citations):
+                yield response
+        finally:
+            if guarded is not None and guarded.state.verdicts:
+                last = guarded.state.blocked or guarded.state.verdicts[-1]
+                context.set_trailing_metadata((*trailing, ("x-flywheel-guard-output-verdict", last.verdict_id)))
+
+    def _log_blocked_input(self, app: Any, checked: Any, params: SamplingParams, request: pb.GenerateRequest,
+                           request_id: str, message: str, guard_params: dict[str, str]) -> None:
+        if self.generation_log is None or self.answers is None or self.answers.llm is None:
+            return
+        try:
+            served = self.answers.llm.model(app.model)
+        except Exception:  # the model is not served: nothing to log it under
+            return
+        record = GenerationRecord(request_id=request_id, door="grpc", served=served, params=params,
+                                  messages=checked.messages, stream=True, user=request.user, application=app.name,
+                                  guard=guard_params)
+        self.generation_log.log(record, completion="" if checked.as_error else message, finish_reason=CONTENT_FILTER,
+                                prompt_tokens=0, completion_tokens=0, time_to_first_token_s=None)
 
     async def _responses(self, generation: Any, request_id: str, *, prompt: pb.PromptVersion | None = None,
                          citations: list[pb.Citation] | None = None) -> AsyncIterator[pb.GenerateResponse]:

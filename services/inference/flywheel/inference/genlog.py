@@ -9,7 +9,13 @@ template's refusal, `cancelled` when the client went away, `error`), and for app
 the prompt template version, the chunks put into the prompt with their cosine similarity to the question, the cited
 documents' titles and the tenant; `cache` says `miss` unless a cache answered; `cost` is the estimate from the
 per-1k-token prices in the settings. `parameters` holds the sampling parameters, the door, whether it streamed,
-the base model of an adapter, and for applications the grounding decision and the best similarity retrieved.
+the base model of an adapter, and for applications the grounding decision and the best similarity retrieved; for
+guarded applications the guard's policy version and verdict ids (`guard_*`).
+
+The storage floor: every text the event carries (messages, rendered prompt, completion, user) goes through
+`flywheel.common.redaction.redact` first, guarded or not, so raw PII never reaches Kafka (nor the tables fed from
+it) even when no guard policy applies. Guarded applications log the guard's redacted text on top of that, and
+`finish_reason` `content_filter` when the guard blocked the input or the answer.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from flywheel.common.events import Event
 from flywheel.common.kafka import BoundedPublisher
+from flywheel.common.redaction import redact
 from flywheel.common.telemetry import current_traceparent
 from flywheel.common.topics import PREDICTIONS_LOGGED
 from flywheel.inference.llm.sampling import SamplingParams
@@ -57,6 +64,8 @@ class GenerationRecord:
     call: Any = None  # apps.grounding.GroundedCall of an application call
     cache: str = "miss"
     started: float = field(default_factory=time.perf_counter)
+    application: str = ""  # an application call that never got a GroundedCall (its input blocked by the guard)
+    guard: dict[str, str] = field(default_factory=dict)  # guard_* parameters of a guarded call
 
 
 class GenerationLog:
@@ -118,12 +127,14 @@ class GenerationLog:
         if p.stop:
             parameters["stop"] = json.dumps(list(p.stop))
         if record.user:
-            parameters["user"] = record.user
+            parameters["user"] = _clean(record.user)
+        parameters.update(record.guard)
         if served.kind == "adapter":
             parameters["base_model"] = f"{served.base_name}:{served.base_version}"
         exchange = predictions_pb2.LlmExchange(
-            messages=[predictions_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in record.messages],
-            prompt=self._rendered(record), completion=completion, prompt_tokens=prompt_tokens,
+            messages=[predictions_pb2.ChatMessage(role=m["role"], content=_clean(m["content"]))
+                      for m in record.messages],
+            prompt=_clean(self._rendered(record)), completion=_clean(completion), prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, finish_reason=finish_reason,
             time_to_first_token_ms=(time_to_first_token_s or 0.0) * 1000.0, cache=record.cache,
             cache_hit=record.cache in ("exact", "semantic"),
@@ -146,6 +157,8 @@ class GenerationLog:
             parameters["collection"] = call.app.retrieval.collection
             if call.embedding_model:
                 parameters["embedding_model"] = call.embedding_model
+        elif record.application:
+            exchange.application = record.application
         payload = predictions_pb2.PredictionLogged(
             request_id=record.request_id, model=common_pb2.ModelRef(name=served.name, version=served.version),
             arm=predictions_pb2.PREDICTION_ARM_CHAMPION, latency_ms=(time.perf_counter() - record.started) * 1000.0,
@@ -156,6 +169,11 @@ class GenerationLog:
     def log_refusal(self, record: GenerationRecord, text: str) -> None:
         self.log(record, completion=text, finish_reason="refusal", prompt_tokens=0, completion_tokens=0,
                  time_to_first_token_s=None)
+
+
+def _clean(text: str) -> str:
+    """The storage floor: PII masked whatever the application's policy (see the module docstring)."""
+    return redact(text).text if text else text
 
 
 class LoggedGeneration:

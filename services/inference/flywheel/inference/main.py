@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.clients.embedder import EmbedderClient
+from flywheel.common.clients.guard import GuardClient
 from flywheel.common.clients.registry import RegistryClient
 from flywheel.common.clients.retriever import RetrieverClient
 from flywheel.common.db import Database
@@ -24,6 +25,7 @@ from flywheel.common.service import run_service
 from flywheel.inference.api import ROLES, InferenceServicer
 from flywheel.inference.apps.catalog import ApplicationCatalog
 from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.apps.guarded import Guarding
 from flywheel.inference.apps.http import ApplicationChat, ApplicationsDoor
 from flywheel.inference.apps.prompts import PromptResolver
 from flywheel.inference.apps.store import ApplicationStore
@@ -57,6 +59,7 @@ class Applications:
     prompts: PromptResolver
     retriever: RetrieverClient | None
     answers: GroundedAnswers
+    guarding: Guarding
     chat: ApplicationChat
     door: ApplicationsDoor
 
@@ -68,6 +71,7 @@ class Applications:
         await self.prompts.stop()
         if self.retriever is not None:
             await self.retriever.close()
+        await self.guarding.close()
 
 
 class InferenceApp:
@@ -114,7 +118,8 @@ class InferenceApp:
                      SERVICE_NAME, ROLES)
         self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server,
                      GenerationServicer(self.llm, answers=self.apps.answers if self.apps is not None else None,
-                                        generation_log=self.generation_log),
+                                        generation_log=self.generation_log,
+                                        guarding=self.apps.guarding if self.apps is not None else None),
                      GENERATION_SERVICE, GENERATION_ROLES)
         self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
                                        timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
@@ -146,7 +151,11 @@ class InferenceApp:
         prompts = PromptResolver(registry, max_age_s=s.prompt_max_age_s)
         answers = GroundedAnswers(catalog, prompts, retriever, self.llm, answer_tokens=s.apps_answer_tokens,
                                   max_tokens_cap=s.llm_max_tokens)
-        return Applications(catalog, prompts, retriever, answers, ApplicationChat(answers, self.generation_log),
+        # One channel to the guard, kept open: every input and streamed window of a guarded application is checked.
+        guard = GuardClient(s.guard_addr, auth=s.client_auth(), timeout=s.guard_timeout_s) if s.guard_addr else None
+        guarding = Guarding(guard, timeout_s=s.guard_timeout_s, policy_ttl_s=s.guard_policy_ttl_s)
+        return Applications(catalog, prompts, retriever, answers, guarding,
+                            ApplicationChat(answers, self.generation_log, guarding),
                             ApplicationsDoor(catalog, self.auth))
 
     def _new_slot(self, name: str) -> ModelSlot:

@@ -20,6 +20,14 @@ level (the `openai` client keeps unknown fields: `completion.model_extra["citati
 Streamed, the chunk that carries `finish_reason` carries them (and the trailing usage chunk, when asked for). A
 refusal is an ordinary answer whose text is the template's refusal: finish_reason `stop`, no citations, usage 0
 (the model did not run).
+
+Guarded applications (apps.guarded) add a top-level `guard` object: `{"policy", "policy_version", "input":
+{verdict_id, action, blocked, escalated, rule, category}, "output": {...}, "output_checks"}` (streamed: on the
+chunk with `finish_reason`), and the input verdict id in the `x-flywheel-guard-verdict` header. A blocked input
+answers per the policy: HTTP 400 `{"error": {"code": "content_filter", ...}, "guard": ...}` or a completion of the
+policy's message with finish_reason `content_filter` (usage 0: the model did not run). An answer the output rails
+block ends with finish_reason `content_filter` (non-streaming: the policy's message as the text). Guard down or too
+slow for a fail_closed policy: 503 `guard_unavailable` (streamed: an error event; nothing unchecked is sent).
 """
 
 from __future__ import annotations
@@ -39,6 +47,16 @@ from flywheel.common.auth import Authenticator, bind_principal, unbind_principal
 from flywheel.inference.apps.catalog import ApplicationCatalog
 from flywheel.inference.apps.domain import check_name, parse_application
 from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.apps.guarded import (
+    CONTENT_FILTER,
+    VERDICT_HEADER,
+    GuardedStream,
+    Guarding,
+    GuardUnavailable,
+    InputCheck,
+    context_chunks,
+    guard_parameters,
+)
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.openai_api import OpenAIError, _json, _sse, to_openai_error, usage_json
 
@@ -118,9 +136,11 @@ class ApplicationsDoor:
 class ApplicationChat:
     """Answers `/v1/chat/completions` for application names (the OpenAI door hands them over)."""
 
-    def __init__(self, answers: GroundedAnswers, genlog: GenerationLog | None) -> None:
+    def __init__(self, answers: GroundedAnswers, genlog: GenerationLog | None,
+                 guarding: Guarding | None = None) -> None:
         self.answers = answers
         self.genlog = genlog
+        self.guarding = guarding or Guarding(None)
 
     def serves(self, name: str) -> bool:
         return self.answers.serves(name)
@@ -134,35 +154,89 @@ class ApplicationChat:
 
     async def respond(self, chat: Any, body: dict[str, Any]) -> Response:
         """`chat`: the OpenAI door's parsed ChatRequest."""
-        call = await self.answers.prepare(chat.model, chat.messages, chat.params, given_parameters(body))
+        try:
+            return await self._respond(chat, body)
+        except GuardUnavailable as exc:
+            return OpenAIError(503, str(exc), type="server_error", code="guard_unavailable").response()
+
+    async def _respond(self, chat: Any, body: dict[str, Any]) -> Response:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        app = self.answers.catalog.require(chat.model)
+        # The input rail first: before retrieval, generation (and any cache); from here on the redacted turn.
+        checked = await self.guarding.check_input(app, chat.messages, request_id=ident)
+        headers = {VERDICT_HEADER: checked.verdict.verdict_id} if checked.verdict is not None else None
+        guard_extra = {"guard": checked.to_json()} if checked.guarded else {}
+        if checked.blocked:
+            return self._blocked_input(checked, ident, created, chat, guard_extra, headers)
+        call = await self.answers.prepare(chat.model, checked.messages, chat.params, given_parameters(body))
         record = GenerationRecord(request_id=ident, door="openai", served=call.served, params=call.params,
-                                  messages=chat.messages, prompt_ids=call.prompt_ids, stream=chat.stream,
-                                  user=chat.user, call=call, started=call.started)
+                                  messages=checked.messages, prompt_ids=call.prompt_ids, stream=chat.stream,
+                                  user=chat.user, call=call, started=call.started, guard=guard_parameters(checked))
         extra = {"citations": [c.to_json() for c in call.citations], "grounding": call.grounding_json(),
-                 "application": call.application_json()}
-        if call.refused:
+                 "application": call.application_json(), **guard_extra}
+        if call.refused:  # the template's refusal: fixed text, nothing for the output rails to check
             assert call.refusal is not None
             if self.genlog is not None:
                 self.genlog.log_refusal(record, call.refusal)
             fingerprint = _fingerprint(call.served)
             if chat.stream:
-                return _event_stream(self._refusal_stream(call.refusal, ident, created, chat, fingerprint, extra))
+                return _event_stream(self._refusal_stream(call.refusal, ident, created, chat, fingerprint, extra),
+                                     headers)
             return JSONResponse(_completion(ident, created, chat.model, fingerprint, call.refusal, "stop", ZERO_USAGE,
-                                            extra))
+                                            extra), headers=headers)
         generation: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
         record.served = generation.model  # the version that runs (a promotion may have landed since prepare)
+        guarded: GuardedStream | None = None
+        if checked.guarded:  # the output rails sit between the model and both the client and the log
+            generation = guarded = self.guarding.stream(generation, app, checked, request_id=ident,
+                                                        context=context_chunks(call), log_params=record.guard)
         if self.genlog is not None:
             generation = self.genlog.watch(generation, record)
         fingerprint = _fingerprint(generation.model)
+
+        def final_extra() -> dict[str, Any]:
+            if guarded is None:
+                return extra
+            return {**extra, "guard": {**extra["guard"], **guarded.guard_json()}}
         if chat.stream:
-            return _event_stream(self._stream(generation, ident, created, chat, fingerprint, extra))
+            return _event_stream(self._stream(generation, ident, created, chat, fingerprint, final_extra), headers)
         completion = await generation.collect()
         return JSONResponse(_completion(ident, created, chat.model, fingerprint, completion.text,
-                                        completion.finish_reason, usage_json(completion.usage), extra))
+                                        completion.finish_reason, usage_json(completion.usage), final_extra()),
+                            headers=headers)
+
+    def _blocked_input(self, checked: InputCheck, ident: str, created: int, chat: Any, guard_extra: dict[str, Any],
+                       headers: dict[str, str] | None) -> Response:
+        """The input rail blocked: the model never runs; logged with finish_reason content_filter."""
+        message = checked.message()
+        app = self.answers.catalog.require(chat.model)
+        if self.genlog is not None and self.answers.llm is not None:
+            try:
+                served = self.answers.llm.model(app.model)
+            except Exception:  # the model is not served: nothing to log it under
+                served = None
+            if served is not None:
+                record = GenerationRecord(request_id=ident, door="openai", served=served, params=chat.params,
+                                          messages=checked.messages, stream=chat.stream, user=chat.user,
+                                          application=app.name, guard=guard_parameters(checked))
+                self.genlog.log(record, completion=message if not checked.as_error else "",
+                                finish_reason=CONTENT_FILTER, prompt_tokens=0, completion_tokens=0,
+                                time_to_first_token_s=None)
+        if checked.as_error:
+            error = OpenAIError(400, message, code=CONTENT_FILTER, param="messages")
+            return JSONResponse({"error": {"message": error.message, "type": error.type, "param": error.param,
+                                           "code": error.code}, **guard_extra}, status_code=400, headers=headers)
+        fingerprint = f"fw-{app.name}"
+        extra = {"citations": [], "grounding": None, "application": {"name": app.name, "model": app.model},
+                 **guard_extra}
+        if chat.stream:
+            return _event_stream(self._fixed_stream(message, CONTENT_FILTER, ident, created, chat, fingerprint, extra),
+                                 headers)
+        return JSONResponse(_completion(ident, created, chat.model, fingerprint, message, CONTENT_FILTER, ZERO_USAGE,
+                                        extra), headers=headers)
 
     async def _stream(self, generation: Any, ident: str, created: int, chat: Any, fingerprint: str,
-                      extra: dict[str, Any]) -> AsyncIterator[bytes]:
+                      final_extra: Callable[[], dict[str, Any]]) -> AsyncIterator[bytes]:
         head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": chat.model,
                 "system_fingerprint": fingerprint}
         async with generation:  # leaving early (the client went away) cancels the generation
@@ -174,6 +248,7 @@ class ApplicationChat:
                         yield _sse(_chunk(head, {"content": piece.text}, None, chat.include_usage))
                     if piece.finish_reason is not None:
                         usage = piece.usage
+                        extra = final_extra()
                         yield _sse({**_chunk(head, {}, piece.finish_reason, chat.include_usage), **extra})
             except Exception as exc:  # after the 200: the error goes in the stream, as OpenAI does
                 error = to_openai_error(exc)
@@ -181,16 +256,20 @@ class ApplicationChat:
                                       "code": error.code}})
                 return
             if chat.include_usage and usage is not None:
-                yield _sse({**head, "choices": [], "usage": usage_json(usage), **extra})
+                yield _sse({**head, "choices": [], "usage": usage_json(usage), **final_extra()})
             yield b"data: [DONE]\n\n"
 
-    async def _refusal_stream(self, text: str, ident: str, created: int, chat: Any, fingerprint: str,
-                              extra: dict[str, Any]) -> AsyncIterator[bytes]:
+    def _refusal_stream(self, text: str, ident: str, created: int, chat: Any, fingerprint: str,
+                        extra: dict[str, Any]) -> AsyncIterator[bytes]:
+        return self._fixed_stream(text, "stop", ident, created, chat, fingerprint, extra)
+
+    async def _fixed_stream(self, text: str, finish: str, ident: str, created: int, chat: Any, fingerprint: str,
+                            extra: dict[str, Any]) -> AsyncIterator[bytes]:
         head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": chat.model,
                 "system_fingerprint": fingerprint}
         yield _sse(_chunk(head, {"role": "assistant", "content": ""}, None, chat.include_usage))
         yield _sse(_chunk(head, {"content": text}, None, chat.include_usage))
-        yield _sse({**_chunk(head, {}, "stop", chat.include_usage), **extra})
+        yield _sse({**_chunk(head, {}, finish, chat.include_usage), **extra})
         if chat.include_usage:
             yield _sse({**head, "choices": [], "usage": ZERO_USAGE, **extra})
         yield b"data: [DONE]\n\n"
@@ -217,6 +296,6 @@ def _completion(ident: str, created: int, model: str, fingerprint: str, text: st
             "usage": usage, **extra}
 
 
-def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+def _event_stream(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
