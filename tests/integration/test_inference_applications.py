@@ -131,7 +131,7 @@ async def app(infra, stack) -> AsyncIterator[InferenceApp]:  # type: ignore[no-u
     await promote(stack, PROMPT, prompt.version)
     settings = InferenceSettings(
         **shared_settings(infra), http_port=0, registry_addr=stack.registry.address, models=[LLM, ADAPTER],
-        db_schema=f"inference_{U}", consumer_group=f"inference-{U}", embedder_addr="",
+        db_schema=f"inference_{U}", consumer_group=f"inference-{U}", embedder_addr="", guard_addr="",
         retriever_addr=stack.retriever.address, llm_cache_dir=stack.root / "llm-cache", apps_refresh_s=0.2,
         llm_prices={LLM: PRICE})
     application = InferenceApp(settings)
@@ -508,7 +508,7 @@ async def test_another_replica_sees_a_change_within_its_refresh(app, infra, stac
     """A second inference on the same schema: an application created through the first answers on the second."""
     other = InferenceApp(InferenceSettings(
         **shared_settings(infra), http_port=0, registry_addr=stack.registry.address, models=[LLM],
-        db_schema=f"inference_{U}", consumer_group=f"inference-replica-{U}", embedder_addr="",
+        db_schema=f"inference_{U}", consumer_group=f"inference-replica-{U}", embedder_addr="", guard_addr="",
         retriever_addr=stack.retriever.address, llm_cache_dir=stack.root / "llm-cache", apps_refresh_s=0.2))
     await other.start()
     try:
