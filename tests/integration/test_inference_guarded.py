@@ -278,7 +278,8 @@ async def test_an_injection_is_blocked_before_the_model_runs(world: World, oai) 
     assert len(responses) == 1 and responses[0].finish_reason == "content_filter"
     assert responses[0].text.startswith("I can't help with that.") and trailing["x-flywheel-guard-verdict"]
     world.request_ids.add(responses[0].request_id)
-    assert strict.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "content_filter" in (strict.value.details() or "")
+    assert strict.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "content_filter" in (strict.value.details() or "")
     assert world.spy.prompts == [] and world.spy.queries == []  # neither retrieval nor the model ran
 
 
@@ -399,6 +400,8 @@ async def test_no_raw_pii_in_topics_or_tables(world: World, infra) -> None:  # t
 
 
 async def test_the_guard_down_fails_closed_with_a_clear_error(world: World, oai) -> None:  # type: ignore[no-untyped-def]
+    checked = await oai.chat.completions.create(model=OPEN, messages=ask(DISPUTE), max_tokens=3)
+    assert checked.model_extra["guard"]["input"]["verdict_id"]  # its policy is known (cached) before the guard goes
     world.guard_stopped = True
     await world.guard.stop()
     world.spy.reset()
@@ -418,6 +421,7 @@ async def test_the_guard_down_fails_closed_with_a_clear_error(world: World, oai)
     # A policy that fails open answers unchecked, and says so.
     answer = await oai.chat.completions.create(model=OPEN, messages=ask(DISPUTE), max_tokens=3)
     assert answer.model_extra["guard"]["input_unchecked"] and answer.choices[0].finish_reason
+    assert answer.model_extra["guard"]["output_unchecked_windows"] >= 1
 
 
 # ---------------------------------------------------------------------------------------- helpers

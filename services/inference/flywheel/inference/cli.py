@@ -259,7 +259,8 @@ def app() -> None:
                    "the answer is the template's refusal.")
 @click.option("--doc-type", "doc_types", multiple=True, help="Only these document types (repeatable).")
 @click.option("--tag", "tags_any", multiple=True, help="Only documents with one of these tags (repeatable).")
-@click.option("--guard-policy", default="", help="The guard policy's name (stored; applied once the guard runs).")
+@click.option("--guard-policy", default="", help="The guard's policy that checks its inputs and answers (empty: not "
+              "guarded).")
 @click.option("--description", default="", help="What the application is for.")
 @click.option("--replace/--no-replace", default=False, show_default=True,
               help="Replace an existing application of that name (without it, an existing one is an error).")
