@@ -419,6 +419,7 @@ async def test_the_guard_down_fails_closed_with_a_clear_error(world: World, oai)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert world.spy.prompts == [] and world.spy.queries == []  # nothing ran unchecked
     # A policy that fails open answers unchecked, and says so.
+    world.spy.reset(script="Disputes are free of charge.")
     answer = await oai.chat.completions.create(model=OPEN, messages=ask(DISPUTE), max_tokens=3)
     assert answer.model_extra["guard"]["input_unchecked"] and answer.choices[0].finish_reason
     assert answer.model_extra["guard"]["output_unchecked_windows"] >= 1

@@ -157,7 +157,7 @@ class ApplicationChat:
         try:
             return await self._respond(chat, body)
         except GuardUnavailable as exc:
-            return OpenAIError(503, str(exc), type="server_error", code="guard_unavailable").response()
+            return _guard_error(exc).response()
 
     async def _respond(self, chat: Any, body: dict[str, Any]) -> Response:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -251,7 +251,7 @@ class ApplicationChat:
                         extra = final_extra()
                         yield _sse({**_chunk(head, {}, piece.finish_reason, chat.include_usage), **extra})
             except Exception as exc:  # after the 200: the error goes in the stream, as OpenAI does
-                error = to_openai_error(exc)
+                error = _guard_error(exc) if isinstance(exc, GuardUnavailable) else to_openai_error(exc)
                 yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
                                       "code": error.code}})
                 return
@@ -273,6 +273,10 @@ class ApplicationChat:
         if chat.include_usage:
             yield _sse({**head, "choices": [], "usage": ZERO_USAGE, **extra})
         yield b"data: [DONE]\n\n"
+
+
+def _guard_error(exc: GuardUnavailable) -> OpenAIError:
+    return OpenAIError(503, str(exc), type="server_error", code="guard_unavailable")
 
 
 def _fingerprint(served: Any) -> str:
