@@ -31,6 +31,7 @@ import yaml
 from payments_demo import rag
 from payments_demo.assistant import PROMPT_FILE
 
+from flywheel.common import rpc
 from flywheel.common.clients.guard import GuardClient
 from flywheel.common.kafka import wait_assigned
 from flywheel.common.model_dirs import pack_dir
@@ -155,6 +156,7 @@ class Spy:
 
 @dataclass
 class World:
+    infra: Any
     inference: InferenceApp
     guard: GuardApp
     guard_schema: str
@@ -209,7 +211,7 @@ async def world(infra, stack: Stack) -> AsyncIterator[World]:  # type: ignore[no
     spy = Spy(inference.llm, inference.llm.submit, answers.retriever.retrieve)
     inference.llm.submit = spy.submit  # type: ignore[method-assign]
     answers.retriever.retrieve = spy.retrieve  # type: ignore[method-assign]
-    world = World(inference, guard, guard_schema, spy)
+    world = World(infra, inference, guard, guard_schema, spy)
     try:
         yield world
     finally:
@@ -434,18 +436,7 @@ def generate(model: str, question: str) -> gpb.GenerateRequest:
 
 
 def _channel(world: World, role: str) -> grpc.aio.Channel:
-    from flywheel.common import rpc
-
-    return rpc.channel(world.inference.grpc_address, auth=_infra.tokens.auth(role))
-
-
-_infra: Any = None
-
-
-@pytest.fixture(autouse=True)
-def _remember_infra(infra) -> None:  # type: ignore[no-untyped-def]
-    global _infra
-    _infra = infra
+    return rpc.channel(world.inference.grpc_address, auth=world.infra.tokens.auth(role))
 
 
 async def logged(infra: Any, ids: set[str], *, some: bool = False) -> dict[str, predictions_pb2.PredictionLogged]:
