@@ -1,7 +1,9 @@
 """The gRPC generation door (flywheel.inference.v1.GenerationService): `Generate` streams an LLM's answer
 to product backends. The request is validated and queued before the first message, so every refusal is a
 status (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while the model
-loads); a caller that cancels the call cancels its generation."""
+loads); a caller that cancels the call cancels its generation. Answers go through the LLM response cache
+(flywheel/inference/cache): the initial and trailing metadata `x-flywheel-cache` say exact, semantic or miss,
+and metadata `x-flywheel-tenant` names the tenant the request is cached for."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import grpc
 from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument, NotFound
 from flywheel.common.rpc import map_errors
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
 from flywheel.inference.llm.service import LLMService
@@ -34,8 +38,9 @@ def sampling_from_grpc(params: pb.SamplingParams) -> SamplingParams:
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, llm: LLMService | None) -> None:
+    def __init__(self, llm: LLMService | None, *, cache: ResponseCache | None = None) -> None:
         self.llm = llm
+        self.cache = cache or ResponseCache.disabled()
 
     @map_errors
     async def Generate(self, request: pb.GenerateRequest,
@@ -46,18 +51,24 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             raise NotFound(f"model {request.model!r} is not served: LLM serving is off on this server")
         params = sampling_from_grpc(request.params)
         which = request.WhichOneof("input")
+        tenant = tenant_of(dict(context.invocation_metadata() or ()))
         try:
             if which == "messages":
                 messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-                generation = self.llm.submit(request.model, messages=messages, params=params)
+                generation = await self.cache.submit(self.llm, request.model, messages=messages, params=params,
+                                                     tenant=tenant)
             elif which == "prompt":
-                generation = self.llm.submit(request.model, prompt=request.prompt, params=params)
+                generation = await self.cache.submit(self.llm, request.model, prompt=request.prompt, params=params,
+                                                     tenant=tenant)
             else:
                 raise InvalidArgument("give messages or a prompt")
         except Exception as exc:
             if is_overloaded(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
+        cached = ((CACHE_HEADER, generation.cache),)  # exact | semantic | miss
+        await context.send_initial_metadata(cached)
+        context.set_trailing_metadata(cached)
         first, tokens = True, 0
         async with generation:  # the call cancelled (client gone): leaving the block cancels the generation
             async for chunk in generation:

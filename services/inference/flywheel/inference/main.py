@@ -18,6 +18,9 @@ from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
 from flywheel.inference.api import ROLES, InferenceServicer
+from flywheel.inference.cache.handlers import with_cache_invalidation
+from flywheel.inference.cache.service import ResponseCache
+from flywheel.inference.cache.store import CacheStore
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
@@ -71,17 +74,25 @@ class InferenceApp:
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.dataplane.components = self.rpc.components
-        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, handlers=handlers(self.repository), source=SOURCE,
-                                       health=self.rpc.component_health("consumer"))
-        self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
-                     SERVICE_NAME, ROLES)
-        self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server, GenerationServicer(self.llm),
-                     GENERATION_SERVICE, GENERATION_ROLES)
         self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
                                        timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
+        # -- LLM response cache (flywheel/inference/cache): both generation doors answer through it ---------
+        cached = settings.llm_cache_enabled and self.llm is not None
+        self.llm_cache = ResponseCache(settings.llm_response_cache(),
+                                       CacheStore(settings.database_url, settings.db_schema) if cached else None,
+                                       self.embedder)
+        # -- end of the LLM response cache wiring ------------------------------------------------------------
+        self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
+                                       db=self.db, handlers=with_cache_invalidation(handlers(self.repository),
+                                                                                    self.llm_cache),
+                                       source=SOURCE, health=self.rpc.component_health("consumer"))
+        self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
+                     SERVICE_NAME, ROLES)
+        self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server,
+                     GenerationServicer(self.llm, cache=self.llm_cache), GENERATION_SERVICE, GENERATION_ROLES)
         self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,
-                                 embedder_models=self.embedder.models if self.embedder is not None else None)
+                                 embedder_models=self.embedder.models if self.embedder is not None else None,
+                                 cache=self.llm_cache)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
                                tls=settings.server_tls(), extra_routes=self.openai.routes())
 
@@ -101,6 +112,7 @@ class InferenceApp:
     async def start(self) -> None:
         await self.db.open()  # the common migrations only (processed_events for the consumer)
         await self.auth.start()
+        await self.llm_cache.start()  # its table (migration track llm_cache) before promotions evict from it
         await self.publisher.start()
         # Consumer first, then a reconcile per model: a promotion is never missed in between.
         await self.consumer.start()
@@ -121,6 +133,7 @@ class InferenceApp:
         await self.rest.stop()
         await self.rpc.stop()
         await self.dataplane.drain()
+        await self.llm_cache.stop()
         await self.features.close()
         if self.embedder is not None:
             await self.embedder.close()

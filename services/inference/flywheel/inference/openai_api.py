@@ -35,6 +35,8 @@ from starlette.routing import Route
 from flywheel.common import auth, errors
 from flywheel.common.auth import Authenticator, AuthError, bind_principal, unbind_principal
 from flywheel.common.clients.ports import TextEmbedder
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
 
@@ -267,8 +269,9 @@ class OpenAIDoor:
     """The routes, over the LLM service (None: LLM serving off) and an embedder (None: not configured)."""
 
     def __init__(self, llm: Any, embedder: TextEmbedder | None, authenticator: Authenticator | None,
-                 *, embedder_models: Callable[[], Any] | None = None) -> None:
+                 *, embedder_models: Callable[[], Any] | None = None, cache: ResponseCache | None = None) -> None:
         self.llm = llm
+        self.cache = cache or ResponseCache.disabled()  # the LLM response cache (flywheel/inference/cache)
         self.embedder = embedder
         self.authenticator = authenticator
         self.embedder_models = embedder_models
@@ -340,14 +343,17 @@ class OpenAIDoor:
         chat = parse_chat(await _json(request))
         if self.llm is None:
             raise errors.NotFound(f"model {chat.model!r} is not served: LLM serving is off on this server")
-        generation = self.llm.submit(chat.model, messages=chat.messages, params=chat.params)
+        # The response cache answers a hit (replayed, streamed or not) or submits and stores the miss once done.
+        generation = await self.cache.submit(self.llm, chat.model, messages=chat.messages, params=chat.params,
+                                             tenant=tenant_of(request.headers))
+        cached = {CACHE_HEADER: generation.cache}  # exact | semantic | miss
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if chat.stream:
             return StreamingResponse(self._stream(generation, ident, created, chat),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **cached})
         completion = await generation.collect()
-        return JSONResponse({
+        return JSONResponse(headers=cached, content={
             "id": ident, "object": "chat.completion", "created": created, "model": chat.model,
             "system_fingerprint": self._fingerprint(generation),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text, "refusal": None},
