@@ -118,7 +118,7 @@ class ResponseCache:
         self._writes: set[asyncio.Task] = set()
         self._evictions: set[asyncio.Task] = set()
         self._purger: asyncio.Task | None = None
-        self._seen: dict[str, int] = {}  # the version of each model / prompt template requests last came with
+        self._seen: dict[str, int] = {}  # the version of each model the last request was served by
         self.write_failures = 0
 
     @classmethod
@@ -342,18 +342,19 @@ class ResponseCache:
         return dropped
 
     def _notice_versions(self, request: CacheRequest) -> None:
-        """The first request served by another version of a model (the swap after a promotion happens when the
-        new version has loaded, after the models.promoted event) evicts the entries of the version it replaced,
-        including any a generation on the old version stored after the event."""
-        for name, version in request.dependencies().items():
-            seen = self._seen.get(name)
-            if seen == version:
-                continue
-            self._seen[name] = version
-            if seen is not None:
-                task = asyncio.get_running_loop().create_task(self.invalidate(name, version))
-                self._evictions.add(task)
-                task.add_done_callback(self._evictions.discard)
+        """The first request served by another version of a model (this replica swaps when the new version has
+        loaded, after the models.promoted event) evicts the entries of the version it replaced, including any a
+        generation on the old version stored after the event. Models only: a replica serves one version of a
+        name at a time, whereas two applications may pin two versions of one prompt template."""
+        name, version = request.model, request.model_version
+        seen = self._seen.get(name)
+        if seen == version:
+            return
+        self._seen[name] = version
+        if seen is not None:
+            task = asyncio.get_running_loop().create_task(self.invalidate(name, version))
+            self._evictions.add(task)
+            task.add_done_callback(self._evictions.discard)
 
     async def _purge_loop(self) -> None:
         assert self.store is not None
