@@ -11,7 +11,14 @@ import pytest
 
 from flywheel.inference.cache.entries import CachedAnswer, MemoryCache
 from flywheel.inference.cache.fingerprint import CacheRequest, cacheable
-from flywheel.inference.cache.service import CacheSettings, ResponseCache, numbers, tenant_of
+from flywheel.inference.cache.service import (
+    CacheSettings,
+    ResponseCache,
+    key_terms,
+    numbers,
+    same_key_terms,
+    tenant_of,
+)
 from flywheel.inference.llm.sampling import SamplingParams, TokenSampler
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
@@ -117,10 +124,29 @@ def test_tools_must_be_json() -> None:
         request(tools=object()).exact_key()
 
 
-def test_numbers_guard_and_tenant_header() -> None:
+def test_key_terms_are_numbers_and_names() -> None:
     assert numbers("Is a $1,000 limit ok for 16 year olds?") == {"1000", "16"}
-    assert numbers("How do I freeze my card?") == frozenset()
-    assert numbers("reason code D80") != numbers("reason code D40")
+    assert key_terms("Is a $1,000 limit ok for 16 year olds?") == {"1000", "16"}
+    assert key_terms("How do I freeze my card? I'm abroad.") == frozenset()  # sentence starts and I are not names
+    assert key_terms("What is the daily limit of a Plus Debit card?") == {"plus", "debit"}
+    assert key_terms("How much cash can I take out per day with a Plus Debit card?") == \
+        key_terms("What's the daily cash limit of my Plus Debit card?")
+    assert key_terms("...with an Everyday Debit card?") != key_terms("...with a Plus Debit card?")
+    assert key_terms("What does reason code D80 mean?") == {"d80", "80"} != key_terms("What does reason code D40 mean?")
+    assert key_terms("My card's chip broke. What's Northwind's number?") == {"northwind"}
+
+
+def test_same_key_terms_ignores_case_but_not_names_or_numbers() -> None:
+    original = "How much cash can I take out per day with a Plus Debit card?"
+    assert same_key_terms("What is the daily cash limit of a Plus Debit card?", original)
+    assert same_key_terms("how much cash can i take out per day with a plus debit card", original)
+    assert not same_key_terms("How much cash can I take out per day with an Everyday Debit card?", original)
+    assert not same_key_terms("how much cash per day with my debit card", original)  # the product is gone
+    assert not same_key_terms("Can my son get a card? He's 15.", "Can my son get a card? He's 16.")
+    assert same_key_terms("What is the FX-2 charge?", "what does the fx-2 fee mean")
+
+
+def test_tenant_header() -> None:
     assert tenant_of({"x-flywheel-tenant": " northwind "}) == "northwind" and tenant_of({}) == ""
 
 

@@ -100,8 +100,9 @@ class InferenceSettings(ServiceSettings):
                                                                "cache; needs the embedder.")
     llm_cache_semantic_threshold: float = Field(0.9, ge=0.0, le=1.0, description="Least cosine similarity of the "
                                                                                  "last user turns for a semantic hit.")
-    llm_cache_semantic_same_numbers: bool = Field(True, description="A semantic hit also needs the same numbers "
-                                                                    "in both questions ($18 vs $80, 16 vs 18 years).")
+    llm_cache_semantic_same_key_terms: bool = Field(True, description="A semantic hit also needs the same numbers "
+                                                                      "and names in both questions ($18 vs $80, Plus "
+                                                                      "Debit vs Everyday Debit).")
     llm_cache_ttl_s: float = Field(86_400.0, gt=0, description="How long a cached answer is served.")
     llm_cache_embedding_model: str = Field("", description="Embedding model (registry name) of the semantic "
                                                            "cache; empty = the embedder's default.")
@@ -117,7 +118,7 @@ class InferenceSettings(ServiceSettings):
             enabled=self.llm_cache_enabled, exact_max_entries=self.llm_cache_exact_max_entries,
             exact_max_bytes=self.llm_cache_exact_max_bytes, semantic_enabled=self.llm_cache_semantic_enabled,
             semantic_threshold=self.llm_cache_semantic_threshold,
-            semantic_same_numbers=self.llm_cache_semantic_same_numbers, ttl_s=self.llm_cache_ttl_s,
+            semantic_same_key_terms=self.llm_cache_semantic_same_key_terms, ttl_s=self.llm_cache_ttl_s,
             embedding_model=self.llm_cache_embedding_model, lookup_timeout_s=self.llm_cache_lookup_timeout_s,
             max_rows=self.llm_cache_max_rows)
     # -- end of the LLM response cache settings ----------------------------------------------------------------

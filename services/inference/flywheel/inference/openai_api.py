@@ -13,6 +13,9 @@ Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 A streamed answer is validated and queued before the first byte: every error above comes with its status,
 never inside a 200 stream. A client that goes away mid-stream cancels its generation (its batch row is
 freed at the next decode step).
+
+Chat answers go through the LLM response cache (flywheel/inference/cache): header `x-flywheel-cache: exact |
+semantic | miss` on every chat answer, streamed or not; request header `x-flywheel-tenant` names the tenant.
 """
 
 from __future__ import annotations

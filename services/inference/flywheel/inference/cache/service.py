@@ -57,12 +57,42 @@ MEMORY_ENTRIES = Gauge("flywheel_llm_cache_memory_entries", "Entries in the in-p
 MEMORY_BYTES = Gauge("flywheel_llm_cache_memory_bytes", "About the bytes the in-process exact cache holds.")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+SENTENCE = re.compile(r"[^.?!]+")
+WORD = re.compile(r"[A-Za-z0-9][\w'-]*")
+PRONOUNS = frozenset({"i", "i'm", "i've", "i'd", "i'll"})
 
 
 def numbers(text: str) -> frozenset[str]:
-    """The numbers a question mentions ("$1,000" and "1000" alike): questions that differ only in a number are
-    close in embedding space and yet want different answers (a $18 dispute, a 16-year-old)."""
+    """The numbers a question mentions ("$1,000" and "1000" alike)."""
     return frozenset(m.group().replace(",", "") for m in NUMBER.finditer(text))
+
+
+def words(text: str) -> frozenset[str]:
+    """Every word (lower case, without a possessive 's) and number of `text`."""
+    found = {w.lower()[:-2] if w.lower().endswith("'s") else w.lower() for w in WORD.findall(text)}
+    return frozenset(found | numbers(text))
+
+
+def same_key_terms(asked: str, cached: str) -> bool:
+    """Whether two questions name the same numbers and names: the key terms of each (see `key_terms`) occur as
+    words of the other, whatever their case (a question typed in lower case still matches its capitalized
+    twin; "Everyday Debit" never matches "Plus Debit")."""
+    return numbers(asked) == numbers(cached) and key_terms(asked) <= words(cached) and \
+        key_terms(cached) <= words(asked)
+
+
+def key_terms(text: str) -> frozenset[str]:
+    """What a paraphrase keeps and a near-duplicate with another answer changes: the numbers, and the names,
+    codes and acronyms (words with a capital letter that do not start a sentence: "Plus Debit", "D80", "PIN").
+    Embeddings put "the daily limit of a Plus Debit card" and "... of an Everyday Debit card" very close (0.92
+    with all-MiniLM-L6-v2), closer than most real paraphrases; the answers differ."""
+    terms = set(numbers(text))
+    for sentence in SENTENCE.findall(text):
+        for word in WORD.findall(sentence)[1:]:
+            lowered = word.lower()
+            if word != lowered and lowered not in PRONOUNS:
+                terms.add(lowered[:-2] if lowered.endswith("'s") else lowered)
+    return frozenset(terms)
 
 
 @dataclass
@@ -74,7 +104,7 @@ class CacheSettings:
     exact_max_bytes: int = 64 * 1024 * 1024
     semantic_enabled: bool = True
     semantic_threshold: float = 0.9
-    semantic_same_numbers: bool = True
+    semantic_same_key_terms: bool = True
     ttl_s: float = 86_400.0
     embedding_model: str = ""  # empty: the embedder's default model
     lookup_timeout_s: float = 1.0
@@ -219,13 +249,13 @@ class ResponseCache:
         return QuestionVector(result.model_name, result.model_version, result.vectors[0])
 
     def _semantic_match(self, lookup: Lookup, neighbours: list[Neighbour]) -> Neighbour | None:
-        """The nearest neighbour above the threshold (and, with semantic_same_numbers, naming the same
-        numbers). The SQL scoped them to this context key, tenant and embedding model version already; the
+        """The nearest neighbour above the threshold (and, with semantic_same_key_terms, naming the same numbers
+        and names). The SQL scoped them to this context key, tenant and embedding model version already; the
         answer's own tenant and model version are checked again here, so a scope bug could not leak one."""
         request = lookup.request
         if neighbours:
             SIMILARITY.observe(neighbours[0].similarity)
-        asked = numbers(lookup.question or "") if self.settings.semantic_same_numbers else None
+        asked = lookup.question or ""
         for n in neighbours:
             if n.similarity < self.settings.semantic_threshold:
                 return None
@@ -234,7 +264,7 @@ class ResponseCache:
                 ERRORS.labels("scope").inc()
                 log.error("semantic cache row outside the request's scope ignored", extra={"key": n.exact_key})
                 continue
-            if asked is not None and numbers(n.question) != asked:
+            if self.settings.semantic_same_key_terms and not same_key_terms(asked, n.question):
                 continue
             return n
         return None
