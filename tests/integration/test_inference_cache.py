@@ -341,3 +341,36 @@ async def test_promotion_of_a_new_version_misses_and_evicts_the_old_entries(app,
         return await app.llm_cache.store.count(model=LLM, model_version=old) == 0 and not any(
             a.model == LLM and a.model_version == old for a, _ in app.llm_cache.memory._entries.values())
     await polling.eventually(evicted, what="the old version's entries evicted")
+
+
+async def test_an_embedder_failure_degrades_to_the_exact_cache(app, infra) -> None:  # type: ignore[no-untyped-def]
+    """The semantic lookup fails (embedder down): the request goes on as a miss, its answer is stored for exact
+    lookups, and nothing raises. A cache on the running service's table, with an embedder that always fails."""
+    from flywheel.common.errors import Unavailable
+    from flywheel.inference.cache.service import CacheSettings, ResponseCache
+    from flywheel.inference.cache.store import CacheStore
+    from flywheel.inference.llm.engine import Usage
+
+    class DownEmbedder:
+        calls = 0
+
+        async def embed(self, texts: Any, **kwargs: Any) -> Any:
+            DownEmbedder.calls += 1
+            raise Unavailable("embedder at 127.0.0.1:1 is unreachable")
+
+    errors = metric("flywheel_llm_cache_errors_total", stage="embed")
+    cache = ResponseCache(CacheSettings(), CacheStore(infra.database_url, f"inference_{U}"), DownEmbedder())  # type: ignore[arg-type]
+    await cache.start()
+    try:
+        request = CacheRequest.of(app.llm.model(LLM), SamplingParams(temperature=0.0, max_tokens=8),
+                                  messages=chat(f"{QUESTION} ({uuid.uuid4().hex[:6]})"))
+        first = await cache.lookup(request)
+        assert first.kind == "miss" and first.vector is None and DownEmbedder.calls == 1
+        assert metric("flywheel_llm_cache_errors_total", stage="embed") == errors + 1
+        cache.remember(first, "Freeze it in the app.", [5], "stop", Usage(12, 1))
+        await cache.flush()
+        cache.memory.clear()
+        again = await cache.lookup(request)
+        assert again.kind == "exact" and again.answer is not None and again.answer.text == "Freeze it in the app."
+    finally:
+        await cache.stop()
