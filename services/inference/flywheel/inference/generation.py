@@ -6,7 +6,9 @@ loads); a caller that cancels the call cancels its generation.
 `model` may name an application: the answer is then grounded in its documents (apps.grounding), the first message
 names the prompt template version and the last one carries the citations, or `refused` with the template's refusal
 as the text when no retrieved passage supports an answer. Every generation is logged (genlog) with the request id
-the first message carries."""
+the first message carries. Answers go through the LLM response cache (flywheel/inference/cache): the initial and
+trailing metadata `x-flywheel-cache` say exact, semantic or miss, and metadata `x-flywheel-tenant` names the tenant a
+model call is cached for (an application's is its own)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument, NotFound
 from flywheel.common.rpc import map_errors
 from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
@@ -51,10 +55,11 @@ def given_parameters(params: pb.SamplingParams) -> set[str]:
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, llm: LLMService | None, *, answers: GroundedAnswers | None = None,
-                 generation_log: GenerationLog | None = None) -> None:
+                 generation_log: GenerationLog | None = None, cache: ResponseCache | None = None) -> None:
         self.llm = llm
         self.answers = answers  # application calls (None: no applications on this server)
         self.generation_log = generation_log  # every generation to predictions.logged (None: not logged)
+        self.cache = cache or ResponseCache.disabled()
 
     @map_errors
     async def Generate(self, request: pb.GenerateRequest,
@@ -72,12 +77,15 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         params = sampling_from_grpc(request.params)
         which = request.WhichOneof("input")
         messages: list[dict[str, str]] = []
+        tenant = tenant_of(dict(context.invocation_metadata() or ()))
         try:
             if which == "messages":
                 messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-                generation = self.llm.submit(request.model, messages=messages, params=params)
+                generation = await self.cache.submit(self.llm, request.model, messages=messages, params=params,
+                                                     tenant=tenant)
             elif which == "prompt":
-                generation = self.llm.submit(request.model, prompt=request.prompt, params=params)
+                generation = await self.cache.submit(self.llm, request.model, prompt=request.prompt, params=params,
+                                                     tenant=tenant)
             else:
                 raise InvalidArgument("give messages or a prompt")
         except Exception as exc:
@@ -88,8 +96,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             generation = self.generation_log.watch(generation, GenerationRecord(
                 request_id=request_id, door="grpc", served=generation.model, params=params, messages=messages,
                 prompt_text=request.prompt if which == "prompt" else "", stream=True, user=request.user,
-                started=started))
-        async for response in self._responses(generation, request_id):
+                started=started, cache=generation.cache))
+        async for response in self._responses(generation, request_id, context):
             yield response
 
     async def _application(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext,
@@ -104,12 +112,26 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             messages = [{"role": "user", "content": request.prompt}]
         else:
             raise InvalidArgument("give messages or a prompt")
-        call = await self.answers.prepare(request.model, messages, params, given_parameters(request.params))
+        call = await self.answers.resolve(request.model, messages, params, given_parameters(request.params))
+        prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
+        lookup = await self.cache.lookup(call.cache_request(messages))
+        if lookup.hit:  # the stored answer and its stored citations
+            assert lookup.answer is not None
+            stored = [pb.Citation(**c) for c in lookup.answer.extra.get("citations", [])]
+            generation: Any = self.cache.replay(lookup, call.served)
+            if self.generation_log is not None:
+                generation = self.generation_log.watch(generation, GenerationRecord(
+                    request_id=request_id, door="grpc", served=call.served, params=call.params, messages=messages,
+                    stream=True, user=request.user, call=call, started=call.started, cache=generation.cache))
+            async for response in self._responses(generation, request_id, context, prompt=prompt, citations=stored):
+                yield response
+            return
+        await self.answers.ground(call, messages)
         record = GenerationRecord(request_id=request_id, door="grpc", served=call.served, params=call.params,
                                   messages=messages, prompt_ids=call.prompt_ids, stream=True, user=request.user,
-                                  call=call, started=call.started)
-        prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
+                                  call=call, started=call.started, cache=lookup.header)
         if call.refused:
+            await context.send_initial_metadata(((CACHE_HEADER, lookup.header),))
             if self.generation_log is not None:
                 self.generation_log.log_refusal(record, call.refusal or "")
             yield pb.GenerateResponse(text=call.refusal, finish_reason="stop", usage=pb.Usage(),
@@ -117,22 +139,29 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                       request_id=request_id, refused=True, prompt=prompt)
             return
         try:
-            generation: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
+            generation = self.cache.record(lookup, self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids,
+                                                                           params=call.params))
         except Exception as exc:
             if is_overloaded(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
+        generation.extra.update({"citations": [c.to_json() for c in call.citations],  # stored with the answer
+                                 "grounding": call.grounding_json(), "application": call.application_json()})
         record.served = generation.model
         if self.generation_log is not None:
             generation = self.generation_log.watch(generation, record)
         citations = [pb.Citation(index=c.index, chunk_id=c.chunk_id, document_id=c.document_id, title=c.title,
                                  source=c.source, section=c.section, score=c.score, similarity=c.similarity)
                      for c in call.citations]
-        async for response in self._responses(generation, request_id, prompt=prompt, citations=citations):
+        async for response in self._responses(generation, request_id, context, prompt=prompt, citations=citations):
             yield response
 
-    async def _responses(self, generation: Any, request_id: str, *, prompt: pb.PromptVersion | None = None,
+    async def _responses(self, generation: Any, request_id: str, context: grpc.aio.ServicerContext, *,
+                         prompt: pb.PromptVersion | None = None,
                          citations: list[pb.Citation] | None = None) -> AsyncIterator[pb.GenerateResponse]:
+        cached = ((CACHE_HEADER, generation.cache),)  # exact | semantic | miss
+        await context.send_initial_metadata(cached)
+        context.set_trailing_metadata(cached)
         first, tokens = True, 0
         async with generation:  # the call cancelled (client gone): leaving the block cancels the generation
             async for chunk in generation:

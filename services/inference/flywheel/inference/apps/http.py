@@ -39,6 +39,8 @@ from flywheel.common.auth import Authenticator, bind_principal, unbind_principal
 from flywheel.inference.apps.catalog import ApplicationCatalog
 from flywheel.inference.apps.domain import check_name, parse_application
 from flywheel.inference.apps.grounding import GroundedAnswers
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.openai_api import OpenAIError, _json, _sse, to_openai_error, usage_json
 
@@ -118,9 +120,11 @@ class ApplicationsDoor:
 class ApplicationChat:
     """Answers `/v1/chat/completions` for application names (the OpenAI door hands them over)."""
 
-    def __init__(self, answers: GroundedAnswers, genlog: GenerationLog | None) -> None:
+    def __init__(self, answers: GroundedAnswers, genlog: GenerationLog | None,
+                 cache: ResponseCache | None = None) -> None:
         self.answers = answers
         self.genlog = genlog
+        self.cache = cache or ResponseCache.disabled()
 
     def serves(self, name: str) -> bool:
         return self.answers.serves(name)
@@ -133,12 +137,18 @@ class ApplicationChat:
                  "description": a.description} for a in self.answers.catalog.all()]
 
     async def respond(self, chat: Any, body: dict[str, Any]) -> Response:
-        """`chat`: the OpenAI door's parsed ChatRequest."""
-        call = await self.answers.prepare(chat.model, chat.messages, chat.params, given_parameters(body))
+        """`chat`: the OpenAI door's parsed ChatRequest. The response cache answers before retrieval when it can
+        (keyed on the application, its prompt and model versions, its retrieval settings and the conversation);
+        a miss is grounded, generated and stored with its citations."""
+        call = await self.answers.resolve(chat.model, chat.messages, chat.params, given_parameters(body))
+        lookup = await self.cache.lookup(call.cache_request(chat.messages))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if lookup.hit:
+            return await self._cached(self.cache.replay(lookup, call.served), call, chat, ident, created)
+        await self.answers.ground(call, chat.messages)
         record = GenerationRecord(request_id=ident, door="openai", served=call.served, params=call.params,
                                   messages=chat.messages, prompt_ids=call.prompt_ids, stream=chat.stream,
-                                  user=chat.user, call=call, started=call.started)
+                                  user=chat.user, call=call, started=call.started, cache=lookup.header)
         extra = {"citations": [c.to_json() for c in call.citations], "grounding": call.grounding_json(),
                  "application": call.application_json()}
         if call.refused:
@@ -147,19 +157,37 @@ class ApplicationChat:
                 self.genlog.log_refusal(record, call.refusal)
             fingerprint = _fingerprint(call.served)
             if chat.stream:
-                return _event_stream(self._refusal_stream(call.refusal, ident, created, chat, fingerprint, extra))
+                return _event_stream(self._refusal_stream(call.refusal, ident, created, chat, fingerprint, extra),
+                                     {CACHE_HEADER: lookup.header})
             return JSONResponse(_completion(ident, created, chat.model, fingerprint, call.refusal, "stop", ZERO_USAGE,
-                                            extra))
-        generation: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
+                                            extra), headers={CACHE_HEADER: lookup.header})
+        recording = self.cache.record(lookup, self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids,
+                                                                       params=call.params))
+        recording.extra.update(extra)  # stored with the answer: a hit answers with the same citations
+        generation: Any = recording
         record.served = generation.model  # the version that runs (a promotion may have landed since prepare)
         if self.genlog is not None:
             generation = self.genlog.watch(generation, record)
+        return await self._answer(generation, chat, ident, created, extra, {CACHE_HEADER: lookup.header})
+
+    async def _cached(self, generation: Any, call: Any, chat: Any, ident: str, created: int) -> Response:
+        """A cache hit: the stored answer with its stored citations and grounding, logged as a hit."""
+        if self.genlog is not None:
+            generation = self.genlog.watch(generation, GenerationRecord(
+                request_id=ident, door="openai", served=call.served, params=call.params, messages=chat.messages,
+                stream=chat.stream, user=chat.user, call=call, started=call.started, cache=generation.cache))
+        return await self._answer(generation, chat, ident, created, dict(generation.extra),
+                            {CACHE_HEADER: generation.cache})
+
+    async def _answer(self, generation: Any, chat: Any, ident: str, created: int, extra: dict[str, Any],
+                      headers: dict[str, str]) -> Response:
         fingerprint = _fingerprint(generation.model)
         if chat.stream:
-            return _event_stream(self._stream(generation, ident, created, chat, fingerprint, extra))
+            return _event_stream(self._stream(generation, ident, created, chat, fingerprint, extra), headers)
         completion = await generation.collect()
         return JSONResponse(_completion(ident, created, chat.model, fingerprint, completion.text,
-                                        completion.finish_reason, usage_json(completion.usage), extra))
+                                        completion.finish_reason, usage_json(completion.usage), extra),
+                            headers=headers)
 
     async def _stream(self, generation: Any, ident: str, created: int, chat: Any, fingerprint: str,
                       extra: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -217,6 +245,6 @@ def _completion(ident: str, created: int, model: str, fingerprint: str, text: st
             "usage": usage, **extra}
 
 
-def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+def _event_stream(body: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
