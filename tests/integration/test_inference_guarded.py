@@ -355,6 +355,38 @@ async def test_a_redacting_policy_masks_the_leak_and_the_answer_goes_on(  # type
     assert "[CARD_NUMBER]" in answer.choices[0].message.content and "4539" not in answer.choices[0].message.content
 
 
+# ---------------------------------------------------------------------------------------- response cache
+
+
+async def test_the_cache_keys_on_the_redacted_question_and_never_answers_a_blocked_input(  # type: ignore[no-untyped-def]
+        world: World, oai) -> None:
+    world.spy.reset()
+    question = f"My card {CARD} was charged twice. How long does a chargeback take? Write to {EMAIL}."
+    first = await oai.chat.completions.with_raw_response.create(model=DEMO, messages=ask(question), temperature=0,
+                                                                max_tokens=6)
+    other_card = question.replace(CARD, "4111 1111 1111 1111")  # another Luhn-valid number: the same redacted text
+    second = await oai.chat.completions.with_raw_response.create(model=DEMO, messages=ask(other_card), temperature=0,
+                                                                 max_tokens=6)
+    a, b = first.parse(), second.parse()
+    world.request_ids |= {a.id, b.id}
+    assert first.headers["x-flywheel-cache"] == "miss" and second.headers["x-flywheel-cache"] == "exact"
+    assert b.choices[0].message.content == a.choices[0].message.content and len(world.spy.prompts) == 1
+    assert b.model_extra["guard"]["input"]["verdict_id"] != a.model_extra["guard"]["input"]["verdict_id"]
+    assert b.model_extra["guard"]["output_cached"]
+    for _ in range(2):  # a blocked input is checked every time, never looked up
+        blocked = await oai.chat.completions.with_raw_response.create(model=DEMO, messages=ask(INJECTION))
+        world.request_ids.add(blocked.parse().id)
+        assert blocked.parse().choices[0].finish_reason == "content_filter"
+        assert "x-flywheel-cache" not in blocked.headers
+    # A cut answer is not stored: asked again, the model runs again (and is cut again).
+    world.spy.reset(script=LEAK)
+    for _ in range(2):
+        cut = await oai.chat.completions.create(model=STRICT, messages=ask(DISPUTE), max_tokens=7)
+        world.request_ids.add(cut.id)
+        assert cut.choices[0].finish_reason == "content_filter"
+    assert len(world.spy.generations) == 2
+
+
 # ---------------------------------------------------------------------------------------- storage floor
 
 
@@ -422,7 +454,7 @@ async def test_the_guard_down_fails_closed_with_a_clear_error(world: World, oai)
     assert world.spy.prompts == [] and world.spy.queries == []  # nothing ran unchecked
     # A policy that fails open answers unchecked, and says so.
     world.spy.reset(script="Disputes are free of charge.")
-    answer = await oai.chat.completions.create(model=OPEN, messages=ask(DISPUTE), max_tokens=3)
+    answer = await oai.chat.completions.create(model=OPEN, messages=ask(DISPUTE), max_tokens=4)  # not a cached one
     assert answer.model_extra["guard"]["input_unchecked"] and answer.choices[0].finish_reason
     assert answer.model_extra["guard"]["output_unchecked_windows"] >= 1
 

@@ -65,7 +65,10 @@ async def app(infra, registry, registry_app, embedder, tmp_path_factory) -> Asyn
     await registry.SetAlias(rpb.SetAliasRequest(model_name=LLM, alias="champion", version=mv.version))
     settings = InferenceSettings(**shared_settings(infra), http_port=0, registry_addr=registry_app.address,
                                  models=[LLM], db_schema=f"inference_{U}", consumer_group=f"inference-{U}",
-                                 embedder_addr=embedder.address, llm_cache_dir=Path(root / "cache"))
+                                 embedder_addr=embedder.address, llm_cache_dir=Path(root / "cache"),
+                                 # These tests are about the engine behind the doors (streams, queue, cancels):
+                                 # no response cache in front (test_inference_cache.py tests it).
+                                 llm_cache_enabled=False)
     application = InferenceApp(settings)
     await application.start()
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from flywheel.common.settings import ServiceSettings, shared
+
+if TYPE_CHECKING:
+    from flywheel.inference.cache.service import CacheSettings
 
 
 class Route(BaseModel):
@@ -128,6 +131,42 @@ class InferenceSettings(ServiceSettings):
         """Where the OpenAI-compatible door is (`make run` prints it)."""
         return [f"OpenAI-compatible http://{self.http_host}:{self.http_port}/v1 (models, chat, embeddings; "
                 "applications: /v1/applications)"]
+
+    # -- LLM response cache (flywheel/inference/cache) -------------------------------------------------------
+    llm_cache_enabled: bool = Field(True, description="Answer repeated chat requests from the response cache (exact "
+                                                      "and semantic). Sampled requests (temperature > 0, no seed) "
+                                                      "always bypass it.")
+    llm_cache_exact_max_entries: int = Field(10_000, ge=0, description="Answers the in-process exact cache (LRU, "
+                                                                        "the fast path) holds; 0 = database only.")
+    llm_cache_exact_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="About the bytes the in-process "
+                                                                                "exact cache holds.")
+    llm_cache_semantic_enabled: bool = Field(True, description="Also answer a near-duplicate last user turn "
+                                                               "(same fingerprint of everything else) from the "
+                                                               "cache; needs the embedder.")
+    llm_cache_semantic_threshold: float = Field(0.9, ge=0.0, le=1.0, description="Least cosine similarity of the "
+                                                                                 "last user turns for a semantic hit.")
+    llm_cache_semantic_same_key_terms: bool = Field(True, description="A semantic hit also needs the same numbers "
+                                                                      "and names in both questions ($18 vs $80, Plus "
+                                                                      "Debit vs Everyday Debit).")
+    llm_cache_ttl_s: float = Field(86_400.0, gt=0, description="How long a cached answer is served.")
+    llm_cache_embedding_model: str = Field("", description="Embedding model (registry name) of the semantic "
+                                                           "cache; empty = the embedder's default.")
+    llm_cache_lookup_timeout_s: float = Field(1.0, gt=0, description="Longest a lookup (database, embedder) may "
+                                                                     "take before the request is generated anyway.")
+    llm_cache_max_rows: int = Field(200_000, ge=0, description="Rows the shared cache table keeps (oldest out "
+                                                               "first, by the purge every minute); 0 = no bound.")
+
+    def llm_response_cache(self) -> CacheSettings:
+        from flywheel.inference.cache.service import CacheSettings
+
+        return CacheSettings(
+            enabled=self.llm_cache_enabled, exact_max_entries=self.llm_cache_exact_max_entries,
+            exact_max_bytes=self.llm_cache_exact_max_bytes, semantic_enabled=self.llm_cache_semantic_enabled,
+            semantic_threshold=self.llm_cache_semantic_threshold,
+            semantic_same_key_terms=self.llm_cache_semantic_same_key_terms, ttl_s=self.llm_cache_ttl_s,
+            embedding_model=self.llm_cache_embedding_model, lookup_timeout_s=self.llm_cache_lookup_timeout_s,
+            max_rows=self.llm_cache_max_rows)
+    # -- end of the LLM response cache settings ----------------------------------------------------------------
 
     def llm_models_dir(self) -> Path:
         return self.llm_cache_dir or Path(self.home) / "llm" / "models"

@@ -6,14 +6,17 @@ loads); a caller that cancels the call cancels its generation.
 `model` may name an application: the answer is then grounded in its documents (apps.grounding), the first message
 names the prompt template version and the last one carries the citations, or `refused` with the template's refusal
 as the text when no retrieved passage supports an answer. Every generation is logged (genlog) with the request id
-the first message carries.
+the first message carries. Answers go through the LLM response cache (flywheel/inference/cache): the initial and
+trailing metadata `x-flywheel-cache` say exact, semantic or miss, and metadata `x-flywheel-tenant` names the tenant a
+model call is cached for (an application's is its own).
 
-A guarded application (apps.guarded) checks the last user turn before retrieval: blocked, the policy's
+A guarded application (apps.guarded) checks the last user turn before the cache and retrieval: blocked, the policy's
 `blocked_input_response` says how (`completion`: one message with the policy's text and finish_reason
 `content_filter`; `error`: status INVALID_ARGUMENT `content_filter: <message>`); the answer is streamed in checked
-windows only, and a blocked window ends it with finish_reason `content_filter`. Guard down or too slow for a
-fail_closed policy: UNAVAILABLE. The verdict ids go in the trailing metadata (`x-flywheel-guard-verdict`: the
-input's, `x-flywheel-guard-output-verdict`: the last output window's or the blocking one)."""
+windows only (and cached only when every window passed), and a blocked window ends it with finish_reason
+`content_filter`. Guard down or too slow for a fail_closed policy: UNAVAILABLE. The verdict ids go in the trailing
+metadata (`x-flywheel-guard-verdict`: the input's, `x-flywheel-guard-output-verdict`: the last output window's or the
+blocking one)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,17 @@ from flywheel.common import auth
 from flywheel.common.errors import InvalidArgument, NotFound
 from flywheel.common.rpc import map_errors
 from flywheel.inference.apps.grounding import GroundedAnswers
-from flywheel.inference.apps.guarded import CONTENT_FILTER, VERDICT_HEADER, Guarding, context_chunks, guard_parameters
+from flywheel.inference.apps.guarded import (
+    CONTENT_FILTER,
+    OUTPUT_VERDICT_HEADER,
+    VERDICT_HEADER,
+    Guarding,
+    context_chunks,
+    guard_parameters,
+    only_checked,
+)
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
@@ -59,11 +72,13 @@ def given_parameters(params: pb.SamplingParams) -> set[str]:
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, llm: LLMService | None, *, answers: GroundedAnswers | None = None,
-                 generation_log: GenerationLog | None = None, guarding: Guarding | None = None) -> None:
+                 generation_log: GenerationLog | None = None, cache: ResponseCache | None = None,
+                 guarding: Guarding | None = None) -> None:
         self.llm = llm
         self.answers = answers  # application calls (None: no applications on this server)
         self.guarding = guarding or Guarding(None)  # guard policies of applications
         self.generation_log = generation_log  # every generation to predictions.logged (None: not logged)
+        self.cache = cache or ResponseCache.disabled()
 
     @map_errors
     async def Generate(self, request: pb.GenerateRequest,
@@ -81,12 +96,15 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         params = sampling_from_grpc(request.params)
         which = request.WhichOneof("input")
         messages: list[dict[str, str]] = []
+        tenant = tenant_of(dict(context.invocation_metadata() or ()))
         try:
             if which == "messages":
                 messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-                generation = self.llm.submit(request.model, messages=messages, params=params)
+                generation = await self.cache.submit(self.llm, request.model, messages=messages, params=params,
+                                                     tenant=tenant)
             elif which == "prompt":
-                generation = self.llm.submit(request.model, prompt=request.prompt, params=params)
+                generation = await self.cache.submit(self.llm, request.model, prompt=request.prompt, params=params,
+                                                     tenant=tenant)
             else:
                 raise InvalidArgument("give messages or a prompt")
         except Exception as exc:
@@ -97,8 +115,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             generation = self.generation_log.watch(generation, GenerationRecord(
                 request_id=request_id, door="grpc", served=generation.model, params=params, messages=messages,
                 prompt_text=request.prompt if which == "prompt" else "", stream=True, user=request.user,
-                started=started))
-        async for response in self._responses(generation, request_id):
+                started=started, cache=generation.cache))
+        async for response in self._responses(generation, request_id, context):
             yield response
 
     async def _application(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext,
@@ -114,12 +132,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         else:
             raise InvalidArgument("give messages or a prompt")
         app = self.answers.catalog.require(request.model)
+        # The input rail first: before the cache, retrieval and generation; from here on the redacted turn.
         checked = await self.guarding.check_input(app, messages, request_id=request_id)
         guard_params = guard_parameters(checked)
-        trailing: list[tuple[str, str]] = []
+        trailing: tuple[tuple[str, str], ...] = ()
         if checked.verdict is not None:
-            trailing.append((VERDICT_HEADER, checked.verdict.verdict_id))
-            context.set_trailing_metadata(tuple(trailing))
+            trailing = ((VERDICT_HEADER, checked.verdict.verdict_id),)
+            context.set_trailing_metadata(trailing)
         if checked.blocked:
             message = checked.message()
             self._log_blocked_input(app, checked, params, request, request_id, message, guard_params)
@@ -128,13 +147,29 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             yield pb.GenerateResponse(text=message, finish_reason=CONTENT_FILTER, usage=pb.Usage(), model=app.model,
                                       request_id=request_id)
             return
-        messages = checked.messages  # the last user turn redacted, from here on
-        call = await self.answers.prepare(request.model, messages, params, given_parameters(request.params))
+        messages = checked.messages
+        call = await self.answers.resolve(request.model, messages, params, given_parameters(request.params))
+        prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
+        lookup = await self.cache.lookup(call.cache_request(messages))
+        if lookup.hit:  # the stored answer and its stored citations
+            assert lookup.answer is not None
+            stored = [pb.Citation(**c) for c in lookup.answer.extra.get("citations", [])]
+            generation: Any = self.cache.replay(lookup, call.served)
+            if self.generation_log is not None:
+                generation = self.generation_log.watch(generation, GenerationRecord(
+                    request_id=request_id, door="grpc", served=call.served, params=call.params, messages=messages,
+                    stream=True, user=request.user, call=call, started=call.started, cache=generation.cache,
+                    guard=guard_params))
+            async for response in self._responses(generation, request_id, context, prompt=prompt, citations=stored,
+                                                  trailing=trailing):
+                yield response
+            return
+        await self.answers.ground(call, messages)
         record = GenerationRecord(request_id=request_id, door="grpc", served=call.served, params=call.params,
                                   messages=messages, prompt_ids=call.prompt_ids, stream=True, user=request.user,
-                                  call=call, started=call.started, guard=guard_params)
-        prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
+                                  call=call, started=call.started, cache=lookup.header, guard=guard_params)
         if call.refused:
+            await context.send_initial_metadata(((CACHE_HEADER, lookup.header),))
             if self.generation_log is not None:
                 self.generation_log.log_refusal(record, call.refusal or "")
             yield pb.GenerateResponse(text=call.refusal, finish_reason="stop", usage=pb.Usage(),
@@ -142,28 +177,35 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                       request_id=request_id, refused=True, prompt=prompt)
             return
         try:
-            generation: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
+            model: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
         except Exception as exc:
             if is_overloaded(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
-        record.served = generation.model
         guarded = None
-        if checked.guarded:  # only checked windows leave (and are logged)
-            generation = guarded = self.guarding.stream(generation, app, checked, request_id=request_id,
-                                                        context=context_chunks(call), log_params=record.guard)
+        if checked.guarded:  # only checked windows leave, are cached and logged
+            model = guarded = self.guarding.stream(model, app, checked, request_id=request_id,
+                                                   context=context_chunks(call), log_params=record.guard)
+        generation = self.cache.record(lookup, model)
+        if guarded is not None:
+            only_checked(generation, guarded)
+        generation.extra.update({"citations": [c.to_json() for c in call.citations],  # stored with the answer
+                                 "grounding": call.grounding_json(), "application": call.application_json()})
+        record.served = generation.model
         if self.generation_log is not None:
             generation = self.generation_log.watch(generation, record)
         citations = [pb.Citation(index=c.index, chunk_id=c.chunk_id, document_id=c.document_id, title=c.title,
                                  source=c.source, section=c.section, score=c.score, similarity=c.similarity)
                      for c in call.citations]
         try:
-            async for response in self._responses(generation, request_id, prompt=prompt, citations=citations):
+            async for response in self._responses(generation, request_id, context, prompt=prompt, citations=citations,
+                                                  trailing=trailing):
                 yield response
         finally:
             if guarded is not None and guarded.state.verdicts:
                 last = guarded.state.blocked or guarded.state.verdicts[-1]
-                context.set_trailing_metadata((*trailing, ("x-flywheel-guard-output-verdict", last.verdict_id)))
+                context.set_trailing_metadata(((CACHE_HEADER, generation.cache), *trailing,
+                                               (OUTPUT_VERDICT_HEADER, last.verdict_id)))
 
     def _log_blocked_input(self, app: Any, checked: Any, params: SamplingParams, request: pb.GenerateRequest,
                            request_id: str, message: str, guard_params: dict[str, str]) -> None:
@@ -179,8 +221,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.generation_log.log(record, completion="" if checked.as_error else message, finish_reason=CONTENT_FILTER,
                                 prompt_tokens=0, completion_tokens=0, time_to_first_token_s=None)
 
-    async def _responses(self, generation: Any, request_id: str, *, prompt: pb.PromptVersion | None = None,
-                         citations: list[pb.Citation] | None = None) -> AsyncIterator[pb.GenerateResponse]:
+    async def _responses(self, generation: Any, request_id: str, context: grpc.aio.ServicerContext, *,
+                         prompt: pb.PromptVersion | None = None, citations: list[pb.Citation] | None = None,
+                         trailing: tuple[tuple[str, str], ...] = ()) -> AsyncIterator[pb.GenerateResponse]:
+        cached = ((CACHE_HEADER, generation.cache),)  # exact | semantic | miss
+        await context.send_initial_metadata(cached)
+        context.set_trailing_metadata(cached + trailing)
         first, tokens = True, 0
         async with generation:  # the call cancelled (client gone): leaving the block cancels the generation
             async for chunk in generation:

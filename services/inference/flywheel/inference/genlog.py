@@ -186,6 +186,7 @@ class LoggedGeneration:
         self.prompt_tokens = generation.prompt_tokens
         self.max_tokens = generation.max_tokens
         self.prompt_ids = record.prompt_ids
+        self.cache = getattr(generation, "cache", record.cache)  # exact | semantic | miss
         self.record = record
         self.genlog = genlog
         self._parts: list[str] = []

@@ -29,6 +29,9 @@ from flywheel.inference.apps.guarded import Guarding
 from flywheel.inference.apps.http import ApplicationChat, ApplicationsDoor
 from flywheel.inference.apps.prompts import PromptResolver
 from flywheel.inference.apps.store import ApplicationStore
+from flywheel.inference.cache.handlers import with_cache_invalidation
+from flywheel.inference.cache.service import ResponseCache
+from flywheel.inference.cache.store import CacheStore
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.dataplane import DataPlane, ModelSlot
 from flywheel.inference.features import FeatureClient
@@ -106,27 +109,32 @@ class InferenceApp:
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
         self.generation_log = self._generation_log()
-        self.apps = self._applications(registry) if settings.apps_enabled else None
         self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
         self.dataplane.components = self.rpc.components
+        self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
+                                       timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
+        # -- LLM response cache (flywheel/inference/cache): both generation doors answer through it ---------
+        cached = settings.llm_cache_enabled and self.llm is not None
+        self.llm_cache = ResponseCache(settings.llm_response_cache(),
+                                       CacheStore(settings.database_url, settings.db_schema) if cached else None,
+                                       self.embedder)
+        self.apps = self._applications(registry) if settings.apps_enabled else None
+        on_alias_moved = self.apps.prompts.on_promoted if self.apps is not None else None
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
-                                       db=self.db, source=SOURCE,
-                                       handlers=handlers(self.repository, on_alias_moved=self.apps.prompts.on_promoted
-                                                         if self.apps is not None else None),
-                                       health=self.rpc.component_health("consumer"))
+                                       db=self.db, source=SOURCE, health=self.rpc.component_health("consumer"),
+                                       handlers=with_cache_invalidation(
+                                           handlers(self.repository, on_alias_moved=on_alias_moved), self.llm_cache))
         self.rpc.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.dataplane),
                      SERVICE_NAME, ROLES)
         self.rpc.add(generation_pb_grpc.add_GenerationServiceServicer_to_server,
                      GenerationServicer(self.llm, answers=self.apps.answers if self.apps is not None else None,
-                                        generation_log=self.generation_log,
+                                        generation_log=self.generation_log, cache=self.llm_cache,
                                         guarding=self.apps.guarding if self.apps is not None else None),
                      GENERATION_SERVICE, GENERATION_ROLES)
-        self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
-                                       timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
         self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,
                                  embedder_models=self.embedder.models if self.embedder is not None else None,
                                  applications=self.apps.chat if self.apps is not None else None,
-                                 generation_log=self.generation_log)
+                                 generation_log=self.generation_log, cache=self.llm_cache)
         routes = self.openai.routes() + (self.apps.door.routes() if self.apps is not None else [])
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
                                tls=settings.server_tls(), extra_routes=routes)
@@ -155,7 +163,7 @@ class InferenceApp:
         guard = GuardClient(s.guard_addr, auth=s.client_auth(), timeout=s.guard_timeout_s) if s.guard_addr else None
         guarding = Guarding(guard, timeout_s=s.guard_timeout_s, policy_ttl_s=s.guard_policy_ttl_s)
         return Applications(catalog, prompts, retriever, answers, guarding,
-                            ApplicationChat(answers, self.generation_log, guarding),
+                            ApplicationChat(answers, self.generation_log, self.llm_cache, guarding),
                             ApplicationsDoor(catalog, self.auth))
 
     def _new_slot(self, name: str) -> ModelSlot:
@@ -174,6 +182,7 @@ class InferenceApp:
     async def start(self) -> None:
         await self.db.open(MIGRATIONS)  # processed_events for the consumer; the applications
         await self.auth.start()
+        await self.llm_cache.start()  # its table (migration track llm_cache) before promotions evict from it
         if self.apps is not None:
             await self.apps.start()
         await self.publisher.start()
@@ -196,6 +205,7 @@ class InferenceApp:
         await self.rest.stop()
         await self.rpc.stop()
         await self.dataplane.drain()
+        await self.llm_cache.stop()
         await self.features.close()
         if self.embedder is not None:
             await self.embedder.close()

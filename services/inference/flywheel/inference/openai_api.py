@@ -13,6 +13,9 @@ Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 A streamed answer is validated and queued before the first byte: every error above comes with its status,
 never inside a 200 stream. A client that goes away mid-stream cancels its generation (its batch row is
 freed at the next decode step).
+
+Chat answers go through the LLM response cache (flywheel/inference/cache): header `x-flywheel-cache: exact |
+semantic | miss` on every chat answer, streamed or not; request header `x-flywheel-tenant` names the tenant.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from starlette.routing import Route
 from flywheel.common import auth, errors
 from flywheel.common.auth import Authenticator, AuthError, bind_principal, unbind_principal
 from flywheel.common.clients.ports import TextEmbedder
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.llm import is_overloaded
 from flywheel.inference.llm.sampling import SamplingParams
 
@@ -268,8 +273,9 @@ class OpenAIDoor:
 
     def __init__(self, llm: Any, embedder: TextEmbedder | None, authenticator: Authenticator | None,
                  *, embedder_models: Callable[[], Any] | None = None, applications: Any = None,
-                 generation_log: Any = None) -> None:
+                 generation_log: Any = None, cache: ResponseCache | None = None) -> None:
         self.llm = llm
+        self.cache = cache or ResponseCache.disabled()  # the LLM response cache (flywheel/inference/cache)
         self.embedder = embedder
         self.authenticator = authenticator
         self.embedder_models = embedder_models
@@ -351,15 +357,18 @@ class OpenAIDoor:
             return await self.applications.respond(chat, body)
         if self.llm is None:
             raise errors.NotFound(f"model {chat.model!r} is not served: LLM serving is off on this server")
-        generation = self.llm.submit(chat.model, messages=chat.messages, params=chat.params)
+        # The response cache answers a hit (replayed, streamed or not) or submits and stores the miss once done.
+        generation = await self.cache.submit(self.llm, chat.model, messages=chat.messages, params=chat.params,
+                                             tenant=tenant_of(request.headers))
+        cached = {CACHE_HEADER: generation.cache}  # exact | semantic | miss
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         generation = self._logged(generation, ident, chat, started)
         if chat.stream:
             return StreamingResponse(self._stream(generation, ident, created, chat),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **cached})
         completion = await generation.collect()
-        return JSONResponse({
+        return JSONResponse(headers=cached, content={
             "id": ident, "object": "chat.completion", "created": created, "model": chat.model,
             "system_fingerprint": self._fingerprint(generation),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text, "refusal": None},
@@ -374,7 +383,7 @@ class OpenAIDoor:
 
         return self.generation_log.watch(generation, GenerationRecord(
             request_id=ident, door="openai", served=generation.model, params=chat.params, messages=chat.messages,
-            stream=chat.stream, user=chat.user, started=started))
+            stream=chat.stream, user=chat.user, started=started, cache=getattr(generation, "cache", "miss")))
 
     @staticmethod
     def _fingerprint(generation: Any) -> str:

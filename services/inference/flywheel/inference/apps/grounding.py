@@ -33,6 +33,7 @@ from flywheel.common.prompt_templates import ContextChunk, PromptTemplate
 from flywheel.inference.apps.catalog import ApplicationCatalog
 from flywheel.inference.apps.domain import Application
 from flywheel.inference.apps.prompts import PromptResolver, ResolvedPrompt
+from flywheel.inference.cache.fingerprint import CacheRequest
 from flywheel.inference.llm.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,15 @@ class GroundedCall:
                 "best_similarity": round(self.best_similarity, 6),
                 "min_similarity": self.app.retrieval.min_similarity}
 
+    def cache_request(self, messages: list[dict[str, str]]) -> CacheRequest:
+        """What the response cache keys this call on: the served model, the application, its prompt template
+        version, its retrieval settings and tenant, and the conversation as the client sent it (before retrieval:
+        a hit saves the retrieval too)."""
+        r = self.app.retrieval
+        return CacheRequest.of(self.served, self.params, messages=messages, tenant=r.tenant,
+                               application=self.app.name, prompt_name=self.prompt.name,
+                               prompt_version=self.prompt.version, retrieval=dataclasses.asdict(r))
+
     def application_json(self) -> dict[str, Any]:
         return {"name": self.app.name, "model": self.served.name, "model_version": self.served.version,
                 "prompt": self.prompt.name, "prompt_version": self.prompt.version,
@@ -131,6 +141,15 @@ class GroundedAnswers:
 
     async def prepare(self, name: str, messages: list[dict[str, str]], params: SamplingParams,
                       given: Iterable[str] = ()) -> GroundedCall:
+        """`resolve` then `ground`: a call ready to answer."""
+        call = await self.resolve(name, messages, params, given)
+        await self.ground(call, messages)
+        return call
+
+    async def resolve(self, name: str, messages: list[dict[str, str]], params: SamplingParams,
+                      given: Iterable[str] = ()) -> GroundedCall:
+        """The application, its served model and prompt version, and the parameters: everything an answer depends
+        on but the passages (what the response cache keys on), without retrieving."""
         started = time.perf_counter()
         app = self.catalog.require(name)
         question = question_of(messages)
@@ -146,16 +165,18 @@ class GroundedAnswers:
         except Unavailable as exc:
             raise Unavailable(f"application {name!r} cannot answer: {exc}") from None
         params = with_defaults(params, given, dict(prompt.template.parameters))
-        call = GroundedCall(app=app, prompt=prompt, served=served, question=question, params=params, started=started)
-        template = prompt.template
+        return GroundedCall(app=app, prompt=prompt, served=served, question=question, params=params, started=started)
+
+    async def ground(self, call: GroundedCall, messages: list[dict[str, str]]) -> None:
+        """Retrieve the passages and fit them into the prompt (`call.prompt_ids`), or set the refusal."""
+        template = call.prompt.template
         supporting: list[Any] = []
         if template.grounded:
             supporting = await self._retrieve(call)
             if not supporting:
                 call.refusal = template.refusal
-                return call
+                return
         self._fit(call, template, messages, supporting)
-        return call
 
     async def _retrieve(self, call: GroundedCall) -> list[Any]:
         r = call.app.retrieval

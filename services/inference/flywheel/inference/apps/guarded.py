@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_FILTER = "content_filter"
 VERDICT_HEADER = "x-flywheel-guard-verdict"
+OUTPUT_VERDICT_HEADER = "x-flywheel-guard-output-verdict"
 CHECKS = Counter("flywheel_inference_guard_checks_total", "Guard checks inference made.",
                  ["application", "stage", "outcome"])
 UNCHECKED = Counter("flywheel_inference_guard_unchecked_total",
@@ -198,10 +200,12 @@ class Guarding:
         return True
 
     def stream(self, generation: Any, app: Any, checked: InputCheck, *, request_id: str,
-               context: Sequence[GuardChunk] = (), log_params: dict[str, str] | None = None) -> GuardedStream:
+               context: Sequence[GuardChunk] = (), log_params: dict[str, str] | None = None,
+               whole: bool = False) -> GuardedStream:
+        """`whole`: the client waits for the whole answer (non-streaming), so it is checked once, at its end."""
         assert checked.policy is not None and self.guard is not None
         return GuardedStream(generation, self, app, checked.policy, request_id=request_id,
-                             user_input=checked.question, context=list(context), log_params=log_params)
+                             user_input=checked.question, context=list(context), log_params=log_params, whole=whole)
 
 
 def context_chunks(call: Any) -> list[GuardChunk]:
@@ -257,7 +261,8 @@ class GuardedStream:
     llm.service.Generation: async iteration of chunks, `collect()`, `cancel()`, `async with`, `model`."""
 
     def __init__(self, generation: Any, guarding: Guarding, app: Any, policy: GuardPolicy, *, request_id: str,
-                 user_input: str, context: list[GuardChunk], log_params: dict[str, str] | None = None) -> None:
+                 user_input: str, context: list[GuardChunk], log_params: dict[str, str] | None = None,
+                 whole: bool = False) -> None:
         self.generation = generation
         self.log_params = log_params if log_params is not None else {}  # updated as checks are made
         self.guarding = guarding
@@ -266,7 +271,8 @@ class GuardedStream:
         self.request_id = request_id
         self.user_input = user_input
         self.context = context
-        self.window = max(1, policy.stream_window_chars or 160)
+        self.whole = whole
+        self.window = sys.maxsize if whole else max(1, policy.stream_window_chars or 160)
         self.model = generation.model
         self.prompt_tokens = generation.prompt_tokens
         self.max_tokens = generation.max_tokens
@@ -317,7 +323,8 @@ class GuardedStream:
                 passed, release, pending = passed + pending, pending, ""
             elif verdict.blocked:
                 self.generation.cancel()
-                yield _Released("", tokens, CONTENT_FILTER, chunk.usage if last else None,
+                text = verdict.message if self.whole else ""  # streamed: what passed stays, the stream stops
+                yield _Released(text, tokens, CONTENT_FILTER, chunk.usage if last else None,
                                 chunk.time_to_first_token_s)
                 return
             else:
@@ -349,3 +356,18 @@ class GuardedStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.generation.cancel()
+
+
+def only_checked(recording: Any, guarded: GuardedStream) -> None:
+    """Let the response cache's recording (cache.replay.RecordingGeneration, wrapping `guarded`) store a guarded
+    answer only when every window of it was checked and passed: never one the output rails blocked (it would replay
+    the cut), never one that went out unchecked (guard down, policy open). What it stores is what the client got:
+    the released, redacted text."""
+    remember = recording._on_finished
+    if remember is None:
+        return
+
+    def on_finished(text: str, token_ids: list[int], finish_reason: str, usage: Any, extra: Any) -> None:
+        if finish_reason != CONTENT_FILTER and guarded.state.blocked is None and not guarded.state.unchecked_windows:
+            remember(text, token_ids, finish_reason, usage, {k: v for k, v in extra.items() if k != "guard"})
+    recording._on_finished = on_finished

@@ -56,7 +56,10 @@ from flywheel.inference.apps.guarded import (
     InputCheck,
     context_chunks,
     guard_parameters,
+    only_checked,
 )
+from flywheel.inference.cache.service import HEADER as CACHE_HEADER
+from flywheel.inference.cache.service import ResponseCache
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
 from flywheel.inference.openai_api import OpenAIError, _json, _sse, to_openai_error, usage_json
 
@@ -137,9 +140,10 @@ class ApplicationChat:
     """Answers `/v1/chat/completions` for application names (the OpenAI door hands them over)."""
 
     def __init__(self, answers: GroundedAnswers, genlog: GenerationLog | None,
-                 guarding: Guarding | None = None) -> None:
+                 cache: ResponseCache | None = None, guarding: Guarding | None = None) -> None:
         self.answers = answers
         self.genlog = genlog
+        self.cache = cache or ResponseCache.disabled()
         self.guarding = guarding or Guarding(None)
 
     def serves(self, name: str) -> bool:
@@ -153,7 +157,11 @@ class ApplicationChat:
                  "description": a.description} for a in self.answers.catalog.all()]
 
     async def respond(self, chat: Any, body: dict[str, Any]) -> Response:
-        """`chat`: the OpenAI door's parsed ChatRequest."""
+        """`chat`: the OpenAI door's parsed ChatRequest. A guarded application's input rail runs first (a blocked
+        input is never answered, from the cache or otherwise; a redacted one is keyed and answered on its redacted
+        text). The response cache then answers before retrieval when it can (keyed on the application, its prompt
+        and model versions, its retrieval settings and the conversation); a miss is grounded, generated (through
+        the output rails) and stored with its citations: what the client received, never unchecked text."""
         try:
             return await self._respond(chat, body)
         except GuardUnavailable as exc:
@@ -162,23 +170,32 @@ class ApplicationChat:
     async def _respond(self, chat: Any, body: dict[str, Any]) -> Response:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         app = self.answers.catalog.require(chat.model)
-        # The input rail first: before retrieval, generation (and any cache); from here on the redacted turn.
+        # The input rail first: before the cache, retrieval and generation; from here on the redacted turn.
         checked = await self.guarding.check_input(app, chat.messages, request_id=ident)
-        headers = {VERDICT_HEADER: checked.verdict.verdict_id} if checked.verdict is not None else None
+        guard_headers = {VERDICT_HEADER: checked.verdict.verdict_id} if checked.verdict is not None else {}
         guard_extra = {"guard": checked.to_json()} if checked.guarded else {}
         if checked.blocked:
-            return self._blocked_input(checked, ident, created, chat, guard_extra, headers)
-        call = await self.answers.prepare(chat.model, checked.messages, chat.params, given_parameters(body))
+            return self._blocked_input(checked, ident, created, chat, guard_extra, guard_headers)
+        messages = checked.messages
+        call = await self.answers.resolve(chat.model, messages, chat.params, given_parameters(body))
+        lookup = await self.cache.lookup(call.cache_request(messages))
+        headers = {CACHE_HEADER: lookup.header, **guard_headers}
+        if lookup.hit:  # stored after its output was checked (see guarded.only_checked)
+            return await self._cached(self.cache.replay(lookup, call.served), call, chat, messages, ident, created,
+                                      checked, headers)
+        await self.answers.ground(call, messages)
         record = GenerationRecord(request_id=ident, door="openai", served=call.served, params=call.params,
-                                  messages=checked.messages, prompt_ids=call.prompt_ids, stream=chat.stream,
-                                  user=chat.user, call=call, started=call.started, guard=guard_parameters(checked))
+                                  messages=messages, prompt_ids=call.prompt_ids, stream=chat.stream,
+                                  user=chat.user, call=call, started=call.started, cache=lookup.header,
+                                  guard=guard_parameters(checked))
         extra = {"citations": [c.to_json() for c in call.citations], "grounding": call.grounding_json(),
-                 "application": call.application_json(), **guard_extra}
+                 "application": call.application_json()}
         if call.refused:  # the template's refusal: fixed text, nothing for the output rails to check
             assert call.refusal is not None
             if self.genlog is not None:
                 self.genlog.log_refusal(record, call.refusal)
             fingerprint = _fingerprint(call.served)
+            extra |= guard_extra
             if chat.stream:
                 return _event_stream(self._refusal_stream(call.refusal, ident, created, chat, fingerprint, extra),
                                      headers)
@@ -187,17 +204,40 @@ class ApplicationChat:
         generation: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
         record.served = generation.model  # the version that runs (a promotion may have landed since prepare)
         guarded: GuardedStream | None = None
-        if checked.guarded:  # the output rails sit between the model and both the client and the log
+        if checked.guarded:  # the output rails sit between the model and the client, the cache and the log
             generation = guarded = self.guarding.stream(generation, app, checked, request_id=ident,
-                                                        context=context_chunks(call), log_params=record.guard)
+                                                        context=context_chunks(call), log_params=record.guard,
+                                                        whole=not chat.stream)
+        recording = self.cache.record(lookup, generation)
+        recording.extra.update(extra)  # stored with the answer: a hit answers with the same citations (no verdicts)
+        if guarded is not None:
+            only_checked(recording, guarded)
+        generation = recording
         if self.genlog is not None:
             generation = self.genlog.watch(generation, record)
-        fingerprint = _fingerprint(generation.model)
 
         def final_extra() -> dict[str, Any]:
             if guarded is None:
-                return extra
-            return {**extra, "guard": {**extra["guard"], **guarded.guard_json()}}
+                return {**extra, **guard_extra}
+            return {**extra, "guard": {**guard_extra["guard"], **guarded.guard_json()}}
+        return await self._answer(generation, chat, ident, created, final_extra, headers)
+
+    async def _cached(self, generation: Any, call: Any, chat: Any, messages: list[dict[str, str]], ident: str,
+                      created: int, checked: InputCheck, headers: dict[str, str]) -> Response:
+        """A cache hit: the stored answer with its stored citations and grounding, logged as a hit."""
+        if self.genlog is not None:
+            generation = self.genlog.watch(generation, GenerationRecord(
+                request_id=ident, door="openai", served=call.served, params=call.params, messages=messages,
+                stream=chat.stream, user=chat.user, call=call, started=call.started, cache=generation.cache,
+                guard=guard_parameters(checked)))
+        extra = {k: v for k, v in generation.extra.items() if k != "guard"}
+        if checked.guarded:
+            extra["guard"] = {**(checked.to_json() or {}), "output": None, "output_cached": True}
+        return await self._answer(generation, chat, ident, created, lambda: extra, headers)
+
+    async def _answer(self, generation: Any, chat: Any, ident: str, created: int,
+                      final_extra: Callable[[], dict[str, Any]], headers: dict[str, str]) -> Response:
+        fingerprint = _fingerprint(generation.model)
         if chat.stream:
             return _event_stream(self._stream(generation, ident, created, chat, fingerprint, final_extra), headers)
         completion = await generation.collect()
@@ -206,7 +246,7 @@ class ApplicationChat:
                             headers=headers)
 
     def _blocked_input(self, checked: InputCheck, ident: str, created: int, chat: Any, guard_extra: dict[str, Any],
-                       headers: dict[str, str] | None) -> Response:
+                       headers: dict[str, str]) -> Response:
         """The input rail blocked: the model never runs; logged with finish_reason content_filter."""
         message = checked.message()
         app = self.answers.catalog.require(chat.model)

@@ -99,6 +99,9 @@ class Completion:
     usage: Usage
     time_to_first_token_s: float
     latency_s: float
+    # Where the answer came from: "miss" (generated), or "exact" / "semantic" (the response cache; see
+    # flywheel/inference/cache), so the prediction log can record it.
+    cache: str = "miss"
 
 
 @dataclass
