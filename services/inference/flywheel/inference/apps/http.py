@@ -225,14 +225,14 @@ class ApplicationChat:
     async def _cached(self, generation: Any, call: Any, chat: Any, messages: list[dict[str, str]], ident: str,
                       created: int, checked: InputCheck, headers: dict[str, str]) -> Response:
         """A cache hit: the stored answer with its stored citations and grounding, logged as a hit."""
+        extra = {k: v for k, v in generation.extra.items() if k != "guard"}
+        if checked.guarded:
+            extra["guard"] = {**(checked.to_json() or {}), "output": None, "output_cached": True}
         if self.genlog is not None:
             generation = self.genlog.watch(generation, GenerationRecord(
                 request_id=ident, door="openai", served=call.served, params=call.params, messages=messages,
                 stream=chat.stream, user=chat.user, call=call, started=call.started, cache=generation.cache,
                 guard=guard_parameters(checked)))
-        extra = {k: v for k, v in generation.extra.items() if k != "guard"}
-        if checked.guarded:
-            extra["guard"] = {**(checked.to_json() or {}), "output": None, "output_cached": True}
         return await self._answer(generation, chat, ident, created, lambda: extra, headers)
 
     async def _answer(self, generation: Any, chat: Any, ident: str, created: int,
