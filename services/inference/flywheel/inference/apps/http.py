@@ -172,12 +172,13 @@ class ApplicationChat:
 
     async def _cached(self, generation: Any, call: Any, chat: Any, ident: str, created: int) -> Response:
         """A cache hit: the stored answer with its stored citations and grounding, logged as a hit."""
+        extra, kind = dict(generation.extra), generation.cache
+        call.restore(extra)
         if self.genlog is not None:
             generation = self.genlog.watch(generation, GenerationRecord(
                 request_id=ident, door="openai", served=call.served, params=call.params, messages=chat.messages,
-                stream=chat.stream, user=chat.user, call=call, started=call.started, cache=generation.cache))
-        return await self._answer(generation, chat, ident, created, dict(generation.extra),
-                            {CACHE_HEADER: generation.cache})
+                stream=chat.stream, user=chat.user, call=call, started=call.started, cache=kind))
+        return await self._answer(generation, chat, ident, created, extra, {CACHE_HEADER: kind})
 
     async def _answer(self, generation: Any, chat: Any, ident: str, created: int, extra: dict[str, Any],
                       headers: dict[str, str]) -> Response:
