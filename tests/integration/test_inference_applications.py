@@ -442,6 +442,34 @@ async def test_every_generation_is_logged_with_what_it_was_built_from(app, infra
     assert g.llm.completion == "".join(r.text for r in grpc_answer)
 
 
+async def test_a_repeated_question_is_answered_from_the_cache_with_its_citations(app, infra) -> None:  # type: ignore[no-untyped-def]
+    """The response cache sits in front of retrieval for applications: the same greedy question is an exact hit
+    that answers the stored text with the stored citations; an application that retrieves otherwise misses."""
+    body = {"model": APP, "messages": ask("How long do I have to dispute a card payment?"), "temperature": 0,
+            "max_tokens": 6}
+    async with http(app, infra.tokens.predict) as client:
+        first = await client.post("/v1/chat/completions", json=body)
+        second = await client.post("/v1/chat/completions", json=body)
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert first.status_code == second.status_code == 200, first.text
+    assert first.headers["x-flywheel-cache"] == "miss" and second.headers["x-flywheel-cache"] == "exact"
+    assert streamed.headers["x-flywheel-cache"] == "exact" and "data: [DONE]" in streamed.text
+    a, b = first.json(), second.json()
+    assert b["choices"][0]["message"]["content"] == a["choices"][0]["message"]["content"]
+    assert b["citations"] == a["citations"] and a["citations"] and b["grounding"] == a["grounding"]
+    other = f"{APP}-k2"
+    async with http(app, infra.tokens.operator) as operator:
+        created = await operator.put(f"/v1/applications/{other}", json=spec(LLM, k=2))
+        assert created.status_code == 201, created.text
+
+    async def listed() -> bool:
+        return app.apps is not None and app.apps.answers.serves(other)
+    await eventually(listed, what=f"{other} seen by the replica")
+    async with http(app, infra.tokens.predict) as client:
+        elsewhere = await client.post("/v1/chat/completions", json={**body, "model": other})
+    assert elsewhere.headers["x-flywheel-cache"] == "miss"  # other passages: never this answer
+
+
 # ---------------------------------------------------------------------------------------- the operator API
 
 

@@ -154,6 +154,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         if lookup.hit:  # the stored answer and its stored citations
             assert lookup.answer is not None
             stored = [pb.Citation(**c) for c in lookup.answer.extra.get("citations", [])]
+            call.restore(dict(lookup.answer.extra))
             generation: Any = self.cache.replay(lookup, call.served)
             if self.generation_log is not None:
                 generation = self.generation_log.watch(generation, GenerationRecord(

@@ -88,6 +88,10 @@ class GroundedCall:
                 "best_similarity": round(self.best_similarity, 6),
                 "min_similarity": self.app.retrieval.min_similarity}
 
+    def restore(self, extra: dict[str, Any]) -> None:
+        """A cache hit: the citations stored with the answer are this call's (for the log)."""
+        self.citations = [Citation(**c) for c in extra.get("citations", [])]
+
     def cache_request(self, messages: list[dict[str, str]]) -> CacheRequest:
         """What the response cache keys this call on: the served model, the application, its prompt template
         version, its retrieval settings and tenant, and the conversation as the client sent it (before retrieval:

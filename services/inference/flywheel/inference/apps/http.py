@@ -226,6 +226,7 @@ class ApplicationChat:
                       created: int, checked: InputCheck, headers: dict[str, str]) -> Response:
         """A cache hit: the stored answer with its stored citations and grounding, logged as a hit."""
         extra = {k: v for k, v in generation.extra.items() if k != "guard"}
+        call.restore(extra)  # the stored citations, for the log
         if checked.guarded:
             extra["guard"] = {**(checked.to_json() or {}), "output": None, "output_cached": True}
         if self.genlog is not None:

@@ -80,6 +80,7 @@ class RecordingGeneration:
                  *, cache: str = MISS) -> None:
         self.inner = inner
         self.model = inner.model
+        self.prompt_ids = getattr(inner, "prompt_ids", [])  # the rendered prompt, for the generation log
         self.prompt_tokens = inner.prompt_tokens
         self.max_tokens = inner.max_tokens
         self.cache = cache
