@@ -4,7 +4,7 @@ the template's defaults, and the generation log's event."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -249,3 +249,22 @@ async def test_the_generation_log_event_carries_the_call() -> None:
     assert x.prompt.startswith("w0 w1") and x.completion == "It costs 3%."
     assert payload.parameters["grounding"] == "supported" and payload.parameters["user"] == "u"
     assert GenerationLog(publisher, None).cost(call.served, 1000, 1000) == 0.0  # the default price
+
+
+async def test_the_cache_key_holds_what_the_answer_was_built_from() -> None:
+    """An application's cache key changes with its prompt version, its retrieval settings and the guard policy
+    version that released the answer; the same call keys the same."""
+    from flywheel.common.clients.ports import GuardPolicy
+
+    service, _ = answers([Hit("a", 0.5)])
+    call = await service.resolve("assistant", QUESTION, SamplingParams(temperature=0.0), given={"temperature"})
+    policy = GuardPolicy("assistant", 1, fail_closed=True, stream_window_chars=160,
+                         blocked_input_response="error", check_timeout_ms=500)
+    key = call.cache_request(QUESTION, policy).exact_key()
+    assert key == call.cache_request(QUESTION, policy).exact_key()
+    assert key != call.cache_request(QUESTION).exact_key()  # unguarded
+    assert key != call.cache_request(QUESTION, replace(policy, version=2)).exact_key()
+    other_prompt = replace(call, prompt=replace(call.prompt, version=3))
+    assert key != other_prompt.cache_request(QUESTION, policy).exact_key()
+    other_k = replace(call, app=replace(call.app, retrieval=replace(call.app.retrieval, k=5)))
+    assert key != other_k.cache_request(QUESTION, policy).exact_key()

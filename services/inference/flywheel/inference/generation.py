@@ -150,7 +150,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         messages = checked.messages
         call = await self.answers.resolve(request.model, messages, params, given_parameters(request.params))
         prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
-        lookup = await self.cache.lookup(call.cache_request(messages))
+        lookup = await self.cache.lookup(call.cache_request(messages, checked.policy))
         if lookup.hit:  # the stored answer and its stored citations
             assert lookup.answer is not None
             stored = [pb.Citation(**c) for c in lookup.answer.extra.get("citations", [])]

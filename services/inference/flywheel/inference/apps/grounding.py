@@ -92,14 +92,18 @@ class GroundedCall:
         """A cache hit: the citations stored with the answer are this call's (for the log)."""
         self.citations = [Citation(**c) for c in extra.get("citations", [])]
 
-    def cache_request(self, messages: list[dict[str, str]]) -> CacheRequest:
+    def cache_request(self, messages: list[dict[str, str]], guard_policy: Any = None) -> CacheRequest:
         """What the response cache keys this call on: the served model, the application, its prompt template
-        version, its retrieval settings and tenant, and the conversation as the client sent it (before retrieval:
-        a hit saves the retrieval too)."""
+        version, its retrieval settings and tenant, the guard policy version that checked it (`guard_policy`: a
+        clients.ports.GuardPolicy, None when not guarded), and the conversation as the client sent it (before
+        retrieval: a hit saves the retrieval too)."""
         r = self.app.retrieval
         return CacheRequest.of(self.served, self.params, messages=messages, tenant=r.tenant,
                                application=self.app.name, prompt_name=self.prompt.name,
-                               prompt_version=self.prompt.version, retrieval=dataclasses.asdict(r))
+                               prompt_version=self.prompt.version, retrieval=dataclasses.asdict(r),
+                               # an answer released under one guard policy version is not one under another
+                               depends_on={f"guard-policy:{guard_policy.application}": guard_policy.version}
+                               if guard_policy is not None else {})
 
     def application_json(self) -> dict[str, Any]:
         return {"name": self.app.name, "model": self.served.name, "model_version": self.served.version,

@@ -178,7 +178,7 @@ class ApplicationChat:
             return self._blocked_input(checked, ident, created, chat, guard_extra, guard_headers)
         messages = checked.messages
         call = await self.answers.resolve(chat.model, messages, chat.params, given_parameters(body))
-        lookup = await self.cache.lookup(call.cache_request(messages))
+        lookup = await self.cache.lookup(call.cache_request(messages, checked.policy))
         headers = {CACHE_HEADER: lookup.header, **guard_headers}
         if lookup.hit:  # stored after its output was checked (see guarded.only_checked)
             return await self._cached(self.cache.replay(lookup, call.served), call, chat, messages, ident, created,
