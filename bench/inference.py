@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -141,7 +141,9 @@ def spawn(key: str, argv: list[str], env: dict[str, str], scratch: Path, ports: 
     return Server(key, process, *ports, log_path, log_file)
 
 
-def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bool, scratch: Path) -> Server:
+def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bool, scratch: Path,
+                   settings: dict[str, str] | None = None) -> Server:
+    """`settings`: more FLYWHEEL_INFERENCE_* variables (e.g. {"WORKERS": "2"})."""
     ports = free_port(), free_port(), free_port()
     env = {**os.environ,
            "FLYWHEEL_INFERENCE_GRPC_PORT": str(ports[0]), "FLYWHEEL_INFERENCE_HTTP_PORT": str(ports[1]),
@@ -153,7 +155,8 @@ def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bo
            "FLYWHEEL_INFERENCE_LOG_SAMPLE_RATE": json.dumps({MODEL: 1.0 if logging_on else 0.0}),
            "FLYWHEEL_LOG_LEVEL": "WARNING", "FLYWHEEL_TOKEN": ctx.infra.admin_token,
            # As on `make run`'s loopback: stock clients (tritonclient, like MLServer's) send no token.
-           "FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT": "true"}
+           "FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT": "true",
+           **{f"FLYWHEEL_INFERENCE_{k.upper()}": v for k, v in (settings or {}).items()}}
     return spawn(key, [sys.executable, "-m", "flywheel.inference"], env, scratch, ports)
 
 
@@ -415,6 +418,43 @@ def servers_stopped(servers: list[Server]) -> Iterator[None]:
 @dataclass
 class Measured:
     runs: dict[tuple[str, Case], list[dict[str, float]]] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def champion_registry(ctx: Context, scratch: Path) -> AsyncIterator[tuple[Any, bytes]]:
+    """A registry in this process holding the bench model, registered and promoted to champion; yields
+    (the running RegistryApp, the model's TorchScript bytes for MLServer)."""
+    from flywheel.common import rpc
+    from flywheel.common.clients.registry import RegistryClient
+    from flywheel.inference.testing import build_predictive_artifact
+    from flywheel.predictive.artifact import read_artifact
+    from flywheel.proto.events.v1 import common_pb2
+    from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
+    from flywheel.proto.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+    from flywheel.registry.config import RegistrySettings
+    from flywheel.registry.main import RegistryApp
+
+    artifact = build_predictive_artifact(n_numeric=N_NUMERIC, name=MODEL)
+    model_pt = read_artifact(artifact).model_pt
+    assert model_pt is not None
+    registry_settings = RegistrySettings(
+        kafka_bootstrap=ctx.infra.kafka_bootstrap, database_url=ctx.infra.database_url, home=ctx.infra.home,
+        grpc_port=0, metrics_port=0, db_schema=f"bench_inference_registry_{ctx.run_id}",
+        consumer_group=f"bench-inference-registry-{ctx.run_id}",
+        artifact_store=(scratch / "artifacts").as_uri())
+    registry_app = RegistryApp(registry_settings)
+    try:
+        await registry_app.start()
+        versions = RegistryClient(registry_app.address, timeout=30.0, auth=ctx.infra.auth())
+        version = await versions.register(rpb.ModelVersionSpec(
+            model_name=MODEL, kind=common_pb2.MODEL_KIND_PREDICTIVE, framework="pytorch"), artifact)
+        async with rpc.channel(registry_app.address, default_timeout=30.0, auth=ctx.infra.auth()) as channel:
+            registry = rpb_grpc.RegistryServiceStub(channel)
+            await registry.SetAlias(rpb.SetAliasRequest(model_name=MODEL, alias="champion", version=version.version))
+        yield registry_app, model_pt
+    finally:
+        await registry_app.stop()
+        await drop_schemas(ctx.infra.database_url, [registry_settings.db_schema])
 
 
 async def run(ctx: Context) -> BenchResult:

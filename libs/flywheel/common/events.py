@@ -8,7 +8,8 @@ a redelivered event keeps its id and consumers can drop duplicates by it.
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,6 +22,23 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
 Headers = list[tuple[str, bytes]]
 
+# Event ids: random UUIDs (version 4) from a generator seeded by the OS once per process (and again in a
+# forked child), instead of an os.urandom call per event: an id needs uniqueness, not secrecy.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_hex_id() -> str:
+    """128 random bits as 32 hex digits (a request id)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def new_event_id() -> str:
+    """A random UUID (version 4), e.g. for an event id or a request id."""
+    n = (_ids.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 @dataclass
 class Event:
@@ -30,7 +48,7 @@ class Event:
     key: str
     payload: Message
     source: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_event_id)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     traceparent: str = ""
     # Extra headers (e.g. the error of a dead-lettered event).

@@ -20,8 +20,12 @@ Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class Batcher:
-    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float, stats: ModelStats | None = None) -> None:
+    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float, stats: ModelStats | None = None,
+                 inline_rows: int = 0) -> None:
+        """`inline_rows`: batches of at most that many rows are scored on the event loop (a model cheaper
+        than the hop to a worker thread); larger ones in a worker thread."""
         self.score = score
+        self.inline_rows = inline_rows
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         # Executions, queue and compute times are counted here (the data plane counts the rest).
@@ -35,7 +39,7 @@ class Batcher:
     async def submit(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         if numeric.shape[0] >= self.max_rows:  # already a full batch on its own
             begin = time.perf_counter_ns()
-            scores = await asyncio.to_thread(self.score, numeric, categorical)
+            scores = await self._run(numeric, categorical)
             self.stats.executed(1, 0, time.perf_counter_ns() - begin)
             return scores
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -66,7 +70,7 @@ class Batcher:
                 numeric = np.concatenate([b[0] for b in batch]) if len(batch) > 1 else batch[0][0]
                 categorical = np.concatenate([b[1] for b in batch]) if len(batch) > 1 else batch[0][1]
                 begin = time.perf_counter_ns()
-                scores = await asyncio.to_thread(self.score, numeric, categorical)
+                scores = await self._run(numeric, categorical)
                 self.stats.executed(len(batch), sum(begin - b[3] for b in batch), time.perf_counter_ns() - begin)
             except Exception as exc:  # every request of the batch gets the error
                 for _, _, future, _ in batch:
@@ -78,3 +82,8 @@ class Batcher:
                 if not future.done():
                     future.set_result(scores[start:start + n])
                 start += n
+
+    async def _run(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        if numeric.shape[0] <= self.inline_rows:
+            return self.score(numeric, categorical)
+        return await asyncio.to_thread(self.score, numeric, categorical)

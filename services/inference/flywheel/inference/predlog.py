@@ -6,6 +6,7 @@ what does not fit in the buffer is dropped and counted in flywheel_events_droppe
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -55,11 +56,12 @@ class PredictionLog:
             parameters: dict[str, str], entity_ids: list[str] | None = None) -> None:
         if self.publisher is None:
             return
+        traceparent = current_traceparent()
         payload = predictions_pb2.PredictionLogged(
             request_id=request_id, model=common_pb2.ModelRef(name=model, version=version), arm=ARMS[arm],
-            outputs=outputs, latency_ms=latency_ms, traceparent=current_traceparent(), sample_rate=sample_rate,
-            parameters=parameters, entity_ids=entity_ids or [])
-        if inputs:
-            payload.inputs.extend(inputs)
-        payload.timestamp.FromDatetime(datetime.now(UTC))
-        self.publisher.publish(Event(PREDICTIONS_LOGGED, request_id, payload, SOURCE))
+            outputs=outputs, latency_ms=latency_ms, traceparent=traceparent, sample_rate=sample_rate,
+            parameters=parameters, entity_ids=entity_ids or [], inputs=inputs or ())
+        now = time.time_ns()
+        payload.timestamp.seconds, payload.timestamp.nanos = divmod(now, 1_000_000_000)
+        self.publisher.publish(Event(PREDICTIONS_LOGGED, request_id, payload, SOURCE,
+                                     time=datetime.fromtimestamp(now / 1e9, UTC), traceparent=traceparent))
