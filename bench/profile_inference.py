@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gzip
 import json
 import subprocess
 import threading
@@ -107,6 +108,8 @@ async def profile(ctx: Context, label: str, names: list[str], seconds: int, sett
                           f"py-spy 200 Hz, {seconds} s, non-blocking, idle samples left out: {samples:,} samples. "
                           f"Load meanwhile: {', '.join(f'{r:,.0f}' for r in rps)} req/s (the profiler costs some).\n\n")
                 stem.with_suffix(".md").write_text(header + table)
+                with raw.open("rb") as f_in, gzip.open(f"{raw}.gz", "wb") as f_out:
+                    f_out.write(f_in.read())
                 raw.unlink()
                 ctx.steps.log(f"{name}: {stem}.svg / .md ({samples:,} samples; {rps and max(rps):,.0f} req/s)")
         finally:

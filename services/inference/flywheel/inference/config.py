@@ -54,6 +54,18 @@ class InferenceSettings(ServiceSettings):
         100_000, description="Requests with more input values than this are logged without their inputs.")
     max_batch_size: int = Field(0, description="Adaptive batching: most rows scored at once (0 = off).")
     max_batch_wait_ms: float = Field(2.0, description="Adaptive batching: longest wait for more rows.")
+    inline_max_rows: int = Field(
+        64, ge=0, description="Requests (or batches) of at most this many rows are scored on the event loop, "
+                              "without a worker thread, when the model is cheap (inline_max_ms); 0 = never.")
+    inline_max_ms: float = Field(
+        1.0, ge=0, description="A model is cheap when one row scored in at most this long while it was warmed.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop of `python -m flywheel.inference`: uvloop (libuv; its sockets and "
+                              "callbacks cost less per request) or the standard asyncio loop.")
+    workers: int = Field(
+        1, ge=1, description="Serving processes. More than 1: a supervisor runs that many workers sharing the gRPC "
+                             "and HTTP ports (SO_REUSEPORT), each with its own model copies, consumer and prediction "
+                             "logger; /metrics sums them. Use up to the cores the server may take.")
     db_schema: str = Field("inference", description="PostgreSQL schema (processed events of the consumer).")
     consumer_group: str = Field(
         default_factory=lambda: f"inference-{socket.gethostname()}",

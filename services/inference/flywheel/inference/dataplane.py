@@ -24,7 +24,7 @@ from flywheel.inference.config import Route
 from flywheel.inference.features import FeatureClient, key_value, to_matrices
 from flywheel.inference.metrics import METRICS
 from flywheel.inference.model import LoadedModel
-from flywheel.inference.predlog import PredictionLog, sampled, tensor
+from flywheel.inference.predlog import PredictionLog, sampled, tensor_bytes
 from flywheel.inference.stats import StatsSnapshot
 
 log = logging.getLogger(__name__)
@@ -523,15 +523,15 @@ class DataPlane:
     def _inputs_log(self, inputs: list[InputTensor]) -> list | None:
         if sum(len(t.data) for t in inputs) > self.predlog.max_input_values:
             return None
-        return [tensor(t.name, t.datatype, t.data, list(t.shape)) for t in inputs]
+        return [tensor_bytes(t.name, t.datatype, t.data, list(t.shape)) for t in inputs]
 
     def _log(self, slot: ModelSlot, request: InferRequest, request_id: str, m: LoadedModel, arm: str,
              inputs: list | None, probability: np.ndarray, label: np.ndarray, latency: float,
              entity_ids: list[str]) -> None:
         self.predlog.log(
             request_id=request_id, model=slot.name, version=m.version, arm=arm, inputs=inputs,
-            outputs=[tensor(PROBABILITY, "FP32", probability, [len(probability)]),
-                     tensor(LABEL, "INT64", label, [len(label)])],
+            outputs=[tensor_bytes(PROBABILITY, "FP32", probability, [len(probability)]),
+                     tensor_bytes(LABEL, "INT64", label, [len(label)])],
             latency_ms=latency * 1000, sample_rate=slot.sample_rate, parameters=dict(request.parameters),
             entity_ids=entity_ids)
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+
+from prometheus_client import Gauge
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.clients.embedder import EmbedderClient
@@ -30,12 +33,15 @@ from flywheel.inference.openai_api import OpenAIDoor
 from flywheel.inference.predlog import SOURCE, PredictionLog
 from flywheel.inference.repository import Repository
 from flywheel.inference.rest import RestServer
+from flywheel.inference.workers import supervise, worker_index
 from flywheel.proto.inference import grpc_service_pb2 as pb
 from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from flywheel.proto.inference.v1 import generation_service_pb2_grpc as generation_pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# 1 while this process serves (summed by the supervisor when workers > 1: how many serve).
+SERVING = Gauge("flywheel_inference_serving", "1 while this inference process serves its front doors.")
 
 
 class InferenceApp:
@@ -55,7 +61,8 @@ class InferenceApp:
         self.dataplane = DataPlane(self.slots, PredictionLog(self.publisher,
                                                              max_input_values=settings.log_max_input_values),
                                    max_batch_size=settings.max_batch_size,
-                                   max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
+                                   max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features,
+                                   inline_max_rows=settings.inline_max_rows, inline_max_ms=settings.inline_max_ms)
         registry = RegistryClient(settings.registry_addr, auth=settings.client_auth(),
                                   transfer_timeout=settings.load_timeout_s, keep_channel=True)
         # The doors' generation API (None when LLM serving is off); loads nothing until an LLM is promoted.
@@ -69,7 +76,10 @@ class InferenceApp:
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=2)
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        # Several workers bind the same ports (see workers.py).
+        shared_ports = settings.workers > 1
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls(),
+                             options=[("grpc.so_reuseport", 1 if shared_ports else 0)])
         self.dataplane.components = self.rpc.components
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group,
                                        db=self.db, handlers=handlers(self.repository), source=SOURCE,
@@ -83,7 +93,7 @@ class InferenceApp:
         self.openai = OpenAIDoor(self.llm, self.embedder, self.auth,
                                  embedder_models=self.embedder.models if self.embedder is not None else None)
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
-                               tls=settings.server_tls(), extra_routes=self.openai.routes())
+                               tls=settings.server_tls(), extra_routes=self.openai.routes(), reuse_port=shared_ports)
 
     def _new_slot(self, name: str) -> ModelSlot:
         return ModelSlot(name, self.settings.route(name), self.settings.sample_rate(name))
@@ -112,12 +122,14 @@ class InferenceApp:
         await self.rpc.start()
         await self.rest.start()
         self.dataplane.started = True
+        SERVING.set(1)
         log.info("inference serving", extra={"grpc": self.grpc_address, "http": self.http_address,
                                              "models": {n: s.champion.version if s.champion else None
                                                         for n, s in self.slots.items()}})
 
     async def stop(self) -> None:
         self.dataplane.started = False
+        SERVING.set(0)
         await self.rest.stop()
         await self.rpc.stop()
         await self.dataplane.drain()
@@ -144,4 +156,17 @@ def main(argv: list[str] | None = None) -> None:
         settings.grpc_port = args.grpc_port
     if args.http_port is not None:
         settings.http_port = args.http_port
-    run_service("inference", settings, InferenceApp)
+    if settings.workers > 1 and worker_index() is None:
+        supervise(settings)
+        return
+    if settings.workers > 1:
+        # The workers share the cores: torch's intra-op threads would only contend with each other.
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    run_service("inference", settings, InferenceApp, loop_factory=loop_factory)
