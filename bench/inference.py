@@ -56,7 +56,9 @@ CONCURRENCY = 8
 HERE = Path(__file__).parent
 RUNTIME_DIR = HERE / "mlserver_runtime"
 MLSERVER_VENV = RUNTIME_DIR / ".venv"  # ignored by the root .gitignore (.venv/)
-MLSERVER_REQUIREMENTS = ("mlserver==1.7.1", "torch==2.13.0")  # torch: exactly the CPU wheel on disk
+# torch: exactly the CPU wheel on disk. uvloop < 0.22: with 0.22+ MLServer's parallel inference workers
+# (parallel_workers > 0, its default is 1) die at start (asyncio.get_event_loop() raises under uvloop's policy).
+MLSERVER_REQUIREMENTS = ("mlserver==1.7.1", "torch==2.13.0", "uvloop==0.21.0")
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 SAMPLE_EVERY_S = 0.02
@@ -67,8 +69,9 @@ FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or
 BATCHING_SETTINGS = {"max_batch_size": "32", "max_batch_wait_ms": "1"}
 # MLServer's best setting here (tried: parallel_workers 0 / 1 / 2, adaptive batching 8-32 rows and 1-5 ms;
 # see README): parallel_workers 2 hands inference to two worker processes.
-MLSERVER_BEST_SETTINGS: dict[str, Any] = {"parallel_workers": 2}
-MLSERVER_BEST_MODEL: dict[str, Any] = {}
+_BEST = json.loads(os.environ.get("BENCH_INFERENCE_MLSERVER_BEST", "") or "{}")
+MLSERVER_BEST_SETTINGS: dict[str, Any] = _BEST.get("settings", {"parallel_workers": 2})
+MLSERVER_BEST_MODEL: dict[str, Any] = _BEST.get("model", {})
 
 
 @dataclass(frozen=True)

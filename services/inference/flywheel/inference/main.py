@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 
@@ -48,9 +49,14 @@ class InferenceApp:
     """The running inference server; `start` returns once both front doors serve (models that have a
     champion are loaded by then; others become ready when one is promoted), `stop` drains and closes."""
 
-    def __init__(self, settings: InferenceSettings, *, initial_load_timeout: float = 60.0) -> None:
+    def __init__(self, settings: InferenceSettings, *, initial_load_timeout: float = 60.0,
+                 freeze_gc: bool = False) -> None:
+        """`freeze_gc`: once serving, move every object alive (modules, models, clients) out of the garbage
+        collector's reach (`gc.freeze`), so a full collection scans what requests allocate, not the whole
+        heap: no multi-millisecond pauses in the latency tail. For a serving process (`main`), not tests."""
         settings.require_infrastructure()
         self.settings = settings
+        self.freeze_gc = freeze_gc
         self.initial_load_timeout = initial_load_timeout
         self.slots = {name: self._new_slot(name) for name in settings.models}
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
@@ -122,6 +128,9 @@ class InferenceApp:
         await self.rpc.start()
         await self.rest.start()
         self.dataplane.started = True
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
         SERVING.set(1)
         log.info("inference serving", extra={"grpc": self.grpc_address, "http": self.http_address,
                                              "models": {n: s.champion.version if s.champion else None
@@ -169,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    run_service("inference", settings, InferenceApp, loop_factory=loop_factory)
+    run_service("inference", settings, lambda s: InferenceApp(s, freeze_gc=True), loop_factory=loop_factory)
