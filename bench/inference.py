@@ -1,11 +1,11 @@
 """Benchmark `inference`: the same TorchScript MLP (30 numeric inputs) served by Flywheel's inference
 service and by MLServer 1.7.1, next to a no-op OIP server (the ceiling), driven by the same tritonclient load.
 
-The peers run side by side, each a subprocess on free loopback ports (see PEERS): Flywheel as deployed
-on this machine (`workers` processes) with prediction logging to Kafka on (every request -> one
-`predictions.logged` event on the run's broker), the same with logging off (sample rate 0), the same with
-adaptive batching on; MLServer from its own venv (`bench/mlserver_runtime/.venv`, created on first use)
-as the original comparison ran it (parallel_workers 0) and with its best setting here; and the no-op
+The peers run side by side, each a subprocess on free loopback ports (see PEERS): Flywheel with
+prediction logging to Kafka on (every request -> one `predictions.logged` event on the run's broker), the
+same with logging off (sample rate 0), with 2 worker processes, and with adaptive batching on; MLServer
+from its own venv (`bench/mlserver_runtime/.venv`, created on first use) with parallel_workers 0 (its best
+setting here: the others are probed after the main measurement, see MLSERVER_PROBES); and the no-op
 server (`bench/noop_server.py`: canned answers, nothing else) whose numbers are what this load reaches
 against a Python server on this machine. Flywheel loads the model from a registry running in this
 process (registered + promoted to champion); MLServer gets `model.pt` extracted from the same artifact.
@@ -63,15 +63,27 @@ READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 SAMPLE_EVERY_S = 0.02
 FLYWHEEL_ON, FLYWHEEL_OFF, FLYWHEEL_BATCHING = "flywheel", "flywheel_nolog", "flywheel_batching"
+FLYWHEEL_WORKERS = "flywheel_workers"
 MLSERVER, MLSERVER_BEST, NOOP = "mlserver", "mlserver_best", "noop"
-# Flywheel as deployed on this 2-core machine: two serving processes (one per core).
-FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or '{"workers": "2"}')
+# Flywheel as deployed on this 2-core machine, where the load driver, the broker and the database take
+# their share of the cores: one serving process. The `flywheel_workers` peer runs WORKERS processes.
+FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or '{"workers": "1"}')
+WORKERS = 2
 BATCHING_SETTINGS = {"max_batch_size": "32", "max_batch_wait_ms": "1"}
-# MLServer's best setting here (tried: parallel_workers 0 / 1 / 2, adaptive batching 8-32 rows and 1-5 ms;
-# see README): parallel_workers 2 hands inference to two worker processes.
+# A peer for probing one more MLServer setting by hand (BENCH_INFERENCE_PEERS=...,mlserver_best and
+# BENCH_INFERENCE_MLSERVER_BEST='{"settings": {...}, "model": {...}}'); not part of a default run.
 _BEST = json.loads(os.environ.get("BENCH_INFERENCE_MLSERVER_BEST", "") or "{}")
 MLSERVER_BEST_SETTINGS: dict[str, Any] = _BEST.get("settings", {"parallel_workers": 2})
 MLSERVER_BEST_MODEL: dict[str, Any] = _BEST.get("model", {})
+# MLServer's other settings, tried on the 8-caller cases after the main measurement (one run each): the
+# best one's row is the comparison MLServer gets at its best. parallel_workers 0 won every time here, so
+# the main MLServer row is already its best setting (the `mlserver_best` peer is for probes of others).
+MLSERVER_PROBES: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
+    ("parallel_workers 1 (MLServer's default)", {"parallel_workers": 1}, {}),
+    ("parallel_workers 2", {"parallel_workers": 2}, {}),
+    ("adaptive batching: max_batch_size 16, max_batch_time 1 ms", {"parallel_workers": 0},
+     {"max_batch_size": 16, "max_batch_time": 0.001}),
+)
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,13 @@ def _describe(settings: dict[str, Any]) -> str:
 PEERS = (
     Peer(FLYWHEEL_ON, "Flywheel (logging on)", "flywheel", True, tuple(FLYWHEEL_SETTINGS.items())),
     Peer(FLYWHEEL_OFF, "Flywheel (logging off)", "flywheel", False, tuple(FLYWHEEL_SETTINGS.items())),
+    Peer(FLYWHEEL_WORKERS, f"Flywheel (logging on, {WORKERS} workers)", "flywheel", True,
+         tuple({**FLYWHEEL_SETTINGS, "workers": str(WORKERS)}.items())),
     Peer(FLYWHEEL_BATCHING, f"Flywheel (logging on, batching {BATCHING_SETTINGS['max_batch_size']} rows / "
                             f"{BATCHING_SETTINGS['max_batch_wait_ms']} ms)", "flywheel", True,
          tuple({**FLYWHEEL_SETTINGS, **BATCHING_SETTINGS}.items())),
-    Peer(MLSERVER, "MLServer 1.7.1", "mlserver", settings=(("parallel_workers", 0),)),
+    Peer(MLSERVER, "MLServer 1.7.1 (parallel_workers 0: its best here)", "mlserver",
+         settings=(("parallel_workers", 0),)),
     Peer(MLSERVER_BEST, f"MLServer 1.7.1 best ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})})",
          "mlserver", settings=tuple(MLSERVER_BEST_SETTINGS.items()), model_settings=tuple(MLSERVER_BEST_MODEL.items())),
     Peer(NOOP, "no-op OIP server (ceiling)", "noop"),
@@ -526,9 +541,43 @@ async def champion_registry(ctx: Context, scratch: Path) -> AsyncIterator[tuple[
 
 
 def chosen_peers() -> list[Peer]:
-    """PEERS, or those named in BENCH_INFERENCE_PEERS (comma-separated keys; for quick looks, not results)."""
+    """PEERS but the best-MLServer probe peer, or those named in BENCH_INFERENCE_PEERS (comma-separated keys;
+    for quick looks, not results)."""
     wanted = [k for k in os.environ.get("BENCH_INFERENCE_PEERS", "").split(",") if k]
-    return [p for p in PEERS if not wanted or p.key in wanted]
+    return [p for p in PEERS if (p.key in wanted if wanted else p.key != MLSERVER_BEST)]
+
+
+async def probe_mlserver(ctx: Context, driver: Driver, model_pt: bytes, scratch: Path, plan: list[Case],
+                         warmup: int) -> list[dict[str, Any]]:
+    """MLServer with each of MLSERVER_PROBES on the 8-caller cases of `plan`, one at a time, one run each."""
+    probed = []
+    for label, settings, model_settings in MLSERVER_PROBES:
+        peer = Peer(f"mlserver_probe{len(probed)}", label, "mlserver", settings=tuple(settings.items()),
+                    model_settings=tuple(model_settings.items()))
+        LABELS[peer.key] = f"MLServer 1.7.1 {label}"
+        server = start_mlserver(peer, model_pt, scratch)
+        try:
+            with ctx.steps.step(f"MLServer probe: {label}"):
+                await wait_ready(server)
+                row: dict[str, Any] = {"setting": label}
+                for case in (c for c in plan if c.callers == CONCURRENCY and c.rows == 1):
+                    await asyncio.to_thread(driver.call, op="measure", protocol=case.protocol,
+                                            url=url(server, case.protocol), rows=1, callers=4,
+                                            requests=4 * warmup, warmup=0)
+                    result = await asyncio.to_thread(
+                        driver.call, op="measure", protocol=case.protocol, url=url(server, case.protocol),
+                        rows=1, callers=case.callers, requests=case.requests, warmup=max(1, warmup // 10))
+                    latencies = result["latencies_ms"]
+                    row[case.tag] = {"req_per_s": rounded(len(latencies) / result["wall_s"]),
+                                     "p99_ms": rounded(percentile(latencies, 99))}
+                probed.append(row)
+                ctx.steps.log(f"{label}: " + ", ".join(f"{k} {v['req_per_s']:,.0f} req/s" for k, v in row.items()
+                                                      if isinstance(v, dict)))
+        except RuntimeError as exc:  # a setting that does not run here is a finding too
+            probed.append({"setting": label, "error": str(exc).splitlines()[0]})
+        finally:
+            stop(server)
+    return probed
 
 
 def chosen_cases(quick: bool) -> list[Case]:
@@ -572,6 +621,8 @@ async def run(ctx: Context) -> BenchResult:
                                                             requests=4 * warmup, warmup=0)
                         measured = await measure_all(ctx, driver, servers, sampler, plan, reps, warmup)
                     peak_mib = dict(sampler.peak_mib)
+                    probes = await probe_mlserver(ctx, driver, model_pt, scratch, plan, warmup) if (
+                        MLSERVER in by_key and not os.environ.get("BENCH_INFERENCE_PEERS")) else []
                     logged = scrape(by_key[FLYWHEEL_ON], ("flywheel_events_published_total",
                                                           "flywheel_events_dropped_total",
                                                           "flywheel_inference_requests_total")
@@ -581,7 +632,8 @@ async def run(ctx: Context) -> BenchResult:
     finally:
         await drop_schemas(ctx.infra.database_url, schemas)
     return report(measured, plan, peers, reps=reps, warmup=warmup, peak_mib=peak_mib, idle_mib=idle_mib,
-                  ready_s=ready_s, logged=logged, agreement=agreement, venv=venv, samples=sampler.samples)
+                  ready_s=ready_s, logged=logged, agreement=agreement, venv=venv, samples=sampler.samples,
+                  probes=probes)
 
 
 def url(server: Server, protocol: str) -> str:
@@ -643,7 +695,8 @@ def targets_of(table: dict[tuple[str, Case], dict[str, Any]], case: Case, agains
 
 def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int, warmup: int,
            peak_mib: dict[str, float], idle_mib: dict[str, float], ready_s: dict[str, float],
-           logged: dict[str, float], agreement: float, venv: str, samples: int) -> BenchResult:
+           logged: dict[str, float], agreement: float, venv: str, samples: int,
+           probes: list[dict[str, Any]]) -> BenchResult:
     results: list[dict[str, Any]] = []
     table: dict[tuple[str, Case], dict[str, Any]] = {}
     for (key, case), runs in measured.runs.items():
@@ -697,18 +750,16 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
     def mark(ok: bool) -> str:
         return "pass" if ok else "**miss**"
 
-    target_rows, passed = [], {"vs_mlserver": 0, "vs_mlserver_best": 0}
+    refs = ["vs_mlserver", *(["vs_mlserver_best"] if MLSERVER_BEST in keys else [])]
+    target_rows, passed = [], dict.fromkeys(refs, 0)
     for case in plan:
         v = verdicts.get(case.tag)
         if v is None:
             continue
         fw = table[FLYWHEEL_ON, case]
         cells = [case.label, thousands(fw["req_per_s"])]
-        for ref in ("vs_mlserver", "vs_mlserver_best"):
-            t = v.get(ref)
-            if t is None:
-                cells += ["", ""]
-                continue
+        for ref in refs:
+            t = v[ref]
             ok = t["throughput_ok"] and t["p99_ok"] and t["logging_ok"]
             passed[ref] += ok
             cells += [f">= {thousands(t['wanted_req_per_s'])} ({t['basis']}): {mark(t['throughput_ok'])}",
@@ -717,8 +768,9 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         cells.append(f"{t['logging_cost_pct']:.1f}%: {mark(t['logging_ok'])}")
         target_rows.append(cells)
     target_table = markdown_table(
-        ["case", "Flywheel (logging on) req/s", "throughput target vs MLServer", "p99 <= MLServer's",
-         "throughput target vs MLServer best", "p99 <= MLServer best's", "logging cost < 10%"],
+        ["case", "Flywheel (logging on) req/s", "throughput target", "p99 <= MLServer's",
+         *(["throughput target vs MLServer best", "p99 <= MLServer best's"] if MLSERVER_BEST in keys else []),
+         "logging cost < 10%"],
         target_rows, right=(1,))
     batching_table = markdown_table(
         ["case", "batching off req/s", "batching on req/s", "on / off", "p99 ms off", "p99 ms on"],
@@ -726,6 +778,15 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
           f"{table[FLYWHEEL_BATCHING, c]['req_per_s'] / table[FLYWHEEL_ON, c]['req_per_s']:.2f}x",
           significant(table[FLYWHEEL_ON, c]["p99_ms"]), significant(table[FLYWHEEL_BATCHING, c]["p99_ms"])]
          for c in plan], right=range(1, 6)) if FLYWHEEL_BATCHING in keys and FLYWHEEL_ON in keys else ""
+    probe_cases = [c for c in plan if c.callers == CONCURRENCY and c.rows == 1 and (MLSERVER, c) in table]
+    probe_table = markdown_table(
+        ["MLServer 1.7.1 setting", *(f"{c.label}: req/s (p99 ms)" for c in probe_cases)],
+        [["parallel_workers 0 (the MLServer row above; median of the runs)",
+          *(f"{thousands(table[MLSERVER, c]['req_per_s'])} ({significant(table[MLSERVER, c]['p99_ms'])})"
+            for c in probe_cases)]]
+        + [[p["setting"], *((f"{thousands(p[c.tag]['req_per_s'])} ({significant(p[c.tag]['p99_ms'])})"
+                             if c.tag in p else p.get("error", "")) for c in probe_cases)] for p in probes],
+        right=range(1, 1 + len(probe_cases))) if probes and probe_cases else ""
     memory_table = markdown_table(
         ["server", "RSS ready (MiB)", "peak RSS under load (MiB)", "ready after (s)"],
         [[LABELS[k], f"{idle_mib[k]:.0f}", f"{peak_mib[k]:.0f}", f"{ready_s[k]:.1f}"] for k in keys],
@@ -739,8 +800,10 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
     summary = (
         f"Targets (every case, logging on): throughput >= 2x MLServer's (or >= 0.9x the no-op ceiling where the "
         f"ceiling is below 2x MLServer), p99 <= MLServer's, logging cost < 10%. All three met in "
-        f"{passed['vs_mlserver']} of {n} cases against MLServer as first compared (parallel_workers 0) and in "
-        f"{passed['vs_mlserver_best']} of {n} against MLServer's best setting here. The logging-on server answered "
+        f"{passed['vs_mlserver']} of {n} cases against MLServer at its best setting here (parallel_workers 0; the "
+        "others tried are in the probe table)"
+        + (f" and in {passed['vs_mlserver_best']} of {n} against the probed setting" if "vs_mlserver_best" in passed
+           else "") + ". The logging-on server answered "
         f"{requests_logged:,.0f} requests and published {published:,.0f} predictions.logged events "
         f"({dropped:,.0f} dropped).")
     notes = (
@@ -753,8 +816,9 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         "to champion); logging on = sample rate 1.0 to predictions.logged on the run's broker (fire-and-forget "
         "BoundedPublisher, batched produce), off = sample rate 0; batching = "
         f"{_describe(BATCHING_SETTINGS)}. MLServer 1.7.1 in its own venv (mlserver_runtime/.venv, {venv}): "
-        "parallel_workers 0 (inference on the main process' event loop, as first compared) and its best setting "
-        f"here ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})}); debug off, metrics on a free "
+        "parallel_workers 0 (inference on the main process' event loop, as first compared), its best setting "
+        f"here: {'; '.join(label for label, _, _ in MLSERVER_PROBES)} were tried on the 8-caller cases after "
+        "the main measurement (probe table); debug off, metrics on a free "
         "port; custom runtime bench/mlserver_runtime/bench_torchscript.py: torch.jit.load + the same forward under "
         "inference_mode. No-op: bench/noop_server.py (grpc.aio canned ModelInfer answer + uvicorn/httptools bare "
         "ASGI canned REST answer, one process): the ceiling of this load on this machine. Load: tritonclient 2.x "
@@ -773,11 +837,11 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         name=NAME, title="inference: Flywheel vs MLServer 1.7.1 vs a no-op OIP server (ceiling), same TorchScript "
                          "MLP, same tritonclient load",
         results=results, ratios=ratios, notes=notes,
-        tables=[t for t in (main_table, target_table, summary, batching_table, memory_table) if t],
+        tables=[t for t in (main_table, target_table, summary, batching_table, probe_table, memory_table) if t],
         extra={"peak_rss_mib": {k: rounded(v) for k, v in peak_mib.items()},
                "ready_rss_mib": {k: rounded(v) for k, v in idle_mib.items()},
                "ready_after_s": {k: rounded(v) for k, v in ready_s.items()},
-               "targets": verdicts, "peers": {p.key: p.label for p in peers},
+               "targets": verdicts, "peers": {p.key: p.label for p in peers}, "mlserver_probes": probes,
                "prediction_log": {"requests": requests_logged, "published": published, "dropped": dropped},
                "max_probability_difference": agreement, "warmup_requests": warmup, "repeats": reps},
     )

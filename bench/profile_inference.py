@@ -16,6 +16,7 @@ import asyncio
 import collections
 import gzip
 import json
+import os
 import subprocess
 import threading
 import uuid
@@ -63,6 +64,30 @@ def _function(frame: str) -> str:
     return f"{name} ({where})" if where else name
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) per thread name of `pid` and its children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    out: dict[str, float] = collections.defaultdict(float)
+    for p in pids:
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def syscalls(pid: int, seconds: int, out: Path) -> None:
+    """strace -c of the server's threads (and its workers') for `seconds`."""
+    pids = [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    subprocess.run(["timeout", "-s", "INT", str(seconds), "strace", "-c", "-f", "-o", str(out),
+                    *(a for p in pids for a in ("-p", str(p)))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def record(pid: int, seconds: int, out: Path, fmt: str) -> None:
     subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
                     "--nonblocking", "--subprocesses", "--format", fmt, "--output", str(out)],
@@ -96,6 +121,13 @@ async def profile(ctx: Context, label: str, names: list[str], seconds: int, sett
                 thread.start()
                 await asyncio.sleep(1.0)
                 stem = OUT / f"{label}-{name}"
+                before_cpu, first = thread_cpu(server.process.pid), len(results)
+                await asyncio.sleep(5)
+                after_cpu = thread_cpu(server.process.pid)
+                window = [len(r["latencies_ms"]) / r["wall_s"] for r in results[first:] if "latencies_ms" in r]
+                answered = 5 * (sum(window) / len(window) if window else 1.0)
+                per_thread = sorted(((after_cpu[k] - before_cpu.get(k, 0.0), k) for k in after_cpu), reverse=True)
+                threads = ", ".join(f"{k} {1e3 * v / answered:.3f}" for v, k in per_thread if v > 0)
                 await asyncio.to_thread(record, server.process.pid, seconds, stem.with_suffix(".svg"), "flamegraph")
                 raw = stem.with_suffix(".txt")
                 await asyncio.to_thread(record, server.process.pid, seconds, raw, "raw")
@@ -106,7 +138,8 @@ async def profile(ctx: Context, label: str, names: list[str], seconds: int, sett
                 header = (f"# Profile `{label}`: {protocol}, {callers} callers, {rows} row(s)\n\n"
                           f"Flywheel inference with prediction logging on, settings {json.dumps(settings)}; "
                           f"py-spy 200 Hz, {seconds} s, non-blocking, idle samples left out: {samples:,} samples. "
-                          f"Load meanwhile: {', '.join(f'{r:,.0f}' for r in rps)} req/s (the profiler costs some).\n\n")
+                          f"Load meanwhile: {', '.join(f'{r:,.0f}' for r in rps)} req/s (the profiler costs some).\n\n"
+                          f"CPU ms per request by thread (5 s without the profiler, /proc): {threads}.\n\n")
                 stem.with_suffix(".md").write_text(header + table)
                 with raw.open("rb") as f_in, gzip.open(f"{raw}.gz", "wb") as f_out:
                     f_out.write(f_in.read())

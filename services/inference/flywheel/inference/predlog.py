@@ -44,11 +44,14 @@ def sampled(request_id: str, rate: float) -> bool:
 
 # -- protobuf wire format ----------------------------------------------------------------------------
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
     if n < 0:
         n += 1 << 64  # int64: two's complement, ten bytes
-    if n < 0x80:
-        return bytes((n,))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -57,12 +60,13 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field (`tag` = field number << 3 | 2)."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (`tag` = the byte of field number << 3 | 2)."""
+    n = len(payload)
+    return tag + (_ONE_BYTE[n] if n < 0x80 else _varint(n)) + payload
 
 
-def _string(tag: int, value: str) -> bytes:
+def _string(tag: bytes, value: str) -> bytes:
     return _field(tag, value.encode()) if value else b""
 
 
@@ -80,8 +84,8 @@ def _packed_varints(values: np.ndarray) -> bytes:
 
 @lru_cache(maxsize=256)
 def _tensor_head(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
-    return (_string(0x0A, name) + _string(0x12, datatype)
-            + (_field(0x1A, b"".join(_varint(d) for d in shape)) if shape else b""))
+    return (_string(b"\x0a", name) + _string(b"\x12", datatype)
+            + (_field(b"\x1a", b"".join(_varint(d) for d in shape)) if shape else b""))
 
 
 def tensor_bytes(name: str, datatype: str, values: np.ndarray | list[bytes], shape: list[int]) -> bytes:
@@ -89,15 +93,15 @@ def tensor_bytes(name: str, datatype: str, values: np.ndarray | list[bytes], sha
     bytes_contents, BOOL as bool_contents, integers as int_contents."""
     head = _tensor_head(name, datatype, tuple(shape))
     if datatype == "BYTES":
-        return head + b"".join(_field(0x32, bytes(v)) for v in values)  # type: ignore[arg-type]
-    array = np.asarray(values)
+        return head + b"".join(_field(b"\x32", bytes(v)) for v in values)  # type: ignore[arg-type]
+    array = values if isinstance(values, np.ndarray) else np.asarray(values)
     if array.size == 0:
         return head
-    if datatype.startswith("FP"):
-        return head + _field(0x22, array.astype("<f8", copy=False).reshape(-1).tobytes())
+    if datatype[:2] == "FP":
+        return head + _field(b"\x22", array.astype("<f8", copy=False).tobytes())
     if datatype == "BOOL":
-        return head + _field(0x3A, array.astype(bool).astype(np.uint8).reshape(-1).tobytes())
-    return head + _field(0x2A, _packed_varints(array.astype(np.int64, copy=False)))
+        return head + _field(b"\x3a", array.astype(bool).astype(np.uint8).tobytes())
+    return head + _field(b"\x2a", _packed_varints(array.astype(np.int64, copy=False)))
 
 
 def tensor(name: str, datatype: str, values: np.ndarray | list[bytes], shape: list[int]) -> common_pb2.Tensor:
@@ -105,25 +109,37 @@ def tensor(name: str, datatype: str, values: np.ndarray | list[bytes], shape: li
     return common_pb2.Tensor.FromString(tensor_bytes(name, datatype, values, shape))
 
 
+@lru_cache(maxsize=256)
+def _model_and_arm(model: str, version: int, arm: str) -> bytes:
+    return (_field(b"\x12", _string(b"\x0a", model) + (b"\x10" + _varint(version) if version else b""))
+            + b"\x18" + _varint(ARMS[arm]))
+
+
+@lru_cache(maxsize=4)
+def _seconds(seconds: int) -> bytes:
+    return b"\x08" + _varint(seconds) if seconds else b""
+
+
 def prediction_bytes(*, request_id: str, model: str, version: int, arm: str, inputs: list[bytes] | None,
                      outputs: list[bytes], latency_ms: float, timestamp_ns: int, traceparent: str,
                      sample_rate: float, parameters: dict[str, str], entity_ids: list[str] | None) -> bytes:
     """A `PredictionLogged` in wire format (fields in number order, defaults left out as protobuf does)."""
     seconds, nanos = divmod(timestamp_ns, 1_000_000_000)
-    parts = [_string(0x0A, request_id),
-             _field(0x12, _string(0x0A, model) + (b"\x10" + _varint(version) if version else b"")),
-             b"\x18" + _varint(ARMS[arm])]
-    parts += [_field(0x22, t) for t in inputs or ()]
-    parts += [_field(0x32, t) for t in outputs]
-    parts += [_string(0x3A, e) if e else b"\x3a\x00" for e in entity_ids or ()]
+    parts = [_string(b"\x0a", request_id), _model_and_arm(model, version, arm)]
+    if inputs:
+        parts += [_field(b"\x22", t) for t in inputs]
+    parts += [_field(b"\x32", t) for t in outputs]
+    if entity_ids:
+        parts += [_string(b"\x3a", e) if e else b"\x3a\x00" for e in entity_ids]
     if latency_ms:
         parts.append(b"\x41" + _DOUBLE.pack(latency_ms))
-    parts.append(_field(0x4A, (b"\x08" + _varint(seconds) if seconds else b"")
-                        + (b"\x10" + _varint(nanos) if nanos else b"")))
-    parts.append(_string(0x52, traceparent))
+    parts.append(_field(b"\x4a", _seconds(seconds) + (b"\x10" + _varint(nanos) if nanos else b"")))
+    if traceparent:
+        parts.append(_string(b"\x52", traceparent))
     if sample_rate:
         parts.append(b"\x59" + _DOUBLE.pack(sample_rate))
-    parts += [_field(0x6A, _string(0x0A, k) + _string(0x12, v)) for k, v in parameters.items()]
+    if parameters:
+        parts += [_field(b"\x6a", _string(b"\x0a", k) + _string(b"\x12", v)) for k, v in parameters.items()]
     return b"".join(parts)
 
 
