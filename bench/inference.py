@@ -69,7 +69,7 @@ MLSERVER, MLSERVER_BEST, NOOP = "mlserver", "mlserver_best", "noop"
 # their share of the cores: one serving process. The `flywheel_workers` peer runs WORKERS processes.
 FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or '{"workers": "1"}')
 WORKERS = 2
-BATCHING_SETTINGS = {"max_batch_size": "32", "max_batch_wait_ms": "1"}
+BATCHING_SETTINGS = {"max_batch_size": "32", "max_batch_wait_ms": "0"}
 # A peer for probing one more MLServer setting by hand (BENCH_INFERENCE_PEERS=...,mlserver_best and
 # BENCH_INFERENCE_MLSERVER_BEST='{"settings": {...}, "model": {...}}'); not part of a default run.
 _BEST = json.loads(os.environ.get("BENCH_INFERENCE_MLSERVER_BEST", "") or "{}")
@@ -205,8 +205,9 @@ def spawn(key: str, argv: list[str], env: dict[str, str], scratch: Path, ports: 
 
 
 def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bool, scratch: Path,
-                   settings: dict[str, str] | None = None) -> Server:
-    """`settings`: more FLYWHEEL_INFERENCE_* variables (e.g. {"WORKERS": "2"})."""
+                   settings: dict[str, str] | None = None, extra_env: dict[str, str] | None = None) -> Server:
+    """`settings`: more FLYWHEEL_INFERENCE_* variables (e.g. {"WORKERS": "2"}); `extra_env`: more variables
+    (e.g. a PYTHONPATH serving another checkout's code, for before/after profiles)."""
     ports = free_port(), free_port(), free_port()
     env = {**os.environ,
            "FLYWHEEL_INFERENCE_GRPC_PORT": str(ports[0]), "FLYWHEEL_INFERENCE_HTTP_PORT": str(ports[1]),
@@ -219,7 +220,7 @@ def start_flywheel(ctx: Context, key: str, registry_addr: str, *, logging_on: bo
            "FLYWHEEL_LOG_LEVEL": "WARNING", "FLYWHEEL_TOKEN": ctx.infra.admin_token,
            # As on `make run`'s loopback: stock clients (tritonclient, like MLServer's) send no token.
            "FLYWHEEL_INFERENCE_ALLOW_ANONYMOUS_PREDICT": "true",
-           **{f"FLYWHEEL_INFERENCE_{k.upper()}": v for k, v in (settings or {}).items()}}
+           **{f"FLYWHEEL_INFERENCE_{k.upper()}": v for k, v in (settings or {}).items()}, **(extra_env or {})}
     server = spawn(key, [sys.executable, "-m", "flywheel.inference"], env, scratch, ports)
     server.workers = int((settings or {}).get("workers", 1))
     return server

@@ -12,6 +12,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from google.protobuf.message import DecodeError, Message
 
@@ -55,14 +56,9 @@ class Event:
     extra: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> Headers:
-        headers = [
-            ("ce_id", self.id.encode()),
-            ("ce_type", self.topic.event_type.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_time", self.time.isoformat().encode()),
-            ("ce_specversion", SPEC_VERSION.encode()),
-            ("content-type", CONTENT_TYPE.encode()),
-        ]
+        ce_type, ce_source = _constant_headers(self.topic.event_type, self.source)
+        headers = [("ce_id", self.id.encode()), ce_type, ce_source, ("ce_time", self.time.isoformat().encode()),
+                   _SPEC_VERSION, _CONTENT_TYPE]
         if self.traceparent:
             headers.append(("traceparent", self.traceparent.encode()))
         headers.extend((k, v.encode()) for k, v in self.extra.items())
@@ -71,6 +67,15 @@ class Event:
     def encode(self) -> tuple[bytes, bytes, Headers]:
         """(key, value, headers) as they go to Kafka."""
         return self.key.encode(), self.payload.SerializeToString(), self.headers()
+
+
+_SPEC_VERSION = ("ce_specversion", SPEC_VERSION.encode())
+_CONTENT_TYPE = ("content-type", CONTENT_TYPE.encode())
+
+
+@lru_cache(maxsize=1024)
+def _constant_headers(event_type: str, source: str) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    return ("ce_type", event_type.encode()), ("ce_source", source.encode())
 
 
 def header_map(headers: Headers | tuple) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -87,6 +88,36 @@ def new_producer(bootstrap: str, *, client_id: str, idempotent: bool = False,
 
 
 _PARTITIONER = DefaultPartitioner()
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's `Utils.murmur2`, which aiokafka's default partitioner also
+    uses), reading the key in 32-bit words at once: about twice as fast as aiokafka's byte-wise one."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    whole = length & ~3
+    for (k,) in struct.iter_unpack("<I", data[:whole]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length - whole
+    if extra >= 3:
+        h ^= data[whole + 2] << 16
+    if extra >= 2:
+        h ^= data[whole + 1] << 8
+    if extra >= 1:
+        h = ((h ^ data[whole]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_of(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition aiokafka's (and the Java client's) default partitioner gives `key` among the sorted
+    `partitions`."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 async def send_events(producer: AIOKafkaProducer, events: Sequence[Event]) -> None:
@@ -109,7 +140,7 @@ async def send_events(producer: AIOKafkaProducer, events: Sequence[Event]) -> No
         if topic not in partitions:
             partitions[topic] = sorted(await producer.partitions_for(topic))
         every = partitions[topic]
-        partition = _PARTITIONER(key, every, every)
+        partition = partition_of(key, every) if key is not None else _PARTITIONER(key, every, every)
         builder = builders.get((topic, partition))
         if builder is None:
             builder = builders[topic, partition] = producer.create_batch()

@@ -142,7 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         for name, allowed in roles.items():
             self.policy[f"/{service_name}/{name}"] = allowed
 
-    def check(self, method: str) -> Callable[[grpc.aio.ServicerContext], Any] | None:
+    def check(self, method: str) -> Callable[[grpc.aio.ServicerContext, str | None], Any] | None:
         """The per-call check of `method`, or None when the method is open (no token needed)."""
         if method.split("/")[1] in OPEN_SERVICES:
             return None
@@ -152,11 +152,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         action = f"call {method.rsplit('/', 1)[-1]}"
         authenticator = self.authenticator
 
-        async def check(context: grpc.aio.ServicerContext) -> Any:
+        async def check(context: grpc.aio.ServicerContext, header: str | None) -> Any:
             if allowed is None:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"{method} declares no roles: nobody may call it")
-            header = _metadata_value(context, "authorization")
             try:
                 # Known headers (and anonymous calls) are answered from memory, without awaiting.
                 principal = authenticator.authorize_cached(header, allowed, action)  # type: ignore[arg-type]
@@ -178,18 +177,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler if check is None else _guarded(handler, check, details.method)
 
 
-def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def _call_headers(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
+    """(authorization, traceparent) of the call's metadata, in one pass."""
+    authorization = traceparent = None
     for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v  # type: ignore[return-value]
+        if k == "authorization":
+            authorization = v
+        elif k == "traceparent":
+            traceparent = v
+    return authorization, traceparent  # type: ignore[return-value]
+
+
+async def _no_check(context: grpc.aio.ServicerContext, authorization: str | None) -> None:
     return None
 
 
-async def _no_check(context: grpc.aio.ServicerContext) -> None:
-    return None
-
-
-def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any] | None, method: str = "") -> Any:
+def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext, str | None], Any] | None,
+             method: str = "") -> Any:
     """`handler` with its call's trace context set (`telemetry.server_span`) and `check(context)` (the
     authentication, None for open methods) run before its behaviour; the principal is unbound after."""
     guard = check or _no_check
@@ -202,9 +206,10 @@ def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any] | No
         inner = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span = server_span(method, _metadata_value(context, "traceparent"))
+            authorization, traceparent = _call_headers(context)
+            span = server_span(method, traceparent)
             try:
-                bound = await guard(context)
+                bound = await guard(context, authorization)
                 try:
                     return await inner(request, context)
                 finally:
@@ -219,9 +224,10 @@ def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any] | No
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            span = server_span(method, _metadata_value(context, "traceparent"))
+            authorization, traceparent = _call_headers(context)
+            span = server_span(method, traceparent)
             try:
-                bound = await guard(context)
+                bound = await guard(context, authorization)
                 try:
                     return await inner_su(requests, context)
                 finally:
@@ -236,9 +242,10 @@ def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any] | No
     inner_stream = getattr(handler, kind)
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        span = server_span(method, _metadata_value(context, "traceparent"))
+        authorization, traceparent = _call_headers(context)
+        span = server_span(method, traceparent)
         try:
-            bound = await guard(context)
+            bound = await guard(context, authorization)
             try:
                 result = inner_stream(request, context)
                 if inspect.isasyncgen(result):

@@ -3,7 +3,8 @@
 A request's rows join the pending batch; the batch is scored when it holds `max_rows` rows or
 `max_wait_s` has passed since its first request, whichever comes first. While a batch is being
 scored, new requests accumulate for the next one, so batches grow with load and a lone request
-waits at most `max_wait_s`.
+waits at most `max_wait_s`. With `max_wait_s` 0 nobody waits on a clock: the batch takes what arrived
+by the next turn of the event loop (requests already received), so it costs a lone request nothing.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class Batcher:
     async def _flush_loop(self) -> None:
         while self._pending:
             if self._rows < self.max_rows:
-                try:
-                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
-                except TimeoutError:
-                    pass
+                if self.max_wait_s > 0:
+                    loop = asyncio.get_running_loop()
+                    timer = loop.call_later(self.max_wait_s, self._full.set)
+                    await self._full.wait()
+                    timer.cancel()
+                else:
+                    await asyncio.sleep(0)
             batch, taken = [], 0
             while self._pending and (not batch or taken + self._pending[0][0].shape[0] <= self.max_rows):
                 item = self._pending.pop(0)

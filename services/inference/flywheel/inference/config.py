@@ -53,7 +53,9 @@ class InferenceSettings(ServiceSettings):
     log_max_input_values: int = Field(
         100_000, description="Requests with more input values than this are logged without their inputs.")
     max_batch_size: int = Field(0, description="Adaptive batching: most rows scored at once (0 = off).")
-    max_batch_wait_ms: float = Field(2.0, description="Adaptive batching: longest wait for more rows.")
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, description="Adaptive batching: longest wait for more rows; 0 = no clock, a batch takes the "
+                               "requests already received (by the next turn of the event loop).")
     inline_max_rows: int = Field(
         64, ge=0, description="Requests (or batches) of at most this many rows are scored on the event loop, "
                               "without a worker thread, when the model is cheap (inline_max_ms); 0 = never.")
