@@ -614,7 +614,7 @@ async def run(ctx: Context) -> BenchResult:
                     with MemorySampler({s.key: s.process.pid for s in servers}) as sampler:
                         for s in servers:
                             idle_mib[s.key] = sampler.rss_mib(s.key)
-                        with steps.step(f"warm-up: {warmup} requests per server, protocol and caller"):
+                        with steps.step(f"warm-up: {4 * warmup} requests (4 callers) per server and protocol"):
                             for s in servers:
                                 for protocol in ("grpc", "rest"):
                                     await asyncio.to_thread(driver.call, op="measure", protocol=protocol,

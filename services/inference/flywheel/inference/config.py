@@ -64,6 +64,11 @@ class InferenceSettings(ServiceSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of `python -m flywheel.inference`: uvloop (libuv; its sockets and "
                               "callbacks cost less per request) or the standard asyncio loop.")
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op threads of each serving process (`python -m`); 0 = torch's default "
+                             "(one per core). Small models on few rows run slower with more: waking and joining "
+                             "the OpenMP threads costs more than the work (8 rows of the benchmark's MLP: ~0.1-0.6 ms "
+                             "with 2 threads, ~45 µs with 1). Use `workers` for the cores.")
     workers: int = Field(
         1, ge=1, description="Serving processes. More than 1: a supervisor runs that many workers sharing the gRPC "
                              "and HTTP ports (SO_REUSEPORT), each with its own model copies, consumer and prediction "

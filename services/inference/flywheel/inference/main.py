@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 
 from prometheus_client import Gauge
 
@@ -168,11 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers > 1 and worker_index() is None:
         supervise(settings)
         return
-    if settings.workers > 1:
-        # The workers share the cores: torch's intra-op threads would only contend with each other.
+    if settings.torch_threads:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+        torch.set_num_threads(settings.torch_threads)
     loop_factory = None
     if settings.event_loop == "uvloop":
         import uvloop
