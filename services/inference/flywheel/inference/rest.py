@@ -231,8 +231,9 @@ class RestServer:
                    "ssl_ca_certs": tls.client_ca_file or None,
                    "ssl_cert_reqs": ssl_module.CERT_REQUIRED if tls.require_client_auth else ssl_module.CERT_NONE}
         app = FastInfer(build_app(dp, authenticator, extra_routes), dp, authenticator)
-        config = uvicorn.Config(app, host=host, port=port, lifespan="off",
-                                log_level="warning", access_log=False, http="httptools", loop="none", **ssl)
+        # No proxy-headers middleware: nothing here reads the client's address, and it is a hop per request.
+        config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning", access_log=False,
+                                http="httptools", loop="none", proxy_headers=False, server_header=False, **ssl)
         self.server = uvicorn.Server(config)
         self.host, self.requested_port, self.reuse_port = host, port, reuse_port
         self.task: asyncio.Task | None = None
