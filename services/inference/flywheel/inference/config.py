@@ -50,6 +50,9 @@ class InferenceSettings(ServiceSettings):
         default_factory=dict, description="Per model share of requests logged to predictions.logged (JSON; "
                                           "default 1.0).")
     log_queue_size: int = Field(10_000, description="Prediction log events buffered before dropping.")
+    log_linger_ms: float = Field(
+        50.0, ge=0, description="How long prediction log events gather before a produce request (unless 500 are "
+                                "waiting): each request costs the event loop a fixed share, whatever it carries.")
     log_max_input_values: int = Field(
         100_000, description="Requests with more input values than this are logged without their inputs.")
     max_batch_size: int = Field(0, description="Adaptive batching: most rows scored at once (0 = off).")

@@ -59,7 +59,7 @@ class InferenceApp:
         self.initial_load_timeout = initial_load_timeout
         self.slots = {name: self._new_slot(name) for name in settings.models}
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
-                                          max_queue=settings.log_queue_size,
+                                          max_queue=settings.log_queue_size, linger_s=settings.log_linger_ms / 1000,
                                           idempotent=settings.kafka_enable_idempotence)
         self.features = FeatureClient(settings.featurestore_addr, timeout_s=settings.feature_timeout_s,
                                       auth=settings.client_auth())
