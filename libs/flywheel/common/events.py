@@ -8,9 +8,11 @@ a redelivered event keeps its id and consumers can drop duplicates by it.
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from google.protobuf.message import DecodeError, Message
 
@@ -21,6 +23,23 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
 Headers = list[tuple[str, bytes]]
 
+# Event ids: random UUIDs (version 4) from a generator seeded by the OS once per process (and again in a
+# forked child), instead of an os.urandom call per event: an id needs uniqueness, not secrecy.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_hex_id() -> str:
+    """128 random bits as 32 hex digits (a request id)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def new_event_id() -> str:
+    """A random UUID (version 4), e.g. for an event id or a request id."""
+    n = (_ids.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 @dataclass
 class Event:
@@ -30,21 +49,16 @@ class Event:
     key: str
     payload: Message
     source: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_event_id)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     traceparent: str = ""
     # Extra headers (e.g. the error of a dead-lettered event).
     extra: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> Headers:
-        headers = [
-            ("ce_id", self.id.encode()),
-            ("ce_type", self.topic.event_type.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_time", self.time.isoformat().encode()),
-            ("ce_specversion", SPEC_VERSION.encode()),
-            ("content-type", CONTENT_TYPE.encode()),
-        ]
+        ce_type, ce_source = _constant_headers(self.topic.event_type, self.source)
+        headers = [("ce_id", self.id.encode()), ce_type, ce_source, ("ce_time", self.time.isoformat().encode()),
+                   _SPEC_VERSION, _CONTENT_TYPE]
         if self.traceparent:
             headers.append(("traceparent", self.traceparent.encode()))
         headers.extend((k, v.encode()) for k, v in self.extra.items())
@@ -53,6 +67,15 @@ class Event:
     def encode(self) -> tuple[bytes, bytes, Headers]:
         """(key, value, headers) as they go to Kafka."""
         return self.key.encode(), self.payload.SerializeToString(), self.headers()
+
+
+_SPEC_VERSION = ("ce_specversion", SPEC_VERSION.encode())
+_CONTENT_TYPE = ("content-type", CONTENT_TYPE.encode())
+
+
+@lru_cache(maxsize=1024)
+def _constant_headers(event_type: str, source: str) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    return ("ce_type", event_type.encode()), ("ce_source", source.encode())
 
 
 def header_map(headers: Headers | tuple) -> dict[str, str]:

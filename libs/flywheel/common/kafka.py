@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg import AsyncConnection, OperationalError
@@ -85,15 +87,76 @@ def new_producer(bootstrap: str, *, client_id: str, idempotent: bool = False,
     )
 
 
+_PARTITIONER = DefaultPartitioner()
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's `Utils.murmur2`, which aiokafka's default partitioner also
+    uses), reading the key in 32-bit words at once: about twice as fast as aiokafka's byte-wise one."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    whole = length & ~3
+    for (k,) in struct.iter_unpack("<I", data[:whole]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length - whole
+    if extra >= 3:
+        h ^= data[whole + 2] << 16
+    if extra >= 2:
+        h ^= data[whole + 1] << 8
+    if extra >= 1:
+        h = ((h ^ data[whole]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_of(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition aiokafka's (and the Java client's) default partitioner gives `key` among the sorted
+    `partitions`."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
 async def send_events(producer: AIOKafkaProducer, events: Sequence[Event]) -> None:
-    """Send events and wait until the broker acknowledged all of them (in order per partition)."""
+    """Send events and wait until the broker acknowledged all of them (in order per partition).
+
+    The events are appended to one record batch per partition, the partition the producer's default
+    partitioner gives their key (murmur2, as Java clients do): a batch of n events costs n appends and
+    one `send_batch` per partition instead of n `send` coroutines. An event too large for a batch goes
+    alone through `send` (which refuses what exceeds max_request_size).
+    """
+    if not events:
+        return
     futures = []
+    builders: dict[tuple[str, int], Any] = {}
+    partitions: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
     for event in events:
+        topic = event.topic.name
         key, value, headers = event.encode()
-        futures.append(await producer.send(event.topic.name, value=value, key=key, headers=headers))
+        if topic not in partitions:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        every = partitions[topic]
+        partition = partition_of(key, every) if key is not None else _PARTITIONER(key, every, every)
+        builder = builders.get((topic, partition))
+        if builder is None:
+            builder = builders[topic, partition] = producer.create_batch()
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            if builder.record_count():  # full: off it goes, the event starts the next batch
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = builders[topic, partition] = producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                futures.append(await producer.send(topic, value=value, key=key, headers=headers, partition=partition))
+        counts[topic] = counts.get(topic, 0) + 1
+    for (topic, partition), builder in builders.items():
+        if builder.record_count():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
     await asyncio.gather(*futures)
-    for event in events:
-        EVENTS_PUBLISHED.labels(event.topic.name).inc()
+    for topic, n in counts.items():
+        EVENTS_PUBLISHED.labels(topic).inc(n)
 
 
 class BoundedPublisher:
@@ -108,15 +171,21 @@ class BoundedPublisher:
     """
 
     def __init__(self, bootstrap: str, *, name: str, max_queue: int = 10_000, max_batch: int = 500,
-                 idempotent: bool = False) -> None:
+                 idempotent: bool = False, linger_s: float = 0.02) -> None:
+        """`linger_s`: how long the drain task lets events gather after the first one of a batch (unless
+        `max_batch` are queued already): one produce request per batch costs the event loop far less
+        than one per event when events come one by one."""
         self.bootstrap = bootstrap
         self.name = name
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self.idempotent = idempotent
         self.queue: asyncio.Queue[Event] = asyncio.Queue(max_queue)
         self.dropped = 0
         self._task: asyncio.Task | None = None
         self._last_drop_log = 0.0
+        # Read when /metrics is scraped: nothing to update per event.
+        PUBLISH_QUEUE.labels(name).set_function(self.queue.qsize)
 
     def publish(self, event: Event) -> bool:
         """Queue an event; False (and counted) when it had to be dropped."""
@@ -127,7 +196,6 @@ class BoundedPublisher:
         except asyncio.QueueFull:
             self._drop(event, "queue_full")
             return False
-        PUBLISH_QUEUE.labels(self.name).set(self.queue.qsize())
         return True
 
     def _drop(self, event: Event, reason: str) -> None:
@@ -159,9 +227,10 @@ class BoundedPublisher:
         try:
             while True:
                 batch = [await self.queue.get()]
+                if self.linger_s > 0 and self.queue.qsize() < self.max_batch - 1:
+                    await asyncio.sleep(self.linger_s)
                 while len(batch) < self.max_batch and not self.queue.empty():
                     batch.append(self.queue.get_nowait())
-                PUBLISH_QUEUE.labels(self.name).set(self.queue.qsize())
                 try:
                     if producer is None:
                         producer = new_producer(self.bootstrap, client_id=self.name, idempotent=self.idempotent,

@@ -20,11 +20,12 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from flywheel.common import errors
 from flywheel.common.auth import Authenticator, AuthError, Roles, bind_principal, unbind_principal
 from flywheel.common.supervise import HealthBoard, HealthReporter
+from flywheel.common.telemetry import server_span
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,12 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.r
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call of the server's own services and checks the roles its RPC declares.
 
-    The handler is wrapped (not answered here), so the check runs with the call's context: a failure
-    aborts with UNAUTHENTICATED / PERMISSION_DENIED and a message that says what is missing, and on
-    success the principal is bound for `flywheel.common.auth.current_principal()`. An RPC without
-    declared roles is refused: a new method is closed until someone decides who may call it.
+    `RpcServer` applies it when a service is added (`guard`: each method handler is wrapped once), not
+    as a grpc.aio interceptor: an interceptor costs an extra coroutine and handler lookup on every call
+    of every method (`intercept_service` still works for servers built by hand). The check runs with the
+    call's context: a failure aborts with UNAUTHENTICATED / PERMISSION_DENIED and a message that says
+    what is missing, and on success the principal is bound for `flywheel.common.auth.current_principal()`.
+    An RPC without declared roles is refused: a new method is closed until someone decides who may call it.
     """
 
     def __init__(self, authenticator: Authenticator) -> None:
@@ -139,69 +142,162 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         for name, allowed in roles.items():
             self.policy[f"/{service_name}/{name}"] = allowed
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                                details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.split("/")[1] in OPEN_SERVICES:
-            return handler
+    def check(self, method: str) -> Callable[[grpc.aio.ServicerContext, str | None], Any] | None:
+        """The per-call check of `method`, or None when the method is open (no token needed)."""
+        if method.split("/")[1] in OPEN_SERVICES:
+            return None
         allowed = self.policy.get(method)
         if allowed is not None and not allowed:  # declared open (e.g. OIP's ServerLive / ServerReady)
-            return handler
+            return None
         action = f"call {method.rsplit('/', 1)[-1]}"
+        authenticator = self.authenticator
 
-        async def check(context: grpc.aio.ServicerContext) -> Any:
+        async def check(context: grpc.aio.ServicerContext, header: str | None) -> Any:
             if allowed is None:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"{method} declares no roles: nobody may call it")
-            header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
             try:
-                principal = await self.authenticator.authorize(header, allowed, action)  # type: ignore[arg-type]
+                # Known headers (and anonymous calls) are answered from memory, without awaiting.
+                principal = authenticator.authorize_cached(header, allowed, action)  # type: ignore[arg-type]
+                if principal is None:
+                    principal = await authenticator.authorize(header, allowed, action)  # type: ignore[arg-type]
             except AuthError as exc:
                 code = grpc.StatusCode.UNAUTHENTICATED if exc.status == 401 else grpc.StatusCode.PERMISSION_DENIED
                 await context.abort(code, str(exc))
             return bind_principal(principal)
 
-        return _guarded(handler, check)
+        return check
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        check = self.check(details.method)
+        return handler if check is None else _guarded(handler, check, details.method)
 
 
-def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext], Any]) -> Any:
-    """`handler` with `check(context)` run before its behaviour (and the principal unbound after)."""
+def _call_headers(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
+    """(authorization, traceparent) of the call's metadata, in one pass."""
+    authorization = traceparent = None
+    for k, v in context.invocation_metadata() or ():
+        if k == "authorization":
+            authorization = v
+        elif k == "traceparent":
+            traceparent = v
+    return authorization, traceparent  # type: ignore[return-value]
+
+
+async def _no_check(context: grpc.aio.ServicerContext, authorization: str | None) -> None:
+    return None
+
+
+def _guarded(handler: Any, check: Callable[[grpc.aio.ServicerContext, str | None], Any] | None,
+             method: str = "") -> Any:
+    """`handler` with its call's trace context set (`telemetry.server_span`) and `check(context)` (the
+    authentication, None for open methods) run before its behaviour; the principal is unbound after."""
+    guard = check or _no_check
+
+    def unbind(bound: Any) -> None:
+        if bound is not None:
+            unbind_principal(bound)
+
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            bound = await check(context)
+            authorization, traceparent = _call_headers(context)
+            span = server_span(method, traceparent)
             try:
-                return await inner(request, context)
+                bound = await guard(context, authorization)
+                try:
+                    return await inner(request, context)
+                finally:
+                    unbind(bound)
+            except BaseException as exc:
+                span.fail(exc)
+                raise
             finally:
-                unbind_principal(bound)
+                span.end()
         return handler._replace(unary_unary=unary_unary)
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            bound = await check(context)
+            authorization, traceparent = _call_headers(context)
+            span = server_span(method, traceparent)
             try:
-                return await inner_su(requests, context)
+                bound = await guard(context, authorization)
+                try:
+                    return await inner_su(requests, context)
+                finally:
+                    unbind(bound)
+            except BaseException as exc:
+                span.fail(exc)
+                raise
             finally:
-                unbind_principal(bound)
+                span.end()
         return handler._replace(stream_unary=stream_unary)
     kind = "unary_stream" if handler.unary_stream is not None else "stream_stream"
     inner_stream = getattr(handler, kind)
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        bound = await check(context)
+        authorization, traceparent = _call_headers(context)
+        span = server_span(method, traceparent)
         try:
-            result = inner_stream(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            else:  # a behaviour that writes with context.write and returns nothing
-                await result
+            bound = await guard(context, authorization)
+            try:
+                result = inner_stream(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:  # a behaviour that writes with context.write and returns nothing
+                    await result
+            finally:
+                unbind(bound)
+        except BaseException as exc:
+            span.fail(exc)
+            raise
         finally:
-            unbind_principal(bound)
+            span.end()
     return handler._replace(**{kind: streaming})
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    """A hand-made generic handler whose method handlers are wrapped like registered ones (on first use)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, auth: AuthInterceptor | None) -> None:
+        self.inner = inner
+        self.auth = auth
+        self.wrapped: dict[str, Any] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if method not in self.wrapped:
+            handler = self.inner.service(details)
+            if handler is None:
+                return None
+            self.wrapped[method] = _guarded(handler, self.auth.check(method) if self.auth is not None else None,
+                                            method)
+        return self.wrapped[method]
+
+
+class _Registrar:
+    """What a generated `add_*Servicer_to_server` gets instead of the server: it keeps the method
+    handlers, so `RpcServer.add` wraps each one once (authentication, trace context) and registers the
+    wrapped ones; calls then reach their handler without any interceptor."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # Generated code (grpcio-tools >= 1.63) passes the same handlers to add_registered_method_handlers
+        # too; these are used only when it does not (hand-made generic handlers).
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self.services.setdefault(service, {}).update(handlers)
 
 
 @dataclass(frozen=True)
@@ -235,19 +331,18 @@ class RpcServer:
     running: weakref.WeakSet[RpcServer] = weakref.WeakSet()
 
     def __init__(self, host: str, port: int, *, auth: Authenticator | None,
-                 tls: ServerTls | None = None, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+                 tls: ServerTls | None = None, interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                 options: Iterable[tuple[str, Any]] = ()) -> None:
         """`auth`: every call of an added service is authenticated and checked against the roles its RPC
         declares (see `add`; `auth.OPEN` = no token needed); None only where nothing but plumbing is
-        served (tests of this module)."""
+        served (tests of this module). `options`: more grpc server options (e.g. `grpc.so_reuseport`)."""
         self.address = f"{host}:{port}"
         self.tls = tls
-        # No spans for health checks: besides being noise, the OpenTelemetry aio interceptor breaks
-        # Health/Watch, which writes with context.write (opentelemetry-python-contrib#3066).
-        tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))
+        # No interceptors unless asked for: authentication and the trace context are wrapped around each
+        # method handler once, in `add` (an interceptor costs a coroutine and a handler lookup per call).
+        # Health and reflection are plumbing: open and untraced.
         self.auth = AuthInterceptor(auth) if auth is not None else None
-        guards = [self.auth] if self.auth is not None else []
-        self.server = grpc.aio.server(interceptors=[tracing, *guards, *interceptors],
-                                      options=CHANNEL_OPTIONS)
+        self.server = grpc.aio.server(interceptors=list(interceptors) or None, options=[*CHANNEL_OPTIONS, *options])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
@@ -266,7 +361,17 @@ class RpcServer:
             if roles is None:
                 raise ValueError(f"{service_name}: an authenticated server needs the roles of every RPC")
             self.auth.declare(service_name, roles)
-        register(servicer, self.server)
+        registrar = _Registrar()
+        register(servicer, registrar)  # type: ignore[arg-type]
+        if not registrar.services:
+            self.server.add_generic_rpc_handlers([_GuardedGeneric(g, self.auth) for g in registrar.generic])
+        for service, handlers in registrar.services.items():
+            wrapped = {}
+            for name, handler in handlers.items():
+                method = f"/{service}/{name}"
+                wrapped[name] = _guarded(handler, self.auth.check(method) if self.auth is not None else None, method)
+            self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+            self.server.add_registered_method_handlers(service, wrapped)
         self.service_names.append(service_name)
 
     async def start(self) -> int:

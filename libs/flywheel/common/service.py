@@ -26,10 +26,12 @@ class ServiceApp(Protocol):
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def run_service(name: str, settings: S, make_app: Callable[[S], ServiceApp]) -> None:
-    """Run one service process until it is told to stop."""
+def run_service(name: str, settings: S, make_app: Callable[[S], ServiceApp], *,
+                loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+    """Run one service process until it is told to stop; `loop_factory`: its event loop (e.g. uvloop's)."""
     setup_logging(name, settings.log_level, settings.log_json)
-    asyncio.run(_serve(name, settings, make_app))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(name, settings, make_app))
 
 
 async def _serve(name: str, settings: Any, make_app: Callable[[Any], ServiceApp]) -> None:

@@ -3,7 +3,8 @@
 A request's rows join the pending batch; the batch is scored when it holds `max_rows` rows or
 `max_wait_s` has passed since its first request, whichever comes first. While a batch is being
 scored, new requests accumulate for the next one, so batches grow with load and a lone request
-waits at most `max_wait_s`.
+waits at most `max_wait_s`. With `max_wait_s` 0 nobody waits on a clock: the batch takes what arrived
+by the next turn of the event loop (requests already received), so it costs a lone request nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class Batcher:
-    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float, stats: ModelStats | None = None) -> None:
+    def __init__(self, score: Score, *, max_rows: int, max_wait_s: float, stats: ModelStats | None = None,
+                 inline_rows: int = 0) -> None:
+        """`inline_rows`: batches of at most that many rows are scored on the event loop (a model cheaper
+        than the hop to a worker thread); larger ones in a worker thread."""
         self.score = score
+        self.inline_rows = inline_rows
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         # Executions, queue and compute times are counted here (the data plane counts the rest).
@@ -35,7 +40,7 @@ class Batcher:
     async def submit(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         if numeric.shape[0] >= self.max_rows:  # already a full batch on its own
             begin = time.perf_counter_ns()
-            scores = await asyncio.to_thread(self.score, numeric, categorical)
+            scores = await self._run(numeric, categorical)
             self.stats.executed(1, 0, time.perf_counter_ns() - begin)
             return scores
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -50,10 +55,13 @@ class Batcher:
     async def _flush_loop(self) -> None:
         while self._pending:
             if self._rows < self.max_rows:
-                try:
-                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
-                except TimeoutError:
-                    pass
+                if self.max_wait_s > 0:
+                    loop = asyncio.get_running_loop()
+                    timer = loop.call_later(self.max_wait_s, self._full.set)
+                    await self._full.wait()
+                    timer.cancel()
+                else:
+                    await asyncio.sleep(0)
             batch, taken = [], 0
             while self._pending and (not batch or taken + self._pending[0][0].shape[0] <= self.max_rows):
                 item = self._pending.pop(0)
@@ -66,7 +74,7 @@ class Batcher:
                 numeric = np.concatenate([b[0] for b in batch]) if len(batch) > 1 else batch[0][0]
                 categorical = np.concatenate([b[1] for b in batch]) if len(batch) > 1 else batch[0][1]
                 begin = time.perf_counter_ns()
-                scores = await asyncio.to_thread(self.score, numeric, categorical)
+                scores = await self._run(numeric, categorical)
                 self.stats.executed(len(batch), sum(begin - b[3] for b in batch), time.perf_counter_ns() - begin)
             except Exception as exc:  # every request of the batch gets the error
                 for _, _, future, _ in batch:
@@ -78,3 +86,8 @@ class Batcher:
                 if not future.done():
                     future.set_result(scores[start:start + n])
                 start += n
+
+    async def _run(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        if numeric.shape[0] <= self.inline_rows:
+            return self.score(numeric, categorical)
+        return await asyncio.to_thread(self.score, numeric, categorical)

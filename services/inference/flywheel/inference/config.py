@@ -60,10 +60,32 @@ class InferenceSettings(ServiceSettings):
         default_factory=dict, description="Per model share of requests logged to predictions.logged (JSON; "
                                           "default 1.0).")
     log_queue_size: int = Field(10_000, description="Prediction log events buffered before dropping.")
+    log_linger_ms: float = Field(
+        50.0, ge=0, description="How long prediction log events gather before a produce request (unless 500 are "
+                                "waiting): each request costs the event loop a fixed share, whatever it carries.")
     log_max_input_values: int = Field(
         100_000, description="Requests with more input values than this are logged without their inputs.")
     max_batch_size: int = Field(0, description="Adaptive batching: most rows scored at once (0 = off).")
-    max_batch_wait_ms: float = Field(2.0, description="Adaptive batching: longest wait for more rows.")
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, description="Adaptive batching: longest wait for more rows; 0 = no clock, a batch takes the "
+                               "requests already received (by the next turn of the event loop).")
+    inline_max_rows: int = Field(
+        64, ge=0, description="Requests (or batches) of at most this many rows are scored on the event loop, "
+                              "without a worker thread, when the model is cheap (inline_max_ms); 0 = never.")
+    inline_max_ms: float = Field(
+        1.0, ge=0, description="A model is cheap when one row scored in at most this long while it was warmed.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop of `python -m flywheel.inference`: uvloop (libuv; its sockets and "
+                              "callbacks cost less per request) or the standard asyncio loop.")
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op threads of each serving process (`python -m`); 0 = torch's default "
+                             "(one per core). Small models on few rows run slower with more: waking and joining "
+                             "the OpenMP threads costs more than the work (8 rows of the benchmark's MLP: ~0.1-0.6 ms "
+                             "with 2 threads, ~45 µs with 1). Use `workers` for the cores.")
+    workers: int = Field(
+        1, ge=1, description="Serving processes. More than 1: a supervisor runs that many workers sharing the gRPC "
+                             "and HTTP ports (SO_REUSEPORT), each with its own model copies, consumer and prediction "
+                             "logger; /metrics sums them. Use up to the cores the server may take.")
     db_schema: str = Field("inference", description="PostgreSQL schema (processed events of the consumer).")
     consumer_group: str = Field(
         default_factory=lambda: f"inference-{socket.gethostname()}",

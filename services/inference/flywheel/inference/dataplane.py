@@ -11,28 +11,23 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Histogram
 
 from flywheel.common.errors import InvalidArgument, NotFound, Unavailable
+from flywheel.common.events import new_hex_id
 from flywheel.common.supervise import HealthBoard
 from flywheel.inference.batching import Batcher
 from flywheel.inference.config import Route
 from flywheel.inference.features import FeatureClient, key_value, to_matrices
+from flywheel.inference.metrics import METRICS
 from flywheel.inference.model import LoadedModel
-from flywheel.inference.predlog import PredictionLog, sampled, tensor
+from flywheel.inference.predlog import PredictionLog, sampled, tensor_bytes
 from flywheel.inference.stats import StatsSnapshot
 
 log = logging.getLogger(__name__)
-
-REQUESTS = Counter("flywheel_inference_requests_total", "Inference requests.", ["model", "arm", "outcome"])
-ROWS = Counter("flywheel_inference_rows_total", "Rows scored.", ["model", "arm"])
-LATENCY = Histogram("flywheel_inference_latency_seconds", "Scoring time per request (incl. batching wait).",
-                    ["model", "arm"], buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5))
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 PROBABILITY, LABEL = "probability", "label"
@@ -161,12 +156,18 @@ def bucket(model: str, key: str) -> float:
 class DataPlane:
     def __init__(self, slots: dict[str, ModelSlot], predlog: PredictionLog, *, max_batch_size: int = 0,
                  max_batch_wait_ms: float = 2.0, server_name: str = "flywheel-inference",
-                 server_version: str = "0.1.0", features: FeatureClient | None = None) -> None:
+                 server_version: str = "0.1.0", features: FeatureClient | None = None,
+                 inline_max_rows: int = 64, inline_max_ms: float = 1.0) -> None:
+        """`inline_max_rows` / `inline_max_ms`: a request (or batch) of at most that many rows is scored on
+        the event loop itself when its version scores a row in at most that long (measured when loaded):
+        the hop to a worker thread and back costs more than such a model. Others go to a worker thread."""
         self.slots = slots
         self.features = features
         self.predlog = predlog
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_ms / 1000
+        self.inline_max_rows = inline_max_rows
+        self.inline_max_s = inline_max_ms / 1000
         self.server_name = server_name
         self.server_version = server_version
         self.started = False
@@ -295,11 +296,11 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         slot = self.slot(request.model_name)
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or new_hex_id()
         try:
             primary, arm, shadow = self._route(slot, request, request_id)
         except Exception as exc:  # no version to charge it to: only the metric counts it
-            REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
+            METRICS.failed(slot.name, "none", type(exc).__name__)
             raise
         try:
             wanted = self._wanted_outputs(request)
@@ -309,13 +310,11 @@ class DataPlane:
             probability = await self._score(slot, primary, prepared.numeric, prepared.categorical)
             infer_done = time.perf_counter_ns()
         except Exception as exc:
-            REQUESTS.labels(slot.name, "none", type(exc).__name__).inc()
+            METRICS.failed(slot.name, "none", type(exc).__name__)
             primary.stats.failed(start, time.perf_counter_ns())
             raise
         latency = (infer_done - start) / 1e9
-        REQUESTS.labels(slot.name, arm, "ok").inc()
-        ROWS.labels(slot.name, arm).inc(prepared.numeric.shape[0])
-        LATENCY.labels(slot.name, arm).observe(latency)
+        METRICS.arm(slot.name, arm).observe(len(probability), latency)
         label = (probability >= primary.threshold).astype(np.int64)
         outputs = {PROBABILITY: OutputTensor(PROBABILITY, "FP32", [len(probability)], probability),
                    LABEL: OutputTensor(LABEL, "INT64", [len(label)], label)}
@@ -481,14 +480,18 @@ class DataPlane:
 
     async def _score(self, slot: ModelSlot, m: LoadedModel, numeric: np.ndarray,
                      categorical: np.ndarray) -> np.ndarray:
+        inline = self.inline_max_rows if m.row_seconds <= self.inline_max_s else 0
         if self.max_batch_size > 0:
             batcher = m.batcher
             if batcher is None:  # one batcher per loaded version, gone with it
                 batcher = m.batcher = Batcher(m.score, max_rows=self.max_batch_size,
-                                              max_wait_s=self.max_batch_wait_s, stats=m.stats)
+                                              max_wait_s=self.max_batch_wait_s, stats=m.stats, inline_rows=inline)
             return await batcher.submit(numeric, categorical)  # the batcher counts the executions
         begin = time.perf_counter_ns()
-        probability = await asyncio.to_thread(m.score, numeric, categorical)
+        if numeric.shape[0] <= inline:
+            probability = m.score(numeric, categorical)
+        else:
+            probability = await asyncio.to_thread(m.score, numeric, categorical)
         m.stats.executed(1, 0, time.perf_counter_ns() - begin)
         return probability
 
@@ -503,11 +506,11 @@ class DataPlane:
             infer_done = time.perf_counter_ns()
         except Exception as exc:  # a failing shadow never affects the caller
             m.stats.failed(start, time.perf_counter_ns())
-            REQUESTS.labels(slot.name, "shadow", type(exc).__name__).inc()
+            METRICS.failed(slot.name, "shadow", type(exc).__name__)
             log.warning("shadow scoring failed", extra={"model": slot.name, "version": m.version, "error": repr(exc)})
             return
         m.stats.succeeded(len(probability), start, inputs_done, infer_done, time.perf_counter_ns())
-        REQUESTS.labels(slot.name, "shadow", "ok").inc()
+        METRICS.arm(slot.name, "shadow").observe(len(probability), (infer_done - start) / 1e9)
         if logged:
             try:
                 label = (probability >= m.threshold).astype(np.int64)
@@ -520,15 +523,15 @@ class DataPlane:
     def _inputs_log(self, inputs: list[InputTensor]) -> list | None:
         if sum(len(t.data) for t in inputs) > self.predlog.max_input_values:
             return None
-        return [tensor(t.name, t.datatype, t.data, list(t.shape)) for t in inputs]
+        return [tensor_bytes(t.name, t.datatype, t.data, list(t.shape)) for t in inputs]
 
     def _log(self, slot: ModelSlot, request: InferRequest, request_id: str, m: LoadedModel, arm: str,
              inputs: list | None, probability: np.ndarray, label: np.ndarray, latency: float,
              entity_ids: list[str]) -> None:
         self.predlog.log(
             request_id=request_id, model=slot.name, version=m.version, arm=arm, inputs=inputs,
-            outputs=[tensor(PROBABILITY, "FP32", probability, [len(probability)]),
-                     tensor(LABEL, "INT64", label, [len(label)])],
+            outputs=[tensor_bytes(PROBABILITY, "FP32", probability, [len(probability)]),
+                     tensor_bytes(LABEL, "INT64", label, [len(label)])],
             latency_ms=latency * 1000, sample_rate=slot.sample_rate, parameters=dict(request.parameters),
             entity_ids=entity_ids)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client import Gauge
 
 from flywheel.common.auth import ANONYMOUS, Authenticator, TokenStore
 from flywheel.common.clients.embedder import EmbedderClient
@@ -45,6 +48,7 @@ from flywheel.inference.openai_api import OpenAIDoor
 from flywheel.inference.predlog import SOURCE, PredictionLog
 from flywheel.inference.repository import Repository
 from flywheel.inference.rest import RestServer
+from flywheel.inference.workers import supervise, worker_index
 from flywheel.proto.inference import grpc_service_pb2 as pb
 from flywheel.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from flywheel.proto.inference.v1 import generation_service_pb2_grpc as generation_pb_grpc
@@ -77,24 +81,34 @@ class Applications:
         await self.guarding.close()
 
 
+# 1 while this process serves (summed by the supervisor when workers > 1: how many serve).
+SERVING = Gauge("flywheel_inference_serving", "1 while this inference process serves its front doors.")
+
+
 class InferenceApp:
     """The running inference server; `start` returns once both front doors serve (models that have a
     champion are loaded by then; others become ready when one is promoted), `stop` drains and closes."""
 
-    def __init__(self, settings: InferenceSettings, *, initial_load_timeout: float = 60.0) -> None:
+    def __init__(self, settings: InferenceSettings, *, initial_load_timeout: float = 60.0,
+                 freeze_gc: bool = False) -> None:
+        """`freeze_gc`: once serving, move every object alive (modules, models, clients) out of the garbage
+        collector's reach (`gc.freeze`), so a full collection scans what requests allocate, not the whole
+        heap: no multi-millisecond pauses in the latency tail. For a serving process (`main`), not tests."""
         settings.require_infrastructure()
         self.settings = settings
+        self.freeze_gc = freeze_gc
         self.initial_load_timeout = initial_load_timeout
         self.slots = {name: self._new_slot(name) for name in settings.models}
         self.publisher = BoundedPublisher(settings.kafka_bootstrap, name="inference-predictions",
-                                          max_queue=settings.log_queue_size,
+                                          max_queue=settings.log_queue_size, linger_s=settings.log_linger_ms / 1000,
                                           idempotent=settings.kafka_enable_idempotence)
         self.features = FeatureClient(settings.featurestore_addr, timeout_s=settings.feature_timeout_s,
                                       auth=settings.client_auth())
         self.dataplane = DataPlane(self.slots, PredictionLog(self.publisher,
                                                              max_input_values=settings.log_max_input_values),
                                    max_batch_size=settings.max_batch_size,
-                                   max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features)
+                                   max_batch_wait_ms=settings.max_batch_wait_ms, features=self.features,
+                                   inline_max_rows=settings.inline_max_rows, inline_max_ms=settings.inline_max_ms)
         registry = RegistryClient(settings.registry_addr, auth=settings.client_auth(),
                                   transfer_timeout=settings.load_timeout_s, keep_channel=True)
         # The doors' generation API (None when LLM serving is off); loads nothing until an LLM is promoted.
@@ -109,7 +123,10 @@ class InferenceApp:
         self.auth = Authenticator(TokenStore(self.db),
                                   anonymous=ANONYMOUS if settings.allow_anonymous_predict else None)
         self.generation_log = self._generation_log()
-        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls())
+        # Several workers bind the same ports (see workers.py).
+        shared_ports = settings.workers > 1
+        self.rpc = RpcServer(settings.grpc_host, settings.grpc_port, auth=self.auth, tls=settings.server_tls(),
+                             options=[("grpc.so_reuseport", 1 if shared_ports else 0)])
         self.dataplane.components = self.rpc.components
         self.embedder = EmbedderClient(settings.embedder_addr, auth=settings.client_auth(),
                                        timeout=settings.embedder_timeout_s) if settings.embedder_addr else None
@@ -137,7 +154,7 @@ class InferenceApp:
                                  generation_log=self.generation_log, cache=self.llm_cache)
         routes = self.openai.routes() + (self.apps.door.routes() if self.apps is not None else [])
         self.rest = RestServer(self.dataplane, settings.http_host, settings.http_port, authenticator=self.auth,
-                               tls=settings.server_tls(), extra_routes=routes)
+                               tls=settings.server_tls(), extra_routes=routes, reuse_port=shared_ports)
 
     def _generation_log(self) -> GenerationLog | None:
         """Every generation (models and applications, both doors) to predictions.logged, with a cost estimate."""
@@ -196,12 +213,17 @@ class InferenceApp:
         await self.rpc.start()
         await self.rest.start()
         self.dataplane.started = True
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
+        SERVING.set(1)
         log.info("inference serving", extra={"grpc": self.grpc_address, "http": self.http_address,
                                              "models": {n: s.champion.version if s.champion else None
                                                         for n, s in self.slots.items()}})
 
     async def stop(self) -> None:
         self.dataplane.started = False
+        SERVING.set(0)
         await self.rest.stop()
         await self.rpc.stop()
         await self.dataplane.drain()
@@ -231,4 +253,16 @@ def main(argv: list[str] | None = None) -> None:
         settings.grpc_port = args.grpc_port
     if args.http_port is not None:
         settings.http_port = args.http_port
-    run_service("inference", settings, InferenceApp)
+    if settings.workers > 1 and worker_index() is None:
+        supervise(settings)
+        return
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    run_service("inference", settings, lambda s: InferenceApp(s, freeze_gc=True), loop_factory=loop_factory)
