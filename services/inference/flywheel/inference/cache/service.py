@@ -132,10 +132,6 @@ class Lookup:
     def hit(self) -> bool:
         return self.answer is not None
 
-    @property
-    def header(self) -> str:
-        return self.kind if self.hit else MISS
-
 
 class ResponseCache:
     def __init__(self, settings: CacheSettings, store: CacheStore | None = None,
@@ -149,7 +145,6 @@ class ResponseCache:
         self._evictions: set[asyncio.Task] = set()
         self._purger: asyncio.Task | None = None
         self._seen: dict[str, int] = {}  # the version of each model the last request was served by
-        self.write_failures = 0
 
     @classmethod
     def disabled(cls) -> ResponseCache:
@@ -342,7 +337,6 @@ class ResponseCache:
             await self.store.put(lookup.key, lookup.context if lookup.vector is not None else None,
                                  lookup.question, lookup.vector, answer)
         except Exception as exc:
-            self.write_failures += 1
             ERRORS.labels("write").inc()
             log.warning("response cache write failed", extra={"error": repr(exc)})
 
