@@ -132,6 +132,11 @@ class Lookup:
     def hit(self) -> bool:
         return self.answer is not None
 
+    @property
+    def header(self) -> str:
+        """What `x-flywheel-cache` says for this request: exact, semantic or miss."""
+        return self.kind if self.hit else MISS
+
 
 class ResponseCache:
     def __init__(self, settings: CacheSettings, store: CacheStore | None = None,
