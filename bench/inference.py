@@ -70,19 +70,17 @@ MLSERVER, MLSERVER_BEST, NOOP = "mlserver", "mlserver_best", "noop"
 FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or '{"workers": "1"}')
 WORKERS = 2
 BATCHING_SETTINGS = {"max_batch_size": "32", "max_batch_wait_ms": "0"}
-# A peer for probing one more MLServer setting by hand (BENCH_INFERENCE_PEERS=...,mlserver_best and
-# BENCH_INFERENCE_MLSERVER_BEST='{"settings": {...}, "model": {...}}'); not part of a default run.
+# MLServer's other candidate for its best setting here, a peer of every case: adaptive batching (16 rows,
+# 1 ms). Against parallel_workers 0 without batching (the `mlserver` peer, as the first comparison ran it) it
+# won some concurrent cases in some runs and lost the sequential ones; parallel_workers 1 and 2 lost every
+# time (probe table). BENCH_INFERENCE_MLSERVER_BEST='{"settings": {...}, "model": {...}}' tries another.
 _BEST = json.loads(os.environ.get("BENCH_INFERENCE_MLSERVER_BEST", "") or "{}")
-MLSERVER_BEST_SETTINGS: dict[str, Any] = _BEST.get("settings", {"parallel_workers": 2})
-MLSERVER_BEST_MODEL: dict[str, Any] = _BEST.get("model", {})
-# MLServer's other settings, tried on the 8-caller cases after the main measurement (one run each): the
-# best one's row is the comparison MLServer gets at its best. parallel_workers 0 won every time here, so
-# the main MLServer row is already its best setting (the `mlserver_best` peer is for probes of others).
+MLSERVER_BEST_SETTINGS: dict[str, Any] = _BEST.get("settings", {"parallel_workers": 0})
+MLSERVER_BEST_MODEL: dict[str, Any] = _BEST.get("model", {"max_batch_size": 16, "max_batch_time": 0.001})
+# MLServer's other settings, tried on the 8-caller cases after the main measurement (one run each).
 MLSERVER_PROBES: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
     ("parallel_workers 1 (MLServer's default)", {"parallel_workers": 1}, {}),
     ("parallel_workers 2", {"parallel_workers": 2}, {}),
-    ("adaptive batching: max_batch_size 16, max_batch_time 1 ms", {"parallel_workers": 0},
-     {"max_batch_size": 16, "max_batch_time": 0.001}),
 )
 
 
@@ -108,9 +106,8 @@ PEERS = (
     Peer(FLYWHEEL_BATCHING, f"Flywheel (logging on, batching {BATCHING_SETTINGS['max_batch_size']} rows / "
                             f"{BATCHING_SETTINGS['max_batch_wait_ms']} ms)", "flywheel", True,
          tuple({**FLYWHEEL_SETTINGS, **BATCHING_SETTINGS}.items())),
-    Peer(MLSERVER, "MLServer 1.7.1 (parallel_workers 0: its best here)", "mlserver",
-         settings=(("parallel_workers", 0),)),
-    Peer(MLSERVER_BEST, f"MLServer 1.7.1 best ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})})",
+    Peer(MLSERVER, "MLServer 1.7.1 (parallel_workers 0)", "mlserver", settings=(("parallel_workers", 0),)),
+    Peer(MLSERVER_BEST, f"MLServer 1.7.1 ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})})",
          "mlserver", settings=tuple(MLSERVER_BEST_SETTINGS.items()), model_settings=tuple(MLSERVER_BEST_MODEL.items())),
     Peer(NOOP, "no-op OIP server (ceiling)", "noop"),
 )
@@ -542,10 +539,9 @@ async def champion_registry(ctx: Context, scratch: Path) -> AsyncIterator[tuple[
 
 
 def chosen_peers() -> list[Peer]:
-    """PEERS but the best-MLServer probe peer, or those named in BENCH_INFERENCE_PEERS (comma-separated keys;
-    for quick looks, not results)."""
+    """PEERS, or those named in BENCH_INFERENCE_PEERS (comma-separated keys; for quick looks, not results)."""
     wanted = [k for k in os.environ.get("BENCH_INFERENCE_PEERS", "").split(",") if k]
-    return [p for p in PEERS if (p.key in wanted if wanted else p.key != MLSERVER_BEST)]
+    return [p for p in PEERS if not wanted or p.key in wanted]
 
 
 async def probe_mlserver(ctx: Context, driver: Driver, model_pt: bytes, scratch: Path, plan: list[Case],
@@ -742,7 +738,7 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
 
     main_table = markdown_table(
         ["case", "server", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "throughput / p99 vs MLServer",
-         "throughput vs MLServer best", "of ceiling"],
+         "throughput vs MLServer batching", "of ceiling"],
         [[case.label, LABELS[key], thousands(table[key, case]["req_per_s"]), significant(table[key, case]["p50_ms"]),
           significant(table[key, case]["p99_ms"]), significant(table[key, case]["server_cpu_ms_per_req"]),
           *versus(key, case)] for case in plan for key in keys],
@@ -770,7 +766,7 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         target_rows.append(cells)
     target_table = markdown_table(
         ["case", "Flywheel (logging on) req/s", "throughput target", "p99 <= MLServer's",
-         *(["throughput target vs MLServer best", "p99 <= MLServer best's"] if MLSERVER_BEST in keys else []),
+         *(["throughput target vs MLServer batching", "p99 <= MLServer batching's"] if MLSERVER_BEST in keys else []),
          "logging cost < 10%"],
         target_rows, right=(1,))
     batching_table = markdown_table(
@@ -782,9 +778,9 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
     probe_cases = [c for c in plan if c.callers == CONCURRENCY and c.rows == 1 and (MLSERVER, c) in table]
     probe_table = markdown_table(
         ["MLServer 1.7.1 setting", *(f"{c.label}: req/s (p99 ms)" for c in probe_cases)],
-        [["parallel_workers 0 (the MLServer row above; median of the runs)",
-          *(f"{thousands(table[MLSERVER, c]['req_per_s'])} ({significant(table[MLSERVER, c]['p99_ms'])})"
-            for c in probe_cases)]]
+        [[f"{LABELS[k]} (the row above; median of the runs)",
+          *(f"{thousands(table[k, c]['req_per_s'])} ({significant(table[k, c]['p99_ms'])})" for c in probe_cases)]
+         for k in (MLSERVER, MLSERVER_BEST) if k in keys]
         + [[p["setting"], *((f"{thousands(p[c.tag]['req_per_s'])} ({significant(p[c.tag]['p99_ms'])})"
                              if c.tag in p else p.get("error", "")) for c in probe_cases)] for p in probes],
         right=range(1, 1 + len(probe_cases))) if probes and probe_cases else ""
@@ -801,10 +797,10 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
     summary = (
         f"Targets (every case, logging on): throughput >= 2x MLServer's (or >= 0.9x the no-op ceiling where the "
         f"ceiling is below 2x MLServer), p99 <= MLServer's, logging cost < 10%. All three met in "
-        f"{passed['vs_mlserver']} of {n} cases against MLServer at its best setting here (parallel_workers 0; the "
-        "others tried are in the probe table)"
-        + (f" and in {passed['vs_mlserver_best']} of {n} against the probed setting" if "vs_mlserver_best" in passed
-           else "") + ". The logging-on server answered "
+        f"{passed['vs_mlserver']} of {n} cases against MLServer with parallel_workers 0 (as first compared)"
+        + (f" and in {passed['vs_mlserver_best']} of {n} against MLServer with adaptive batching "
+           f"({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})}); parallel_workers 1 and 2: probe table"
+           if "vs_mlserver_best" in passed else "") + ". The logging-on server answered "
         f"{requests_logged:,.0f} requests and published {published:,.0f} predictions.logged events "
         f"({dropped:,.0f} dropped).")
     notes = (
@@ -817,11 +813,13 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         "to champion); logging on = sample rate 1.0 to predictions.logged on the run's broker (fire-and-forget "
         "BoundedPublisher, batched produce), off = sample rate 0; batching = "
         f"{_describe(BATCHING_SETTINGS)}. MLServer 1.7.1 in its own venv (mlserver_runtime/.venv, {venv}): "
-        "parallel_workers 0 (inference on the main process' event loop, as first compared), its best setting "
-        f"here: {'; '.join(label for label, _, _ in MLSERVER_PROBES)} were tried on the 8-caller cases after "
+        "parallel_workers 0 (inference on the main process' event loop, as first compared) and with adaptive "
+        f"batching ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})}); "
+        f"{'; '.join(label for label, _, _ in MLSERVER_PROBES)} were tried on the 8-caller cases after "
         "the main measurement (probe table); debug off, metrics on a free "
         "port; custom runtime bench/mlserver_runtime/bench_torchscript.py: torch.jit.load + the same forward under "
-        "inference_mode. No-op: bench/noop_server.py (grpc.aio canned ModelInfer answer + uvicorn/httptools bare "
+        "inference_mode with one torch thread (as Flywheel's torch_threads default). No-op: bench/noop_server.py "
+        "(grpc.aio canned ModelInfer answer + uvicorn/httptools bare "
         "ASGI canned REST answer, one process): the ceiling of this load on this machine. Load: tritonclient 2.x "
         "(grpc + http) in one driver subprocess, one client per thread; input 'numeric' FP32 [rows, 30], output "
         "'probability' only; REST uses JSON tensors both ways (MLServer does not accept the binary extension), "
