@@ -98,7 +98,10 @@ async def test_a_promoted_adapter_answers_as_corrected(apps, infra, registry, pr
                 return False
             return found.dataset.examples == 8
 
-        await polling.eventually(eight, what=f"{APP}'s 8 examples")
+        # A fresh consumer group reads the review and retrain topics from the start: in a full session it first
+        # works through every earlier test's events (several dead-lettered after their retries), so the barrier
+        # allows as long as the run's own.
+        await polling.eventually(eight, timeout=180, what=f"{APP}'s 8 examples")
         run = (await stub.StartRun(pb.StartRunRequest(application=APP))).run
 
         async def done() -> pb.Run | None:
