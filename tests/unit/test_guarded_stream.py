@@ -32,7 +32,7 @@ class ScriptedGuard(ContentGuard):
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
 
     async def check_input(self, application: str, text: str, *, request_id: str = "", context: Any = ()) -> Any:
-        raise NotImplementedError
+        raise AssertionError("a GuardedStream checks output only: check_input must not be called")
 
     async def check_output(self, application: str, text: str, *, request_id: str = "", user_input: str = "",
                            context: Any = (), passed_text: str = "", final: bool = True) -> GuardVerdict:
