@@ -132,7 +132,8 @@ def time_calls(fn: Any, texts: list[str], repeats: int) -> list[float]:
 
 def in_process(texts: dict[str, list[str]], repeats: int) -> dict[str, dict[str, dict[str, float]]]:
     """Per size: the whole input and output checks without gRPC, and each rail on its own."""
-    from flywheel.guard import checks, grounding, pii, signals
+    from flywheel.common import grounding, pii
+    from flywheel.guard import checks, signals
     from flywheel.guard import detectors as det
     from flywheel.guard.policy import parse
 

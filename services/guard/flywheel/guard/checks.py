@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter, Histogram
 
-from flywheel.common import pii
+from flywheel.common import grounding, pii
 from flywheel.common.errors import InvalidArgument, Unavailable
-from flywheel.guard import grounding
 from flywheel.guard.detectors import Detectors
 from flywheel.guard.policy import BLOCKING, ESCALATING, PolicyDocument, Rail
 from flywheel.guard.signals import Signals, signals

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.guard import features, grounding
+from flywheel.common import grounding
+from flywheel.guard import features
 
 FORMAT = "flywheel-guard-detectors/1"
 HEADS = ("injection", "toxicity", "investment_advice", "other_customer_data")

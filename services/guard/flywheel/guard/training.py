@@ -27,7 +27,8 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from flywheel.guard import features, grounding, signals
+from flywheel.common import grounding
+from flywheel.guard import features, signals
 from flywheel.guard.detectors import HEADS, Detectors
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -17,6 +17,7 @@ class PredictionArm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTION_ARM_CHAMPION: _ClassVar[PredictionArm]
     PREDICTION_ARM_CHALLENGER: _ClassVar[PredictionArm]
     PREDICTION_ARM_SHADOW: _ClassVar[PredictionArm]
+    PREDICTION_ARM_EVALUATION: _ClassVar[PredictionArm]
 
 class FeedbackSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ PREDICTION_ARM_UNSPECIFIED: PredictionArm
 PREDICTION_ARM_CHAMPION: PredictionArm
 PREDICTION_ARM_CHALLENGER: PredictionArm
 PREDICTION_ARM_SHADOW: PredictionArm
+PREDICTION_ARM_EVALUATION: PredictionArm
 FEEDBACK_SOURCE_UNSPECIFIED: FeedbackSource
 FEEDBACK_SOURCE_GROUND_TRUTH: FeedbackSource
 FEEDBACK_SOURCE_REVIEWER: FeedbackSource

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.flywheel/inference/v1/generation_service.proto\x12\x15\x66lywheel.inference.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xaa\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xb5\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x08messages\x18\x02 \x01(\x0b\x32\x1f.flywheel.inference.v1.MessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x35\n\x06params\x18\x04 \x01(\x0b\x32%.flywheel.inference.v1.SamplingParams\x12\x0c\n\x04user\x18\x05 \x01(\tB\x07\n\x05input\"@\n\x08Messages\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\".flywheel.inference.v1.ChatMessage\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\x05\"\xcd\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.flywheel.inference.v1.Usage\x12\x1d\n\x15time_to_first_token_s\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x32\n\tcitations\x18\t \x03(\x0b\x32\x1f.flywheel.inference.v1.Citation\x12\x0f\n\x07refused\x18\n \x01(\x08\x12\x34\n\x06prompt\x18\x0b \x01(\x0b\x32$.flywheel.inference.v1.PromptVersion\"\x93\x01\n\x08\x43itation\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07section\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x12\n\nsimilarity\x18\x08 \x01(\x01\".\n\rPromptVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32r\n\x11GenerationService\x12]\n\x08Generate\x12&.flywheel.inference.v1.GenerateRequest\x1a\'.flywheel.inference.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.flywheel/inference/v1/generation_service.proto\x12\x15\x66lywheel.inference.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xaa\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xe4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x08messages\x18\x02 \x01(\x0b\x32\x1f.flywheel.inference.v1.MessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x35\n\x06params\x18\x04 \x01(\x0b\x32%.flywheel.inference.v1.SamplingParams\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\x05\x12\x16\n\x0eprompt_version\x18\x07 \x01(\x05\x42\x07\n\x05input\"@\n\x08Messages\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\".flywheel.inference.v1.ChatMessage\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\x05\"\xcd\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.flywheel.inference.v1.Usage\x12\x1d\n\x15time_to_first_token_s\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x32\n\tcitations\x18\t \x03(\x0b\x32\x1f.flywheel.inference.v1.Citation\x12\x0f\n\x07refused\x18\n \x01(\x08\x12\x34\n\x06prompt\x18\x0b \x01(\x0b\x32$.flywheel.inference.v1.PromptVersion\"\x93\x01\n\x08\x43itation\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07section\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x12\n\nsimilarity\x18\x08 \x01(\x01\".\n\rPromptVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32r\n\x11GenerationService\x12]\n\x08Generate\x12&.flywheel.inference.v1.GenerateRequest\x1a\'.flywheel.inference.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=120
   _globals['_SAMPLINGPARAMS']._serialized_end=290
   _globals['_GENERATEREQUEST']._serialized_start=293
-  _globals['_GENERATEREQUEST']._serialized_end=474
-  _globals['_MESSAGES']._serialized_start=476
-  _globals['_MESSAGES']._serialized_end=540
-  _globals['_USAGE']._serialized_start=542
-  _globals['_USAGE']._serialized_end=651
-  _globals['_GENERATERESPONSE']._serialized_start=654
-  _globals['_GENERATERESPONSE']._serialized_end=987
-  _globals['_CITATION']._serialized_start=990
-  _globals['_CITATION']._serialized_end=1137
-  _globals['_PROMPTVERSION']._serialized_start=1139
-  _globals['_PROMPTVERSION']._serialized_end=1185
-  _globals['_GENERATIONSERVICE']._serialized_start=1187
-  _globals['_GENERATIONSERVICE']._serialized_end=1301
+  _globals['_GENERATEREQUEST']._serialized_end=521
+  _globals['_MESSAGES']._serialized_start=523
+  _globals['_MESSAGES']._serialized_end=587
+  _globals['_USAGE']._serialized_start=589
+  _globals['_USAGE']._serialized_end=698
+  _globals['_GENERATERESPONSE']._serialized_start=701
+  _globals['_GENERATERESPONSE']._serialized_end=1034
+  _globals['_CITATION']._serialized_start=1037
+  _globals['_CITATION']._serialized_end=1184
+  _globals['_PROMPTVERSION']._serialized_start=1186
+  _globals['_PROMPTVERSION']._serialized_end=1232
+  _globals['_GENERATIONSERVICE']._serialized_start=1234
+  _globals['_GENERATIONSERVICE']._serialized_end=1348
 # @@protoc_insertion_point(module_scope)

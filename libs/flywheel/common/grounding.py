@@ -1,4 +1,5 @@
-"""Groundedness of an answer against the retrieved chunks it was generated from, by lexical support.
+"""Groundedness of an answer against the chunks it was generated from, by lexical support (shared by the
+guard's groundedness rail, the evaluator's LLM metrics and online scoring).
 
 An answer is split into sentences; sentences that need no source (greetings, offers of more help)
 are skipped. A sentence's support is the share of its content words (stop words dropped, words
