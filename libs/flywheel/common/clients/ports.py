@@ -194,3 +194,49 @@ class ContentGuard(abc.ABC):
     async def close(self) -> None:
         """Release what the adapter holds open."""
         return None
+
+
+@dataclass
+class GeneratedCitation:
+    chunk_id: str
+    document_id: str
+    title: str
+    score: float
+
+
+@dataclass
+class GeneratedAnswer:
+    """One whole generation (the stream collected), as inference answered it."""
+
+    text: str
+    finish_reason: str
+    # The version that answered, and for applications the prompt template version used.
+    model: str
+    model_version: int
+    prompt_name: str
+    prompt_version: int
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float
+    # Wall time of the whole call, measured by the client.
+    latency_s: float
+    # Applications: the chunks the answer cites, and whether it declined for want of a supporting passage.
+    citations: list[GeneratedCitation]
+    refused: bool
+    request_id: str
+
+
+class TextGenerator(abc.ABC):
+    """Chat answers from inference (a served LLM, adapter or application), optionally pinned to versions."""
+
+    @abc.abstractmethod
+    async def generate(self, model: str, messages: Sequence[dict[str, str]], *, max_tokens: int = 0,
+                       temperature: float | None = None, seed: int | None = None, model_version: int = 0,
+                       prompt_version: int = 0, user: str = "") -> GeneratedAnswer:
+        """Answer `messages` with `model` (an LLM, adapter or application name). `model_version` /
+        `prompt_version` pin a version instead of what is served (evaluation traffic: no cache, logged
+        with arm EVALUATION); 0 = what is served."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds open."""
+        return None
