@@ -41,18 +41,20 @@ class GenerationClient(ServiceClient, TextGenerator):
             request.params.seed = seed
         started = time.monotonic()
         parts: list[str] = []
-        last = pb.GenerateResponse()
+        first = last = pb.GenerateResponse()  # the first message names the version, the last has the totals
         async with self._connection.stub() as stub:
             try:
                 async for chunk in stub.Generate(request, timeout=self.timeout):
+                    if not parts:
+                        first = chunk
                     parts.append(chunk.text)
                     last = chunk
             except grpc.aio.AioRpcError as exc:
                 raise rpc.domain_error(SERVICE, self.address, exc) from exc
         return GeneratedAnswer(
-            text="".join(parts), finish_reason=last.finish_reason, model=last.model,
-            model_version=last.model_version, prompt_name=last.prompt.name, prompt_version=last.prompt.version,
+            text="".join(parts), finish_reason=last.finish_reason, model=first.model,
+            model_version=first.model_version, prompt_name=first.prompt.name, prompt_version=first.prompt.version,
             prompt_tokens=last.usage.prompt_tokens, completion_tokens=last.usage.completion_tokens,
             time_to_first_token_s=last.time_to_first_token_s, latency_s=time.monotonic() - started,
             citations=[GeneratedCitation(c.chunk_id, c.document_id, c.title, c.score) for c in last.citations],
-            refused=last.refused, request_id=last.request_id)
+            refused=last.refused, request_id=first.request_id)
