@@ -121,3 +121,12 @@ def features_of(judged: Sequence[SentenceSupport]) -> np.ndarray:
     numbers = sum(s.unsupported_numbers for s in judged)
     return np.array([1 - supports.min(), 1 - supports.mean(), min(numbers, 3) / 3, float(numbers > 0),
                      float(np.mean(supports < WEAK)), min(len(judged), 10) / 10], dtype=np.float64)
+
+
+def groundedness(answer: str, sources: Sequence[str]) -> float | None:
+    """Share of the answer's claim sentences that the sources support (support >= WEAK and every number
+    found in them): 1.0 = every claim grounded. None when the answer makes no claim (a refusal, filler)."""
+    judged = judge([answer[s:e] for s, e in sentences(answer)], sources).sentences
+    if not judged:
+        return None
+    return sum(1 for s in judged if s.support >= WEAK and not s.unsupported_numbers) / len(judged)
