@@ -44,8 +44,31 @@ class EvaluatorSettings(ServiceSettings):
     min_slice_rows: int = Field(50, gt=0, description="Smallest slice (feature = value) that gets its own metrics.")
     poll_interval: float = Field(1.0, gt=0, description="How often the worker looks for queued evaluations.")
     torch_threads: int = Field(1, gt=0, description="CPU threads used to score.")
+    # -- the LLM gate -----------------------------------------------------------------------------
+    llm: bool = Field(True, description="Evaluate LLM versions (adapters, LLMs, distilled students, prompt templates) "
+                                        "tagged with an application that has a golden set.")
+    golden_dir: Path | None = Field(
+        None, description="Directory of golden sets (*.yaml) pushed on start (a new version only when one's content "
+                          "changed); unset = none. `make run` sets it from the installed projects' settings.")
+    inference_addr: str = shared(  # type: ignore[assignment]
+        "inference_addr", "127.0.0.1:8001", "Inference gRPC address (FLYWHEEL_INFERENCE_ADDR): answers the questions.")
+    embedder_addr: str = shared(  # type: ignore[assignment]
+        "embedder_addr", "127.0.0.1:50055", "Embedder gRPC address (FLYWHEEL_EMBEDDER_ADDR): semantic similarity.")
+    guard_addr: str = shared(  # type: ignore[assignment]
+        "guard_addr", "127.0.0.1:50059", "Guard gRPC address (FLYWHEEL_GUARD_ADDR): toxicity of answers.")
+    semantic_similarity: bool = Field(
+        True, description="Score answer correctness by embedding similarity too (through the embedder); off or "
+                          "embedder down = token F1 only (the report says which).")
+    toxicity: bool = Field(True, description="Score answers' toxicity with the guard's output check; off or guard "
+                                             "down = omitted (the report says so).")
+    generation_timeout: float = Field(300.0, gt=0, description="Deadline of one pinned generation (loading the "
+                                                               "pinned version on demand included), in seconds.")
+    llm_concurrency: int = Field(2, gt=0, description="Questions in flight at once per evaluation arm.")
+    price_per_1k_prompt_tokens: float = Field(
+        0.0005, ge=0, description="Cost of 1,000 prompt tokens (cost_per_answer; e.g. the serving cost of the CPU).")
+    price_per_1k_completion_tokens: float = Field(0.0015, ge=0, description="Cost of 1,000 completion tokens.")
 
-    @field_validator("specs_dir", mode="before")
+    @field_validator("specs_dir", "golden_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -9,6 +9,9 @@ labels up to `max_wait_seconds`) -> point-in-time features from the feature stor
 score the same rows -> metrics, slices, calibration, gate -> the report and evaluations.completed
 in one transaction (outbox). A crash before that commit leaves the evaluation `running`; start-up
 queues it again, so it is completed exactly once.
+
+LLM versions (adapters, LLMs, distilled students, prompt templates) tagged with an application that has a
+golden set go through the same queue, worker and completion; llm_evaluation.py does the judging.
 """
 
 from __future__ import annotations
@@ -29,13 +32,21 @@ from psycopg import AsyncConnection
 
 from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
-from flywheel.common.errors import FlywheelError, InvalidArgument, NotFound, PoisonEvent, Unavailable
+from flywheel.common.errors import (
+    FailedPrecondition,
+    FlywheelError,
+    InvalidArgument,
+    NotFound,
+    PoisonEvent,
+    Unavailable,
+)
 from flywheel.common.events import Event
 from flywheel.common.jobs import JobScheduler
 from flywheel.common.outbox import enqueue
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
-from flywheel.evaluator.store import EVALUATION_QUEUE, EvaluationRow, EvaluatorStore, Label
+from flywheel.evaluator.llm_evaluation import LLM_KINDS, LlmEvaluations
+from flywheel.evaluator.store import EVALUATION_QUEUE, LLM, EvaluationRow, EvaluatorStore, Label
 from flywheel.predictive.scoring import ScoringModel, load_model
 from flywheel.predictive.spec import ModelSpec, SpecCatalog, entity_keys
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
@@ -106,9 +117,10 @@ class Evaluator:
     def __init__(self, db: Database, catalog: SpecCatalog, features: FeatureSource, registry: ModelRegistry, *,
                  max_rows: int = 5000, min_rows: int = 200, min_positives: int = 5, max_wait_seconds: float = 300.0,
                  label_poll_seconds: float = 10.0, lookback_seconds: float = 7 * 86400.0, min_slice_rows: int = 50,
-                 poll_interval: float = 1.0, max_concurrent: int = 2) -> None:
+                 poll_interval: float = 1.0, max_concurrent: int = 2, llm: LlmEvaluations | None = None) -> None:
         self.db = db
         self.store = EvaluatorStore(db)
+        self.llm = llm
         self.catalog = catalog
         self.features = features
         self.registry = registry
@@ -146,6 +158,8 @@ class Evaluator:
         Returns the evaluation id, or None when the version is not for this evaluator (another kind,
         no model spec) or this event already queued one.
         """
+        if registered.kind in LLM_KINDS and self.llm is not None:
+            return await self._queue_llm(conn, event_id, registered, source)
         if registered.kind != common_pb2.MODEL_KIND_PREDICTIVE:
             REGISTERED.labels("other_kind").inc()
             return None
@@ -174,11 +188,34 @@ class Evaluator:
         self.wake()  # the worker also hears the NOTIFY sent when this transaction commits
         return row.id
 
+    async def _queue_llm(self, conn: AsyncConnection, event_id: str, registered: models_pb2.ModelRegistered,
+                         source: str) -> str | None:
+        assert self.llm is not None
+        row = self.llm.row_for(registered, event_id, source)
+        reason = await self.llm.skip_reason(conn, registered)
+        if reason:
+            REGISTERED.labels(reason).inc()
+            log.info("LLM version not evaluated", extra={"model": row.model_name, "version": row.candidate_version,
+                                                         "reason": reason})
+            return None
+        if not await self.store.queue(conn, row):
+            REGISTERED.labels("duplicate").inc()
+            return None
+        REGISTERED.labels("queued_llm").inc()
+        log.info("LLM evaluation queued", extra={"evaluation_id": row.id, "model": row.model_name,
+                                                 "version": row.candidate_version})
+        self.wake()
+        return row.id
+
     # -- the Evaluate RPC and reads ------------------------------------------------------------
 
     async def evaluate_now(self, request: EvaluationRequest) -> EvaluationRow:
         """Run an evaluation now, without waiting for labels (too few -> verdict ERROR), emit it, return it."""
         check_request(request)
+        if self.llm is not None:
+            candidate = await self.registry.get_version(request.model_name, request.candidate_version)
+            if candidate is not None and candidate.kind in LLM_KINDS:
+                return await self._evaluate_llm_now(request, candidate)
         self.catalog.get(request.model_name)  # NotFound / InvalidArgument before anything is stored
         if await self.registry.get_version(request.model_name, request.candidate_version) is None:
             raise NotFound(f"model {request.model_name!r} has no version {request.candidate_version} in the registry")
@@ -189,6 +226,19 @@ class Evaluator:
         row = await self.store.create_running(EvaluationRow(
             id=str(uuid.uuid4()), model_name=request.model_name, candidate_version=request.candidate_version,
             requested_baseline=request.baseline_version, requested_by=request.requested_by))
+        await self._execute(row, wait=False)
+        return await self.store.get(row.id)
+
+    async def _evaluate_llm_now(self, request: EvaluationRequest, candidate: reg.ModelVersion) -> EvaluationRow:
+        assert self.llm is not None
+        await self.llm.check_evaluable(candidate)
+        if request.baseline_version and await self.registry.get_version(
+                request.model_name, request.baseline_version) is None:
+            raise NotFound(f"model {request.model_name!r} has no version {request.baseline_version} (baseline) "
+                           "in the registry")
+        row = await self.store.create_running(EvaluationRow(
+            id=str(uuid.uuid4()), model_name=request.model_name, candidate_version=request.candidate_version,
+            requested_baseline=request.baseline_version, requested_by=request.requested_by, kind=LLM))
         await self._execute(row, wait=False)
         return await self.store.get(row.id)
 
@@ -271,18 +321,15 @@ class Evaluator:
     async def _evaluate(self, row: EvaluationRow,
                         found: dict[str, common_pb2.Lineage]) -> tuple[EvaluationRow, common_pb2.Lineage]:
         """One attempt; NotReady / Unavailable when waiting may help, another FlywheelError when not."""
+        if row.kind == LLM:
+            return await self._evaluate_llm(row, found)
         spec = self.catalog.get(row.model_name)
         candidate = await self._version(row.model_name, row.candidate_version)
         if candidate is None:
             raise NotFound(f"model {row.model_name!r} has no version {row.candidate_version} in the registry")
         found["lineage"] = candidate.lineage
         row.report["candidate"] = {"version": candidate.version, "tags": dict(candidate.tags)}
-        if row.requested_baseline:
-            baseline = await self._version(row.model_name, row.requested_baseline)
-            if baseline is None:
-                raise NotFound(f"model {row.model_name!r} has no version {row.requested_baseline} (baseline)")
-        else:
-            baseline = await self._version(row.model_name, alias=CHAMPION)
+        baseline = await self._baseline(row)
         row.baseline_version = baseline.version if baseline is not None else 0
 
         as_of = datetime.now(UTC)
@@ -314,6 +361,29 @@ class Evaluator:
                      "max_rows": self.max_rows},
             "baseline_version": row.baseline_version,
         })
+        return row, candidate.lineage
+
+    async def _baseline(self, row: EvaluationRow) -> reg.ModelVersion | None:
+        """The version asked for, else the champion (None: there is none)."""
+        if row.requested_baseline:
+            baseline = await self._version(row.model_name, row.requested_baseline)
+            if baseline is None:
+                raise NotFound(f"model {row.model_name!r} has no version {row.requested_baseline} (baseline)")
+            return baseline
+        return await self._version(row.model_name, alias=CHAMPION)
+
+    async def _evaluate_llm(self, row: EvaluationRow,
+                            found: dict[str, common_pb2.Lineage]) -> tuple[EvaluationRow, common_pb2.Lineage]:
+        if self.llm is None:
+            raise FailedPrecondition("this evaluator has no LLM evaluation configured")
+        candidate = await self._version(row.model_name, row.candidate_version)
+        if candidate is None:
+            raise NotFound(f"model {row.model_name!r} has no version {row.candidate_version} in the registry")
+        found["lineage"] = candidate.lineage
+        row.report["candidate"] = {"version": candidate.version, "tags": dict(candidate.tags)}
+        baseline = await self._baseline(row)
+        row.baseline_version = baseline.version if baseline is not None else 0
+        await self.llm.evaluate(row, candidate, baseline)
         return row, candidate.lineage
 
     async def _labels(self, spec: ModelSpec, candidate: reg.ModelVersion,

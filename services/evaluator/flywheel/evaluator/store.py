@@ -1,5 +1,5 @@
-"""The evaluator's database: the flag labels it collects from feedback.received and the
-evaluations it runs (queue, results and full reports)."""
+"""The evaluator's database: the flag labels it collects from feedback.received, the evaluations it runs
+(queue, results and full reports), LLM applications' golden sets and the reviewed answers of LLM traffic."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from psycopg.types.json import Jsonb
 from flywheel.common.db import Database
 from flywheel.common.errors import NotFound
 from flywheel.common.jobs import JobTable
+from flywheel.proto.events.v1 import reviews_pb2
 
 QUEUED, RUNNING, COMPLETED = "queued", "running", "completed"
+PREDICTIVE, LLM = "predictive", "llm"
+APPROVED, CORRECTED = reviews_pb2.REVIEW_DECISION_APPROVED, reviews_pb2.REVIEW_DECISION_CORRECTED
 # Evaluations are the evaluator's job queue: a claim counts an attempt and keeps the first start.
 EVALUATION_QUEUE = JobTable("evaluations", queued=QUEUED, running=RUNNING, issuer="evaluator",
                             on_claim="attempts = attempts + 1, started_at = coalesce(started_at, now())")
@@ -30,6 +33,8 @@ class EvaluationRow:
     baseline_version: int = 0
     trigger_event_id: str | None = None
     requested_by: str = ""
+    # predictive or llm.
+    kind: str = PREDICTIVE
     status: str = QUEUED
     verdict: int = 0
     error: str = ""
@@ -48,6 +53,34 @@ class EvaluationRow:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EvaluationRow:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class GoldenSetRow:
+    application: str
+    version: int
+    description: str
+    content_sha256: str
+    yaml: str
+    answerable_items: int
+    refusal_items: int
+    created_by: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> GoldenSetRow:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ReviewedAnswer:
+    """A reviewed LLM answer: the question, and the answer a reviewer corrected or approved."""
+
+    review_id: str
+    question: str
+    answer: str
+    decision: int
+    decided_at: datetime
 
 
 @dataclass(frozen=True)
@@ -115,9 +148,10 @@ class EvaluatorStore:
         that event already queued one."""
         cur = await conn.execute(
             "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, trigger_event_id, status,"
-            " requested_by) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (trigger_event_id) DO NOTHING RETURNING id",
+            " requested_by, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (trigger_event_id) DO NOTHING"
+            " RETURNING id",
             (row.id, row.model_name, row.candidate_version, row.requested_baseline, row.trigger_event_id, QUEUED,
-             row.requested_by))
+             row.requested_by, row.kind))
         if await cur.fetchone() is None:
             return False
         await EVALUATION_QUEUE.notify(conn, self.db.schema, row.id)
@@ -128,9 +162,9 @@ class EvaluatorStore:
         async with self.db.connection() as conn:
             created = await (await conn.execute(
                 "INSERT INTO evaluations (id, model_name, candidate_version, requested_baseline, status, attempts,"
-                " started_at, requested_by) VALUES (%s, %s, %s, %s, %s, 1, now(), %s) RETURNING *",
+                " started_at, requested_by, kind) VALUES (%s, %s, %s, %s, %s, 1, now(), %s, %s) RETURNING *",
                 (row.id, row.model_name, row.candidate_version, row.requested_baseline, RUNNING,
-                 row.requested_by))).fetchone()
+                 row.requested_by, row.kind))).fetchone()
         assert created is not None
         return EvaluationRow.from_row(created)
 
@@ -166,3 +200,83 @@ class EvaluatorStore:
         async with self.db.connection() as conn:
             rows, token = await EVALUATION_QUEUE.page(conn, page_size, page_token, model_name=model_name)
         return [EvaluationRow.from_row(r) for r in rows], token
+
+    # -- golden sets ---------------------------------------------------------------------------
+
+    async def put_golden_set(self, application: str, description: str, sha: str, text: str, answerable: int,
+                             refusal: int, created_by: str) -> tuple[GoldenSetRow, bool]:
+        """Store a new version unless the newest has the same content; (the version, created)."""
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('golden_sets:' || %s))", (application,))
+            newest = await (await conn.execute(
+                "SELECT * FROM golden_sets WHERE application = %s ORDER BY version DESC LIMIT 1",
+                (application,))).fetchone()
+            if newest is not None and newest["content_sha256"] == sha:
+                return GoldenSetRow.from_row(newest), False
+            created = await (await conn.execute(
+                "INSERT INTO golden_sets (application, version, description, content_sha256, yaml, answerable_items,"
+                " refusal_items, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (application, (newest["version"] if newest else 0) + 1, description, sha, text, answerable, refusal,
+                 created_by))).fetchone()
+        assert created is not None
+        return GoldenSetRow.from_row(created), True
+
+    async def golden_set(self, application: str, version: int = 0,
+                         conn: AsyncConnection | None = None) -> GoldenSetRow | None:
+        """A version of an application's golden set (0 = the newest), or None."""
+        query, params = ("SELECT * FROM golden_sets WHERE application = %s AND version = %s", (application, version)) \
+            if version else ("SELECT * FROM golden_sets WHERE application = %s ORDER BY version DESC LIMIT 1",
+                             (application,))
+        if conn is not None:
+            row = await (await conn.execute(query, params)).fetchone()
+        else:
+            async with self.db.connection() as own:
+                row = await (await own.execute(query, params)).fetchone()
+        return GoldenSetRow.from_row(row) if row else None
+
+    async def golden_sets(self, application: str = "") -> list[GoldenSetRow]:
+        """Every version of one application's set (newest first), or the newest of every application's."""
+        async with self.db.connection() as conn:
+            if application:
+                rows = await (await conn.execute("SELECT * FROM golden_sets WHERE application = %s"
+                                                 " ORDER BY version DESC", (application,))).fetchall()
+            else:
+                rows = await (await conn.execute("SELECT DISTINCT ON (application) * FROM golden_sets"
+                                                 " ORDER BY application, version DESC")).fetchall()
+        return [GoldenSetRow.from_row(r) for r in rows]
+
+    # -- reviewed answers ----------------------------------------------------------------------
+
+    async def add_review_questions(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The questions and answers under review (reviews.requested); the decision may already be there."""
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO reviewed_answers (review_id, application, question, completion)"
+                " VALUES (%(review_id)s, %(application)s, %(question)s, %(completion)s) ON CONFLICT (review_id) DO"
+                " UPDATE SET application = EXCLUDED.application, question = EXCLUDED.question,"
+                " completion = EXCLUDED.completion", list(rows))
+
+    async def add_review_decisions(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Reviewers' decisions (reviews.completed); the question may come later."""
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO reviewed_answers (review_id, decision, corrected, decided_at)"
+                " VALUES (%(review_id)s, %(decision)s, %(corrected)s, %(decided_at)s) ON CONFLICT (review_id) DO"
+                " UPDATE SET decision = EXCLUDED.decision, corrected = EXCLUDED.corrected,"
+                " decided_at = EXCLUDED.decided_at", list(rows))
+
+    async def reviewed_answers(self, application: str, since: datetime, decided_before: datetime,
+                               limit: int) -> list[ReviewedAnswer]:
+        """The `limit` most recent corrected or approved answers of `application` decided in
+        [since, decided_before), oldest first; a correction's answer is the reviewer's, an approval's the original."""
+        if limit <= 0:
+            return []
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT review_id, question, decision, decided_at, CASE WHEN decision = %s THEN corrected"
+                " ELSE completion END AS answer FROM reviewed_answers WHERE application = %s AND question <> ''"
+                " AND decided_at >= %s AND decided_at < %s AND ((decision = %s AND corrected <> '')"
+                " OR (decision = %s AND completion <> '')) ORDER BY decided_at DESC, review_id LIMIT %s",
+                (CORRECTED, application, since, decided_before, CORRECTED, APPROVED, limit))).fetchall()
+        return [ReviewedAnswer(r["review_id"], r["question"], r["answer"], r["decision"], r["decided_at"])
+                for r in reversed(rows)]

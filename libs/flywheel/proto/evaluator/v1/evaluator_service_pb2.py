@@ -26,13 +26,17 @@ from flywheel.proto.events.v1 import models_pb2 as flywheel_dot_events_dot_v1_do
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-flywheel/evaluator/v1/evaluator_service.proto\x12\x15\x66lywheel.evaluator.v1\x1a\x1f\x66lywheel/events/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x02\n\x0cSliceMetrics\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x45\n\tcandidate\x18\x04 \x03(\x0b\x32\x32.flywheel.evaluator.v1.SliceMetrics.CandidateEntry\x12\x43\n\x08\x62\x61seline\x18\x05 \x03(\x0b\x32\x31.flywheel.evaluator.v1.SliceMetrics.BaselineEntry\x1a\x30\n\x0e\x43\x61ndidateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rBaselineEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n\x0e\x43\x61librationBin\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x16\n\x0emean_predicted\x18\x04 \x01(\x01\x12\x15\n\robserved_rate\x18\x05 \x01(\x01\"\xb1\x07\n\nEvaluation\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x03 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x04 \x01(\x03\x12\x36\n\x07verdict\x18\x05 \x01(\x0e\x32%.flywheel.events.v1.EvaluationVerdict\x12R\n\x11\x63\x61ndidate_metrics\x18\x06 \x03(\x0b\x32\x37.flywheel.evaluator.v1.Evaluation.CandidateMetricsEntry\x12P\n\x10\x62\x61seline_metrics\x18\x07 \x03(\x0b\x32\x36.flywheel.evaluator.v1.Evaluation.BaselineMetricsEntry\x12-\n\x06\x63hecks\x18\x08 \x03(\x0b\x32\x1d.flywheel.events.v1.GateCheck\x12\x33\n\x06slices\x18\t \x03(\x0b\x32#.flywheel.evaluator.v1.SliceMetrics\x12\x44\n\x15\x63\x61ndidate_calibration\x18\n \x03(\x0b\x32%.flywheel.evaluator.v1.CalibrationBin\x12\x43\n\x14\x62\x61seline_calibration\x18\x0b \x03(\x0b\x32%.flywheel.evaluator.v1.CalibrationBin\x12.\n\ndata_start\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x61ta_end\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rows\x18\x0e \x01(\x03\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12\x12\n\nreport_uri\x18\x10 \x01(\t\x12.\n\nstarted_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x13 \x01(\t\x1a\x37\n\x15\x43\x61ndidateMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x42\x61selineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Z\n\x0f\x45valuateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\x03\"I\n\x10\x45valuateResponse\x12\x35\n\nevaluation\x18\x01 \x01(\x0b\x32!.flywheel.evaluator.v1.Evaluation\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"N\n\x15GetEvaluationResponse\x12\x35\n\nevaluation\x18\x01 \x01(\x0b\x32!.flywheel.evaluator.v1.Evaluation\"S\n\x16ListEvaluationsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListEvaluationsResponse\x12\x36\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32!.flywheel.evaluator.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xcd\x02\n\x10\x45valuatorService\x12[\n\x08\x45valuate\x12&.flywheel.evaluator.v1.EvaluateRequest\x1a\'.flywheel.evaluator.v1.EvaluateResponse\x12j\n\rGetEvaluation\x12+.flywheel.evaluator.v1.GetEvaluationRequest\x1a,.flywheel.evaluator.v1.GetEvaluationResponse\x12p\n\x0fListEvaluations\x12-.flywheel.evaluator.v1.ListEvaluationsRequest\x1a..flywheel.evaluator.v1.ListEvaluationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-flywheel/evaluator/v1/evaluator_service.proto\x12\x15\x66lywheel.evaluator.v1\x1a\x1f\x66lywheel/events/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x03\n\x0eQuestionResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08question\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61ndidate_answer\x18\x05 \x01(\t\x12\x17\n\x0f\x62\x61seline_answer\x18\x06 \x01(\t\x12T\n\x10\x63\x61ndidate_scores\x18\x07 \x03(\x0b\x32:.flywheel.evaluator.v1.QuestionResult.CandidateScoresEntry\x12R\n\x0f\x62\x61seline_scores\x18\x08 \x03(\x0b\x32\x39.flywheel.evaluator.v1.QuestionResult.BaselineScoresEntry\x12\x0f\n\x07\x66\x61iling\x18\t \x01(\x08\x12\x0e\n\x06reason\x18\n \x01(\t\x1a\x36\n\x14\x43\x61ndidateScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13\x42\x61selineScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xab\x02\n\x0cSliceMetrics\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x45\n\tcandidate\x18\x04 \x03(\x0b\x32\x32.flywheel.evaluator.v1.SliceMetrics.CandidateEntry\x12\x43\n\x08\x62\x61seline\x18\x05 \x03(\x0b\x32\x31.flywheel.evaluator.v1.SliceMetrics.BaselineEntry\x1a\x30\n\x0e\x43\x61ndidateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rBaselineEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n\x0e\x43\x61librationBin\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x16\n\x0emean_predicted\x18\x04 \x01(\x01\x12\x15\n\robserved_rate\x18\x05 \x01(\x01\"\xb3\x08\n\nEvaluation\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x03 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x04 \x01(\x03\x12\x36\n\x07verdict\x18\x05 \x01(\x0e\x32%.flywheel.events.v1.EvaluationVerdict\x12R\n\x11\x63\x61ndidate_metrics\x18\x06 \x03(\x0b\x32\x37.flywheel.evaluator.v1.Evaluation.CandidateMetricsEntry\x12P\n\x10\x62\x61seline_metrics\x18\x07 \x03(\x0b\x32\x36.flywheel.evaluator.v1.Evaluation.BaselineMetricsEntry\x12-\n\x06\x63hecks\x18\x08 \x03(\x0b\x32\x1d.flywheel.events.v1.GateCheck\x12\x33\n\x06slices\x18\t \x03(\x0b\x32#.flywheel.evaluator.v1.SliceMetrics\x12\x44\n\x15\x63\x61ndidate_calibration\x18\n \x03(\x0b\x32%.flywheel.evaluator.v1.CalibrationBin\x12\x43\n\x14\x62\x61seline_calibration\x18\x0b \x03(\x0b\x32%.flywheel.evaluator.v1.CalibrationBin\x12.\n\ndata_start\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x61ta_end\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rows\x18\x0e \x01(\x03\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12\x12\n\nreport_uri\x18\x10 \x01(\t\x12.\n\nstarted_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x13 \x01(\t\x12\x12\n\ngolden_set\x18\x14 \x01(\t\x12\x1a\n\x12golden_set_version\x18\x15 \x01(\x03\x12\x38\n\tquestions\x18\x16 \x03(\x0b\x32%.flywheel.evaluator.v1.QuestionResult\x12\x16\n\x0e\x63\x61ndidate_kind\x18\x17 \x01(\t\x1a\x37\n\x15\x43\x61ndidateMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x42\x61selineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Z\n\x0f\x45valuateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\x03\"I\n\x10\x45valuateResponse\x12\x35\n\nevaluation\x18\x01 \x01(\x0b\x32!.flywheel.evaluator.v1.Evaluation\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"N\n\x15GetEvaluationResponse\x12\x35\n\nevaluation\x18\x01 \x01(\x0b\x32!.flywheel.evaluator.v1.Evaluation\"S\n\x16ListEvaluationsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListEvaluationsResponse\x12\x36\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32!.flywheel.evaluator.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe1\x01\n\tGoldenSet\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\t\x12\x0c\n\x04yaml\x18\x05 \x01(\t\x12\x18\n\x10\x61nswerable_items\x18\x06 \x01(\x05\x12\x15\n\rrefusal_items\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\"#\n\x13PutGoldenSetRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\"]\n\x14PutGoldenSetResponse\x12\x34\n\ngolden_set\x18\x01 \x01(\x0b\x32 .flywheel.evaluator.v1.GoldenSet\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\";\n\x13GetGoldenSetRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"L\n\x14GetGoldenSetResponse\x12\x34\n\ngolden_set\x18\x01 \x01(\x0b\x32 .flywheel.evaluator.v1.GoldenSet\",\n\x15ListGoldenSetsRequest\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\"O\n\x16ListGoldenSetsResponse\x12\x35\n\x0bgolden_sets\x18\x01 \x03(\x0b\x32 .flywheel.evaluator.v1.GoldenSet2\x8e\x05\n\x10\x45valuatorService\x12[\n\x08\x45valuate\x12&.flywheel.evaluator.v1.EvaluateRequest\x1a\'.flywheel.evaluator.v1.EvaluateResponse\x12j\n\rGetEvaluation\x12+.flywheel.evaluator.v1.GetEvaluationRequest\x1a,.flywheel.evaluator.v1.GetEvaluationResponse\x12p\n\x0fListEvaluations\x12-.flywheel.evaluator.v1.ListEvaluationsRequest\x1a..flywheel.evaluator.v1.ListEvaluationsResponse\x12g\n\x0cPutGoldenSet\x12*.flywheel.evaluator.v1.PutGoldenSetRequest\x1a+.flywheel.evaluator.v1.PutGoldenSetResponse\x12g\n\x0cGetGoldenSet\x12*.flywheel.evaluator.v1.GetGoldenSetRequest\x1a+.flywheel.evaluator.v1.GetGoldenSetResponse\x12m\n\x0eListGoldenSets\x12,.flywheel.evaluator.v1.ListGoldenSetsRequest\x1a-.flywheel.evaluator.v1.ListGoldenSetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.evaluator.v1.evaluator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUESTIONRESULT_CANDIDATESCORESENTRY']._loaded_options = None
+  _globals['_QUESTIONRESULT_CANDIDATESCORESENTRY']._serialized_options = b'8\001'
+  _globals['_QUESTIONRESULT_BASELINESCORESENTRY']._loaded_options = None
+  _globals['_QUESTIONRESULT_BASELINESCORESENTRY']._serialized_options = b'8\001'
   _globals['_SLICEMETRICS_CANDIDATEENTRY']._loaded_options = None
   _globals['_SLICEMETRICS_CANDIDATEENTRY']._serialized_options = b'8\001'
   _globals['_SLICEMETRICS_BASELINEENTRY']._loaded_options = None
@@ -41,32 +45,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATION_CANDIDATEMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATION_BASELINEMETRICSENTRY']._loaded_options = None
   _globals['_EVALUATION_BASELINEMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SLICEMETRICS']._serialized_start=139
-  _globals['_SLICEMETRICS']._serialized_end=438
-  _globals['_SLICEMETRICS_CANDIDATEENTRY']._serialized_start=341
-  _globals['_SLICEMETRICS_CANDIDATEENTRY']._serialized_end=389
-  _globals['_SLICEMETRICS_BASELINEENTRY']._serialized_start=391
-  _globals['_SLICEMETRICS_BASELINEENTRY']._serialized_end=438
-  _globals['_CALIBRATIONBIN']._serialized_start=440
-  _globals['_CALIBRATIONBIN']._serialized_end=547
-  _globals['_EVALUATION']._serialized_start=550
-  _globals['_EVALUATION']._serialized_end=1495
-  _globals['_EVALUATION_CANDIDATEMETRICSENTRY']._serialized_start=1384
-  _globals['_EVALUATION_CANDIDATEMETRICSENTRY']._serialized_end=1439
-  _globals['_EVALUATION_BASELINEMETRICSENTRY']._serialized_start=1441
-  _globals['_EVALUATION_BASELINEMETRICSENTRY']._serialized_end=1495
-  _globals['_EVALUATEREQUEST']._serialized_start=1497
-  _globals['_EVALUATEREQUEST']._serialized_end=1587
-  _globals['_EVALUATERESPONSE']._serialized_start=1589
-  _globals['_EVALUATERESPONSE']._serialized_end=1662
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=1664
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=1709
-  _globals['_GETEVALUATIONRESPONSE']._serialized_start=1711
-  _globals['_GETEVALUATIONRESPONSE']._serialized_end=1789
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1791
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1874
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1876
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1982
-  _globals['_EVALUATORSERVICE']._serialized_start=1985
-  _globals['_EVALUATORSERVICE']._serialized_end=2318
+  _globals['_QUESTIONRESULT']._serialized_start=139
+  _globals['_QUESTIONRESULT']._serialized_end=588
+  _globals['_QUESTIONRESULT_CANDIDATESCORESENTRY']._serialized_start=479
+  _globals['_QUESTIONRESULT_CANDIDATESCORESENTRY']._serialized_end=533
+  _globals['_QUESTIONRESULT_BASELINESCORESENTRY']._serialized_start=535
+  _globals['_QUESTIONRESULT_BASELINESCORESENTRY']._serialized_end=588
+  _globals['_SLICEMETRICS']._serialized_start=591
+  _globals['_SLICEMETRICS']._serialized_end=890
+  _globals['_SLICEMETRICS_CANDIDATEENTRY']._serialized_start=793
+  _globals['_SLICEMETRICS_CANDIDATEENTRY']._serialized_end=841
+  _globals['_SLICEMETRICS_BASELINEENTRY']._serialized_start=843
+  _globals['_SLICEMETRICS_BASELINEENTRY']._serialized_end=890
+  _globals['_CALIBRATIONBIN']._serialized_start=892
+  _globals['_CALIBRATIONBIN']._serialized_end=999
+  _globals['_EVALUATION']._serialized_start=1002
+  _globals['_EVALUATION']._serialized_end=2077
+  _globals['_EVALUATION_CANDIDATEMETRICSENTRY']._serialized_start=1966
+  _globals['_EVALUATION_CANDIDATEMETRICSENTRY']._serialized_end=2021
+  _globals['_EVALUATION_BASELINEMETRICSENTRY']._serialized_start=2023
+  _globals['_EVALUATION_BASELINEMETRICSENTRY']._serialized_end=2077
+  _globals['_EVALUATEREQUEST']._serialized_start=2079
+  _globals['_EVALUATEREQUEST']._serialized_end=2169
+  _globals['_EVALUATERESPONSE']._serialized_start=2171
+  _globals['_EVALUATERESPONSE']._serialized_end=2244
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=2246
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=2291
+  _globals['_GETEVALUATIONRESPONSE']._serialized_start=2293
+  _globals['_GETEVALUATIONRESPONSE']._serialized_end=2371
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=2373
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=2456
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=2458
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=2564
+  _globals['_GOLDENSET']._serialized_start=2567
+  _globals['_GOLDENSET']._serialized_end=2792
+  _globals['_PUTGOLDENSETREQUEST']._serialized_start=2794
+  _globals['_PUTGOLDENSETREQUEST']._serialized_end=2829
+  _globals['_PUTGOLDENSETRESPONSE']._serialized_start=2831
+  _globals['_PUTGOLDENSETRESPONSE']._serialized_end=2924
+  _globals['_GETGOLDENSETREQUEST']._serialized_start=2926
+  _globals['_GETGOLDENSETREQUEST']._serialized_end=2985
+  _globals['_GETGOLDENSETRESPONSE']._serialized_start=2987
+  _globals['_GETGOLDENSETRESPONSE']._serialized_end=3063
+  _globals['_LISTGOLDENSETSREQUEST']._serialized_start=3065
+  _globals['_LISTGOLDENSETSREQUEST']._serialized_end=3109
+  _globals['_LISTGOLDENSETSRESPONSE']._serialized_start=3111
+  _globals['_LISTGOLDENSETSRESPONSE']._serialized_end=3190
+  _globals['_EVALUATORSERVICE']._serialized_start=3193
+  _globals['_EVALUATORSERVICE']._serialized_end=3847
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class QuestionResult(_message.Message):
+    __slots__ = ("item_id", "kind", "question", "reference", "candidate_answer", "baseline_answer", "candidate_scores", "baseline_scores", "failing", "reason")
+    class CandidateScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BaselineScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    FAILING_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    kind: str
+    question: str
+    reference: str
+    candidate_answer: str
+    baseline_answer: str
+    candidate_scores: _containers.ScalarMap[str, float]
+    baseline_scores: _containers.ScalarMap[str, float]
+    failing: bool
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., kind: _Optional[str] = ..., question: _Optional[str] = ..., reference: _Optional[str] = ..., candidate_answer: _Optional[str] = ..., baseline_answer: _Optional[str] = ..., candidate_scores: _Optional[_Mapping[str, float]] = ..., baseline_scores: _Optional[_Mapping[str, float]] = ..., failing: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class SliceMetrics(_message.Message):
     __slots__ = ("feature", "value", "rows", "candidate", "baseline")
     class CandidateEntry(_message.Message):
@@ -53,7 +91,7 @@ class CalibrationBin(_message.Message):
     def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ..., rows: _Optional[int] = ..., mean_predicted: _Optional[float] = ..., observed_rate: _Optional[float] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("evaluation_id", "model_name", "candidate_version", "baseline_version", "verdict", "candidate_metrics", "baseline_metrics", "checks", "slices", "candidate_calibration", "baseline_calibration", "data_start", "data_end", "rows", "error", "report_uri", "started_at", "completed_at", "requested_by")
+    __slots__ = ("evaluation_id", "model_name", "candidate_version", "baseline_version", "verdict", "candidate_metrics", "baseline_metrics", "checks", "slices", "candidate_calibration", "baseline_calibration", "data_start", "data_end", "rows", "error", "report_uri", "started_at", "completed_at", "requested_by", "golden_set", "golden_set_version", "questions", "candidate_kind")
     class CandidateMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +125,10 @@ class Evaluation(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_SET_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_KIND_FIELD_NUMBER: _ClassVar[int]
     evaluation_id: str
     model_name: str
     candidate_version: int
@@ -106,7 +148,11 @@ class Evaluation(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     completed_at: _timestamp_pb2.Timestamp
     requested_by: str
-    def __init__(self, evaluation_id: _Optional[str] = ..., model_name: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., verdict: _Optional[_Union[_models_pb2.EvaluationVerdict, str]] = ..., candidate_metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., checks: _Optional[_Iterable[_Union[_models_pb2.GateCheck, _Mapping]]] = ..., slices: _Optional[_Iterable[_Union[SliceMetrics, _Mapping]]] = ..., candidate_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., baseline_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., data_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[int] = ..., error: _Optional[str] = ..., report_uri: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    golden_set: str
+    golden_set_version: int
+    questions: _containers.RepeatedCompositeFieldContainer[QuestionResult]
+    candidate_kind: str
+    def __init__(self, evaluation_id: _Optional[str] = ..., model_name: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., verdict: _Optional[_Union[_models_pb2.EvaluationVerdict, str]] = ..., candidate_metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., checks: _Optional[_Iterable[_Union[_models_pb2.GateCheck, _Mapping]]] = ..., slices: _Optional[_Iterable[_Union[SliceMetrics, _Mapping]]] = ..., candidate_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., baseline_calibration: _Optional[_Iterable[_Union[CalibrationBin, _Mapping]]] = ..., data_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[int] = ..., error: _Optional[str] = ..., report_uri: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ..., golden_set: _Optional[str] = ..., golden_set_version: _Optional[int] = ..., questions: _Optional[_Iterable[_Union[QuestionResult, _Mapping]]] = ..., candidate_kind: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model_name", "candidate_version", "baseline_version")
@@ -153,3 +199,65 @@ class ListEvaluationsResponse(_message.Message):
     evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
     next_page_token: str
     def __init__(self, evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GoldenSet(_message.Message):
+    __slots__ = ("application", "version", "description", "content_sha256", "yaml", "answerable_items", "refusal_items", "created_at", "created_by")
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    ANSWERABLE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    application: str
+    version: int
+    description: str
+    content_sha256: str
+    yaml: str
+    answerable_items: int
+    refusal_items: int
+    created_at: _timestamp_pb2.Timestamp
+    created_by: str
+    def __init__(self, application: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., content_sha256: _Optional[str] = ..., yaml: _Optional[str] = ..., answerable_items: _Optional[int] = ..., refusal_items: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class PutGoldenSetRequest(_message.Message):
+    __slots__ = ("yaml",)
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    yaml: str
+    def __init__(self, yaml: _Optional[str] = ...) -> None: ...
+
+class PutGoldenSetResponse(_message.Message):
+    __slots__ = ("golden_set", "created")
+    GOLDEN_SET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    golden_set: GoldenSet
+    created: bool
+    def __init__(self, golden_set: _Optional[_Union[GoldenSet, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetGoldenSetRequest(_message.Message):
+    __slots__ = ("application", "version")
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    application: str
+    version: int
+    def __init__(self, application: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetGoldenSetResponse(_message.Message):
+    __slots__ = ("golden_set",)
+    GOLDEN_SET_FIELD_NUMBER: _ClassVar[int]
+    golden_set: GoldenSet
+    def __init__(self, golden_set: _Optional[_Union[GoldenSet, _Mapping]] = ...) -> None: ...
+
+class ListGoldenSetsRequest(_message.Message):
+    __slots__ = ("application",)
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    application: str
+    def __init__(self, application: _Optional[str] = ...) -> None: ...
+
+class ListGoldenSetsResponse(_message.Message):
+    __slots__ = ("golden_sets",)
+    GOLDEN_SETS_FIELD_NUMBER: _ClassVar[int]
+    golden_sets: _containers.RepeatedCompositeFieldContainer[GoldenSet]
+    def __init__(self, golden_sets: _Optional[_Iterable[_Union[GoldenSet, _Mapping]]] = ...) -> None: ...

@@ -49,6 +49,21 @@ class EvaluatorServiceStub:
                 request_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsRequest.SerializeToString,
                 response_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsResponse.FromString,
                 _registered_method=True)
+        self.PutGoldenSet = channel.unary_unary(
+                '/flywheel.evaluator.v1.EvaluatorService/PutGoldenSet',
+                request_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetRequest.SerializeToString,
+                response_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetResponse.FromString,
+                _registered_method=True)
+        self.GetGoldenSet = channel.unary_unary(
+                '/flywheel.evaluator.v1.EvaluatorService/GetGoldenSet',
+                request_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetRequest.SerializeToString,
+                response_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetResponse.FromString,
+                _registered_method=True)
+        self.ListGoldenSets = channel.unary_unary(
+                '/flywheel.evaluator.v1.EvaluatorService/ListGoldenSets',
+                request_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsRequest.SerializeToString,
+                response_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -75,6 +90,27 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutGoldenSet(self, request, context):
+        """Store an application's golden set (YAML, see services/evaluator/README.md); a new version only when
+        its content changed (versions are immutable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGoldenSet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGoldenSets(self, request, context):
+        """The newest version of every application's golden set, or every version of one application's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +128,21 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.ListEvaluations,
                     request_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsRequest.FromString,
                     response_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsResponse.SerializeToString,
+            ),
+            'PutGoldenSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutGoldenSet,
+                    request_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetRequest.FromString,
+                    response_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetResponse.SerializeToString,
+            ),
+            'GetGoldenSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGoldenSet,
+                    request_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetRequest.FromString,
+                    response_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetResponse.SerializeToString,
+            ),
+            'ListGoldenSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGoldenSets,
+                    request_deserializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsRequest.FromString,
+                    response_serializer=flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +226,87 @@ class EvaluatorService:
             '/flywheel.evaluator.v1.EvaluatorService/ListEvaluations',
             flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsRequest.SerializeToString,
             flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListEvaluationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutGoldenSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.evaluator.v1.EvaluatorService/PutGoldenSet',
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetRequest.SerializeToString,
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.PutGoldenSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGoldenSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.evaluator.v1.EvaluatorService/GetGoldenSet',
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetRequest.SerializeToString,
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.GetGoldenSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGoldenSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.evaluator.v1.EvaluatorService/ListGoldenSets',
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsRequest.SerializeToString,
+            flywheel_dot_evaluator_dot_v1_dot_evaluator__service__pb2.ListGoldenSetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
