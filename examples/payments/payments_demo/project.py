@@ -21,7 +21,8 @@ REVIEW_LABELS = '{"fraud": ["legit", "fraud"]}'
 def settings() -> dict[str, str]:
     """The trainer and the evaluator read this project's model specs (`models/`), the feature store
     applies its Feast repo (`feature_repo/`), the monitor sends uncertain fraud scores to review, and the
-    review app names the fraud labels, and the guard seeds the support assistant's policy."""
+    review app names the fraud labels, the guard seeds the support assistant's policy, and the evaluator pushes
+    the support assistant's golden set (`golden/`)."""
     models = str(PACKAGE_DIR / "models")
     return {
         "FLYWHEEL_TRAINER_SPECS_DIR": models,
@@ -31,4 +32,6 @@ def settings() -> dict[str, str]:
         "FLYWHEEL_REVIEW_LABEL_NAMES": REVIEW_LABELS,
         # The support assistant's guard policy, stored by the guard as version 1 on its first start.
         "FLYWHEEL_GUARD_POLICIES_DIR": str(PACKAGE_DIR / "guard_policies"),
+        # The support assistant's golden set, pushed by the evaluator on start (a new version only when it changed).
+        "FLYWHEEL_EVALUATOR_GOLDEN_DIR": str(PACKAGE_DIR / "golden"),
     }

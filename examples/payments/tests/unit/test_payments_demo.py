@@ -372,3 +372,9 @@ def test_the_project_settings_point_the_services_at_its_specs_and_feature_repo(
     assert policy.rate > 0 and policy.max_per_window > 0
     assert ReviewSettings(kafka_bootstrap="k:9092", database_url="postgresql://x").labels_for("fraud") == [
         "legit", "fraud"]
+    # The evaluator pushes the support assistant's golden set: valid, with answerable and refusal items.
+    from flywheel.evaluator.golden import parse_golden_set
+
+    golden = parse_golden_set((Path(values["FLYWHEEL_EVALUATOR_GOLDEN_DIR"]) / "support-assistant.yaml").read_text())
+    assert golden.application == "support-assistant"
+    assert golden.count("answerable") >= 20 and golden.count("refusal") >= 8
