@@ -324,13 +324,7 @@ class Evaluator:
         if row.kind == LLM:
             return await self._evaluate_llm(row, found)
         spec = self.catalog.get(row.model_name)
-        candidate = await self._version(row.model_name, row.candidate_version)
-        if candidate is None:
-            raise NotFound(f"model {row.model_name!r} has no version {row.candidate_version} in the registry")
-        found["lineage"] = candidate.lineage
-        row.report["candidate"] = {"version": candidate.version, "tags": dict(candidate.tags)}
-        baseline = await self._baseline(row)
-        row.baseline_version = baseline.version if baseline is not None else 0
+        candidate, baseline = await self._versions(row, found)
 
         as_of = datetime.now(UTC)
         labels, start, window = await self._labels(spec, candidate, as_of)
@@ -363,26 +357,29 @@ class Evaluator:
         })
         return row, candidate.lineage
 
-    async def _baseline(self, row: EvaluationRow) -> reg.ModelVersion | None:
-        """The version asked for, else the champion (None: there is none)."""
-        if row.requested_baseline:
-            baseline = await self._version(row.model_name, row.requested_baseline)
-            if baseline is None:
-                raise NotFound(f"model {row.model_name!r} has no version {row.requested_baseline} (baseline)")
-            return baseline
-        return await self._version(row.model_name, alias=CHAMPION)
-
-    async def _evaluate_llm(self, row: EvaluationRow,
-                            found: dict[str, common_pb2.Lineage]) -> tuple[EvaluationRow, common_pb2.Lineage]:
-        if self.llm is None:
-            raise FailedPrecondition("this evaluator has no LLM evaluation configured")
+    async def _versions(self, row: EvaluationRow, found: dict[str, common_pb2.Lineage],
+                        ) -> tuple[reg.ModelVersion, reg.ModelVersion | None]:
+        """The candidate (its lineage noted in `found`) and the baseline: the version asked for, else the champion
+        (None: there is none)."""
         candidate = await self._version(row.model_name, row.candidate_version)
         if candidate is None:
             raise NotFound(f"model {row.model_name!r} has no version {row.candidate_version} in the registry")
         found["lineage"] = candidate.lineage
         row.report["candidate"] = {"version": candidate.version, "tags": dict(candidate.tags)}
-        baseline = await self._baseline(row)
+        if row.requested_baseline:
+            baseline = await self._version(row.model_name, row.requested_baseline)
+            if baseline is None:
+                raise NotFound(f"model {row.model_name!r} has no version {row.requested_baseline} (baseline)")
+        else:
+            baseline = await self._version(row.model_name, alias=CHAMPION)
         row.baseline_version = baseline.version if baseline is not None else 0
+        return candidate, baseline
+
+    async def _evaluate_llm(self, row: EvaluationRow,
+                            found: dict[str, common_pb2.Lineage]) -> tuple[EvaluationRow, common_pb2.Lineage]:
+        if self.llm is None:
+            raise FailedPrecondition("this evaluator has no LLM evaluation configured")
+        candidate, baseline = await self._versions(row, found)
         await self.llm.evaluate(row, candidate, baseline)
         return row, candidate.lineage
 
