@@ -31,12 +31,13 @@ REFUSAL_FINISH = frozenset({"refusal"})
 PLACEHOLDERS = {placeholder: kind for kind, placeholder in pii.REPLACEMENTS.items()}
 PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
 REFUSAL_PHRASES = re.compile(
-    r"\b(?:i\s+(?:can(?:no|')t|cannot|am\s+(?:not\s+able|unable)|'m\s+(?:not\s+able|unable)|won't|will\s+not)\s+"
-    r"(?:help|answer|assist|provide|find|share|give|do\s+that|discuss)|"
-    r"i(?:'m|\s+am)\s+sorry,?\s+but\s+i\b|"
-    r"i\s+(?:must|have\s+to)\s+(?:decline|refuse)|"
-    r"(?:that|this)\s+is\s+(?:not\s+something|outside\s+what)\s+i\s+can)",
+    r"\bi(?:\s+can(?:no|')t|\s+cannot|(?:'m|\s+am)\s+(?:not\s+able|unable)\s+to|\s+won't|\s+will\s+not)\s+"
+    r"(?:help|answer|assist|provide|find|share|give|do\s+that|discuss)\b|"
+    r"\bi(?:'m|\s+am)\s+sorry,?\s+but\s+i\b|"
+    r"\bi\s+(?:must|have\s+to)\s+(?:decline|refuse)\b|"
+    r"\b(?:that|this)\s+is\s+(?:not\s+something|outside\s+what)\s+i\s+can\b",
     re.IGNORECASE)
+FIRST_SENTENCE = re.compile(r"^.*?(?:[.!?](?=\s)|$)", re.DOTALL)
 # The metrics of a window, in display order; `higher_is_worse` for the decision.
 METRICS = ("groundedness", "refusal_rate", "pii_leak_rate", "negative_feedback_rate")
 
@@ -60,9 +61,12 @@ def is_refusal(completion: str, finish_reason: str, context_chunks: int) -> bool
     if reason in GUARD_FINISH or reason in REFUSAL_FINISH:
         return True
     text = completion.strip()
-    # With passages in the prompt, only an answer that opens with refusal phrasing refuses ("...; I can't share
+    # With passages in the prompt, only an answer whose first sentence refuses is a refusal ("...; I can't share
     # your PIN" later in a grounded answer does not); without any, refusal phrasing anywhere does.
-    return bool(REFUSAL_PHRASES.search(text if context_chunks == 0 else text[:160]))
+    if context_chunks:
+        match = FIRST_SENTENCE.match(text)
+        text = match.group() if match else text
+    return bool(REFUSAL_PHRASES.search(text))
 
 
 def pii_kinds(completion: str) -> tuple[str, ...]:
