@@ -6,16 +6,21 @@ traffic is ignored, and a replay changes nothing."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import grpc
+import pytest
+
 from flywheel.common import rpc
+from flywheel.common.db import Database
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events
 from flywheel.common.redaction import redact
 from flywheel.common.topics import FEEDBACK_RECEIVED, PREDICTIONS_LOGGED
 from flywheel.monitor.config import MonitorSettings
-from flywheel.monitor.main import MonitorApp
+from flywheel.monitor.llm import OnlineScoring
+from flywheel.monitor.main import MIGRATIONS, MonitorApp
 from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
@@ -178,5 +183,60 @@ async def test_quality_drop_alerts_retrains_and_samples_reviews(infra, registry_
                 row = await (await conn.execute("SELECT count(*) AS n FROM llm_generations WHERE request_id = "
                                                 "ANY(%s)", (ignored_ids,))).fetchone()
                 assert row is not None and row["n"] == 0
+
+            for request, code in ((pb.ListLlmWindowsRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+                                  (pb.ListLlmWindowsRequest(application=f"never-{unique}"), grpc.StatusCode.NOT_FOUND)):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.ListLlmWindows(request)
+                assert info.value.code() == code and info.value.details()
     finally:
         await app.stop()
+
+
+async def test_reference_per_champion_age_close_and_cooldown(infra, unique):  # type: ignore[no-untyped-def]
+    """Driving the scoring directly on the database: windows close by count and by age; a new champion closes
+    the open window unjudged and gets a reference of its own; a second bad window within the cooldown does not
+    alert again."""
+    application = f"cool-{unique}"
+    settings = MonitorSettings(kafka_bootstrap=infra.kafka_bootstrap, database_url=infra.database_url,
+                               home=infra.home, db_schema=f"monitor_llm_direct_{unique}", llm_window_size=4,
+                               llm_window_seconds=60, llm_min_window_generations=2, llm_min_scored=2,
+                               llm_review_samples=1)
+    scoring = OnlineScoring(settings)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def answers(version: int, n: int, good: bool) -> list[Event]:
+        events = [generation(application, "smol", i, good=good) for i in range(n)]
+        for e in events:
+            e.payload.model.version = version
+        return events
+
+    db = await Database(settings.database_url, settings.db_schema).open(MIGRATIONS)
+    try:
+        async def step(events: list[Event], minute: int) -> None:
+            async with db.connection() as conn, conn.transaction():
+                await scoring.predictions(conn, events, now=start + timedelta(minutes=minute))
+
+        await step(answers(1, 4, True), 0)       # v1's reference
+        await step(answers(1, 2, True), 1)       # an open window of 2...
+        async with db.connection() as conn, conn.transaction():
+            assert await scoring.close_overdue(conn, start + timedelta(minutes=1, seconds=59)) == 0
+            assert await scoring.close_overdue(conn, start + timedelta(minutes=2, seconds=1)) == 1  # ...closed by age
+        await step(answers(1, 1, True), 3)       # opens a window that v2's first answer closes unjudged
+        await step(answers(2, 4, True), 4)       # v2's reference
+        await step(answers(2, 4, False), 5)      # degraded: alert
+        await step(answers(2, 4, False), 6)      # degraded again, within the cooldown: no alert
+        async with db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT sequence, state, model_version, epoch, generations, is_reference, degraded, drift_event_id "
+                "FROM llm_windows ORDER BY sequence")).fetchall()
+            outbox = await (await conn.execute("SELECT topic, count(*) AS n FROM outbox GROUP BY topic")).fetchall()
+        assert [(r["model_version"], r["generations"], r["is_reference"], r["degraded"]) for r in rows] == [
+            (1, 4, True, None), (1, 2, False, False), (1, 1, False, None), (2, 4, True, None), (2, 4, False, True),
+            (2, 4, False, True)]
+        assert [r["state"] for r in rows] == ["closed"] * 6
+        assert [bool(r["drift_event_id"]) for r in rows] == [False] * 4 + [True, False]
+        assert {r["topic"]: r["n"] for r in outbox} == {"drift.detected": 1, "retrain.requests": 1,
+                                                        "reviews.requested": 1}
+    finally:
+        await db.close()
