@@ -5,6 +5,9 @@ traffic is ignored, and a replay changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -189,6 +192,16 @@ async def test_quality_drop_alerts_retrains_and_samples_reviews(infra, registry_
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await stub.ListLlmWindows(request)
                 assert info.value.code() == code and info.value.details()
+
+        # The CLI as a user runs it.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flywheel.common.cli", "monitor", "--address", app.address, "llm", application,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": infra.tokens.reader})
+        out = (await proc.communicate())[0].decode()
+        assert proc.returncode == 0, out
+        assert f"champion {model} v1" in out and "reference" in out and "degraded" in out
+        assert degraded.drift_event_id[:8] in out, out
     finally:
         await app.stop()
 
