@@ -163,8 +163,9 @@ async def test_quality_drop_alerts_retrains_and_samples_reviews(infra, registry_
             reviews = [reviews_pb2.ReviewRequested.FromString(r.value)
                        for r in await published(infra, "reviews.requested", review_ids)]
             assert all(r.reason == reviews_pb2.REVIEW_REASON_DRIFT_SAMPLE and r.request_id in bad_ids
-                       and r.llm.application == application and "[EMAIL]" in r.llm.completion
-                       and r.prompt.name == f"{application}-prompt" and r.context["drift_id"] == drift_id
+                       and r.llm.application == application and r.model.name == application
+                       and "[EMAIL]" in r.llm.completion and r.prompt.name == f"{application}-prompt"
+                       and r.context["drift_id"] == drift_id
                        for r in reviews)
 
             # A replay of everything changes nothing: no answer scored twice, no new window, no second alert.

@@ -315,9 +315,10 @@ class OnlineScoring:
         why = ", ".join(decision.reasons)
         for r in flagged[:n]:
             exchange = predictions_pb2.LlmExchange.FromString(bytes(r["exchange"]))
+            # Queued under the application (as the guard's escalations): reviewers see one queue per app.
             review = reviews_pb2.ReviewRequested(
                 review_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel-monitor/llm-review/{r['request_id']}")),
-                request_id=r["request_id"], model=common_pb2.ModelRef(name=r["model_name"], version=r["model_version"]),
+                request_id=r["request_id"], model=common_pb2.ModelRef(name=application),
                 reason=reviews_pb2.REVIEW_REASON_DRIFT_SAMPLE, priority=3 if r["pii_kinds"] else 2, llm=exchange,
                 context={"application": application, "window_id": window.window_id, "drift_id": drift_id,
                          "quality_drop": why, "groundedness": "" if r["groundedness"] is None
