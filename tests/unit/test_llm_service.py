@@ -168,6 +168,7 @@ async def test_pinned_versions_load_on_demand_next_to_the_champion(artifacts, tm
         generation = service.submit("m", messages=CHAT, params=GREEDY, version=v2)
         with pytest.raises(Unavailable, match="answering requests"):
             await service.pin("m", v3)  # the only pin is busy: never unloaded under a request
+        assert ("m", v3) not in service.bases  # the student loaded for nothing is freed again
         await generation.collect()
         student = await service.pin("m", v3)
         assert student.kind == "llm" and service.engine("m", v3) is not service.engine("m")

@@ -370,7 +370,16 @@ class LLMService:
                 self._drain_later(base)
             raise
         base.users.add(user)
-        await self._make_room(keep=(name, version))
+        try:
+            await self._make_room(keep=(name, version))
+        except BaseException:  # no room: what was loaded for this pin goes again
+            PIN_EVENTS.labels(name, "failed").inc()
+            if route.adapter is not None:
+                await base.engine.unload_adapter(route.adapter)
+            base.users.discard(user)
+            if not base.users:
+                self._drain_later(base)
+            raise
         self.pins[(name, version)] = _Pin(route, user)
         PIN_EVENTS.labels(name, "loaded").inc()
         self._count_pins(name)
