@@ -120,6 +120,7 @@ async def test_a_pinned_adapter_answers_next_to_the_champion_uncached_and_logged
     async with client(app, infra) as generator:
         champion = await generator.generate(MODEL, CHAT, max_tokens=12, temperature=0)
         pinned = await generator.generate(MODEL, CHAT, max_tokens=12, temperature=0, model_version=candidate)
+        assert inference.llm.engine(MODEL, candidate) is inference.llm.engine(MODEL)  # the adapter on the served base
         again = await generator.generate(MODEL, CHAT, max_tokens=12, temperature=0, model_version=candidate)
         unpinned = await generator.generate(MODEL, CHAT, max_tokens=12, temperature=0)
         same = await generator.generate(MODEL, CHAT, max_tokens=12, temperature=0, model_version=app["base"])
@@ -127,7 +128,6 @@ async def test_a_pinned_adapter_answers_next_to_the_champion_uncached_and_logged
     assert (pinned.model, pinned.model_version) == (MODEL, candidate) and pinned.text != champion.text
     assert again.text == pinned.text and unpinned.text == champion.text  # temperature 0: deterministic
     assert same.model_version == app["base"] and same.text == champion.text  # the champion's version: its route
-    assert inference.llm.engine(MODEL, candidate) is inference.llm.engine(MODEL)  # the adapter on the served base
 
     # The cache: an identical unpinned call is a hit the second time, a pinned one never is.
     assert [await cache_header(app, infra, 0) for _ in range(2)] == ["miss", "exact"]
