@@ -285,6 +285,24 @@ async def test_an_injection_is_blocked_before_the_model_runs(world: World, oai) 
     assert world.spy.prompts == [] and world.spy.queries == []  # neither retrieval nor the model ran
 
 
+async def test_a_pinned_call_goes_through_the_guard_like_any(world: World, infra) -> None:  # type: ignore[no-untyped-def]
+    """Evaluation traffic (the evaluator pins a prompt version) is checked like any call: the injection is blocked
+    before the model runs, and logged as evaluation traffic."""
+    world.spy.reset()
+    assert world.inference.apps is not None
+    version = (await world.inference.apps.prompts.resolve(PROMPT, "champion")).version
+    request = generate(DEMO, INJECTION)
+    request.prompt_version = version
+    async with _channel(world, "service") as channel:
+        responses = [r async for r in gpb_grpc.GenerationServiceStub(channel).Generate(request)]
+    assert len(responses) == 1 and responses[0].finish_reason == "content_filter"
+    assert responses[0].text.startswith("I can't help with that.") and world.spy.prompts == []
+    world.request_ids.add(responses[0].request_id)
+    event = (await logged(infra, {responses[0].request_id}))[responses[0].request_id]
+    assert event.arm == predictions_pb2.PREDICTION_ARM_EVALUATION and event.llm.finish_reason == "content_filter"
+    assert event.parameters["pinned_prompt_version"] == str(version)
+
+
 async def test_a_card_number_is_masked_before_retrieval_generation_and_the_log(  # type: ignore[no-untyped-def]
         world: World, oai, infra) -> None:
     world.spy.reset()

@@ -86,13 +86,13 @@ class FakeLLM:
             raise NotFound(name)
         return self.served
 
-    def chat_prompt(self, name: str, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(self, name: str, messages: list[dict[str, str]], version: int = 0) -> list[int]:
         return list(range(sum(len(m["content"].split()) + 2 for m in messages)))  # 2 tokens of markup a turn
 
-    def encode(self, name: str, text: str) -> list[int]:
+    def encode(self, name: str, text: str, version: int = 0) -> list[int]:
         return list(range(len(text.split())))
 
-    def tokenizer(self, name: str) -> Any:
+    def tokenizer(self, name: str, version: int = 0) -> Any:
         return self.tokens
 
 

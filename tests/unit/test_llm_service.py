@@ -135,3 +135,75 @@ async def test_adapters_are_refused_on_an_int8_base_or_when_not_lora(artifacts, 
         assert service.engine("b").adapters == {}
     finally:
         await service.stop()
+
+
+async def test_pinned_versions_load_on_demand_next_to_the_champion(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An adapter version of the served name (the fine-tuner's candidate) is pinned onto the champion's engine, a
+    student LLM version gets its own; concurrent first requests share one load; at most max_pinned stay (LRU)."""
+    import asyncio
+
+    from flywheel.common.errors import InvalidArgument, Unavailable
+
+    registry = MemoryRegistry()
+    service = LLMService(registry, LLMSettings(cache_dir=tmp_path / "cache", max_pinned=1, pinned_idle_s=3600))
+    try:
+        v1 = registry.add("m", LLM, artifacts["base"])
+        await reconciled(service, registry, "m", v1)
+        champion = await service.generate("m", messages=CHAT, params=GREEDY)
+        v2 = registry.add("m", ADAPTER, artifacts["lora"], base=("m", v1))
+        v3 = registry.add("m", LLM, artifacts["base2"])  # a distilled student: another base
+        p = registry.add("p", common_pb2.MODEL_KIND_PREDICTIVE, b"x")
+        with pytest.raises(Unavailable, match="not pinned"):
+            service.submit("m", messages=CHAT, params=GREEDY, version=v2)
+        downloads = registry.downloads
+        pinned = await asyncio.gather(*(service.pin("m", v2) for _ in range(3)))
+        assert registry.downloads == downloads + 1 and {s.version for s in pinned} == {v2}
+        assert pinned[0].kind == "adapter" and service.engine("m", v2) is service.engine("m")
+        answer = await service.generate("m", messages=CHAT, params=GREEDY, version=v2)
+        assert answer.token_ids != champion.token_ids
+        assert (await service.generate("m", messages=CHAT, params=GREEDY)).token_ids == champion.token_ids
+        assert (await service.pin("m", v1)).version == v1 and service.model("m", v1) is service.model("m")
+
+        # The student replaces the adapter (max_pinned 1): the adapter is unloaded, the champion's base stays.
+        generation = service.submit("m", messages=CHAT, params=GREEDY, version=v2)
+        with pytest.raises(Unavailable, match="answering requests"):
+            await service.pin("m", v3)  # the only pin is busy: never unloaded under a request
+        assert ("m", v3) not in service.bases  # the student loaded for nothing is freed again
+        await generation.collect()
+        student = await service.pin("m", v3)
+        assert student.kind == "llm" and service.engine("m", v3) is not service.engine("m")
+        assert [s.version for s in service.pinned()] == [v3]
+        assert service.engine("m").adapters == {} and ("m", v1) in service.bases
+        with pytest.raises(NotFound, match="'m' has no version 99"):
+            await service.pin("m", 99)
+        with pytest.raises(InvalidArgument, match="MODEL_KIND_PREDICTIVE"):
+            await service.pin("p", p)
+    finally:
+        await service.stop()
+
+
+async def test_an_idle_pin_is_unloaded_and_its_base_freed(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    registry = MemoryRegistry()
+    service = LLMService(registry, LLMSettings(cache_dir=tmp_path / "cache", pinned_idle_s=0.2))
+    try:
+        v1 = registry.add("s", LLM, artifacts["base"])
+        v2 = registry.add("s", LLM, artifacts["base2"])
+        await reconciled(service, registry, "s", v1)
+        await service.pin("s", v2)
+        stream = service.submit("s", messages=CHAT, params=SamplingParams(temperature=0.0, max_tokens=64),
+                                version=v2)
+        first = await anext(aiter(stream))  # running: not unloaded however long it takes
+        assert first is not None and service.pins[("s", v2)].running == 1
+        async with stream:
+            async for _ in stream:
+                pass
+        assert service.pins[("s", v2)].running == 0
+
+        async def gone() -> bool:
+            return ("s", v2) not in service.pins and ("s", v2) not in service.bases
+        from tests import polling
+
+        await polling.eventually(gone, timeout=30, what="the idle pin unloaded")
+        assert [m.version for m in service.models()] == [v1]
+    finally:
+        await service.stop()

@@ -50,6 +50,9 @@ from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 PROMPT_FORMAT = "flywheel.prompt/v1"
 FRAMEWORK = "flywheel-prompt"
 ARTIFACT_SHA_TAG = "artifact_sha256"
+# The application a version is a candidate for (prompt templates and the fine-tuner's adapters): the evaluator runs it
+# on that application's golden set.
+APPLICATION_TAG = "application"
 MAX_BYTES = 256 * 1024
 
 TURN_VARIABLES = ("question", "context", "application")
@@ -230,20 +233,24 @@ def prompt_json(prompt: PromptTemplate) -> str:
 
 
 async def register_prompt(registry: ModelRegistry, name: str, data: bytes, *, description: str = "",
-                          filename: str = "") -> tuple[reg.ModelVersion, bool]:
+                          filename: str = "", application: str = "") -> tuple[reg.ModelVersion, bool]:
     """Register a prompt template artifact (validated first) as a version of `name` (kind MODEL_KIND_PROMPT), unless
-    a version with these exact bytes exists. Returns (the version, whether new)."""
+    a version with these exact bytes exists (and, when `application` is given, the same `application` tag: the
+    evaluator maps a candidate version to its application's golden set by that tag). Returns (the version, whether
+    new)."""
     prompt = parse_prompt_template(data, source=filename or name)
     sha256 = hashlib.sha256(data).hexdigest()
     found = await registry.find_by_tag(name, ARTIFACT_SHA_TAG, sha256)
-    if found is not None:
+    if found is not None and (not application or found.tags.get(APPLICATION_TAG) == application):
         if found.kind != common_pb2.MODEL_KIND_PROMPT:
             raise InvalidArgument(f"{name} v{found.version} is not a prompt template")
         return found, False
+    tags = {ARTIFACT_SHA_TAG: sha256, "format": PROMPT_FORMAT, "variables": ",".join(prompt.variables),
+            "grounded": str(prompt.grounded).lower()}
+    if application:
+        tags[APPLICATION_TAG] = application
     spec = reg.ModelVersionSpec(
         model_name=name, kind=common_pb2.MODEL_KIND_PROMPT, framework=FRAMEWORK,
-        filename=filename or f"{name}.yaml", description=description or prompt.description,
-        tags={ARTIFACT_SHA_TAG: sha256, "format": PROMPT_FORMAT, "variables": ",".join(prompt.variables),
-              "grounded": str(prompt.grounded).lower()},
+        filename=filename or f"{name}.yaml", description=description or prompt.description, tags=tags,
         expected_sha256=sha256)
     return await registry.register(spec, data), True

@@ -91,6 +91,7 @@ def prompt() -> None:
     \b
     flywheel prompt check support-assistant.yaml
     flywheel prompt register support-assistant.yaml --name support-assistant --alias champion
+    flywheel prompt register support-v2.yaml --name support-assistant --application support-assistant
     flywheel prompt show support-assistant@champion
     flywheel registry promote support-assistant 3     # what an operator does for a new version
     """
@@ -116,11 +117,15 @@ def prompt_check(file: Path) -> None:
 @click.option("--alias", default="", help="Point this alias at the version (e.g. champion: applications using "
                                           "name@champion switch to it). Needs the operator role.")
 @click.option("--description", default="", help="The version's description (default: the template's).")
+@click.option("--application", default="", metavar="NAME",
+              help="The application this version is a candidate for: tagged `application=NAME`, so the evaluator's "
+                   "LLM gate runs it on that application's golden set.")
 @click.option("--registry", "registry_addr", envvar="FLYWHEEL_REGISTRY_ADDR", default="127.0.0.1:50051",
               show_default=True, help="Registry gRPC address.")
-def prompt_register(file: Path, name: str, alias: str, description: str, registry_addr: str) -> None:
+def prompt_register(file: Path, name: str, alias: str, description: str, application: str,
+                    registry_addr: str) -> None:
     """Validate FILE and register it as a new version of NAME (kind prompt). The same bytes registered again
-    find the existing version."""
+    (for the same --application) find the existing version."""
     import asyncio
 
     from flywheel.common.cli import client_auth
@@ -131,7 +136,7 @@ def prompt_register(file: Path, name: str, alias: str, description: str, registr
         registry = RegistryClient(registry_addr, auth=client_auth())
         try:
             version, new = await register_prompt(registry, name, file.read_bytes(), description=description,
-                                                 filename=file.name)
+                                                 filename=file.name, application=application)
         finally:
             await registry.close()
         if alias:
@@ -143,7 +148,7 @@ def prompt_register(file: Path, name: str, alias: str, description: str, registr
     except FlywheelError as exc:
         _fail(exc)
     console.print(f"{name} v{version} ({'registered' if new else 'already registered'})"
-                  + (f" -> {alias}" if alias else ""))
+                  + (f" for application {application}" if application else "") + (f" -> {alias}" if alias else ""))
 
 
 async def set_alias(registry_addr: str, name: str, alias: str, version: int) -> None:

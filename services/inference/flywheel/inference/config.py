@@ -115,6 +115,11 @@ class InferenceSettings(ServiceSettings):
                                                                  "prefix reuse (shared system prompts); 0 = off.")
     llm_cache_dir: Path | None = Field(None, description="Where LLM and adapter directories are unpacked "
                                                          "(content-addressed); default <home>/llm/models.")
+    llm_max_pinned: int = Field(2, ge=1, description="Versions served pinned at once next to the champions (gRPC "
+                                                      "Generate's model_version: the evaluator's candidates); the "
+                                                      "least recently used idle one is unloaded for a new one.")
+    llm_pinned_idle_seconds: float = Field(300.0, gt=0, description="A pinned version without a request for this "
+                                                                    "long is unloaded (never while it answers).")
 
     # -- applications: prompt templates + a model + a retrieval collection (see flywheel/inference/apps) -------
     retriever_addr: str = shared(  # type: ignore[assignment]

@@ -16,7 +16,16 @@ A guarded application (apps.guarded) checks the last user turn before the cache 
 windows only (and cached only when every window passed), and a blocked window ends it with finish_reason
 `content_filter`. Guard down or too slow for a fail_closed policy: UNAVAILABLE. The verdict ids go in the trailing
 metadata (`x-flywheel-guard-verdict`: the input's, `x-flywheel-guard-output-verdict`: the last output window's or the
-blocking one)."""
+blocking one).
+
+Pins (the evaluator's LLM gate): `model_version` answers with that version of the model (or of the application's
+model) instead of its champion, loaded on demand next to it (LLMService.pin; the call waits for the load within its
+deadline); `prompt_version` uses that version of an application's prompt template instead of its alias (only for an
+application: INVALID_ARGUMENT on a plain model). A pinned call is evaluation traffic: it skips the response cache
+(no lookup, nothing stored; `x-flywheel-cache` says miss), goes through the guard like any call, is logged with arm
+PREDICTION_ARM_EVALUATION, and its first message names the model and prompt versions used. Pinning loads models
+into memory, so it takes the `service` or `operator` role (admin too): a `predict`-only caller gets
+PERMISSION_DENIED."""
 
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from flywheel.inference.apps.guarded import (
     guard_parameters,
     only_checked,
 )
+from flywheel.inference.cache.replay import MISS
 from flywheel.inference.cache.service import HEADER as CACHE_HEADER
 from flywheel.inference.cache.service import ResponseCache, tenant_of
 from flywheel.inference.genlog import GenerationLog, GenerationRecord
@@ -51,7 +61,16 @@ from flywheel.proto.inference.v1 import generation_service_pb2 as pb
 from flywheel.proto.inference.v1 import generation_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
-ROLES: dict[str, auth.Roles] = {"Generate": auth.PREDICT}
+# Anyone who may predict may generate; evaluation pins (model_version / prompt_version) load versions into memory and
+# take PIN_ROLES (the evaluator's service token, an operator; admin passes every check), checked in Generate.
+PIN_ROLES: auth.Roles = auth.WRITE  # service, operator
+ROLES: dict[str, auth.Roles] = {"Generate": auth.PREDICT | PIN_ROLES}
+
+
+def may_pin() -> bool:
+    """Whether the caller may pin versions (a server without authentication: everyone)."""
+    principal = auth.current_principal()
+    return principal is None or principal.may(PIN_ROLES)
 
 
 def sampling_from_grpc(params: pb.SamplingParams) -> SamplingParams:
@@ -87,26 +106,41 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         if not request.model:
             raise InvalidArgument("model is required: name a served LLM or adapter")
         request_id = str(uuid.uuid4())
+        if request.model_version < 0 or request.prompt_version < 0:
+            raise InvalidArgument("model_version and prompt_version are registry versions (positive), or 0 for what "
+                                  "is served")
+        pinned = bool(request.model_version or request.prompt_version)
+        if pinned and not may_pin():
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "pinning a model_version or prompt_version (evaluation traffic) takes the service or "
+                                "operator role; this token may only generate with what is served")
         if self.answers is not None and self.answers.serves(request.model):
             async for response in self._application(request, context, request_id):
                 yield response
             return
+        if request.prompt_version:
+            raise InvalidArgument(f"prompt_version pins an application's prompt template; {request.model!r} is not an "
+                                  "application")
         if self.llm is None:
             raise NotFound(f"model {request.model!r} is not served: LLM serving is off on this server")
         params = sampling_from_grpc(request.params)
         which = request.WhichOneof("input")
         messages: list[dict[str, str]] = []
         tenant = tenant_of(dict(context.invocation_metadata() or ()))
+        if which == "messages":
+            messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
+        elif which != "prompt":
+            raise InvalidArgument("give messages or a prompt")
+        prompt = request.prompt if which == "prompt" else None
         try:
-            if which == "messages":
-                messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-                generation = await self.cache.submit(self.llm, request.model, messages=messages, params=params,
-                                                     tenant=tenant)
-            elif which == "prompt":
-                generation = await self.cache.submit(self.llm, request.model, prompt=request.prompt, params=params,
-                                                     tenant=tenant)
+            if pinned:  # evaluation traffic: that version, never the cache
+                await self.llm.pin(request.model, request.model_version)
+                generation = self.cache.bypass(self.llm.submit(
+                    request.model, messages=messages if prompt is None else None, prompt=prompt, params=params,
+                    version=request.model_version))
             else:
-                raise InvalidArgument("give messages or a prompt")
+                generation = await self.cache.submit(self.llm, request.model, messages=messages if prompt is None
+                                                     else None, prompt=prompt, params=params, tenant=tenant)
         except Exception as exc:
             if is_overloaded(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -115,7 +149,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             generation = self.generation_log.watch(generation, GenerationRecord(
                 request_id=request_id, door="grpc", served=generation.model, params=params, messages=messages,
                 prompt_text=request.prompt if which == "prompt" else "", stream=True, user=request.user,
-                started=started, cache=generation.cache))
+                started=started, cache=generation.cache, pinned_model_version=request.model_version))
         async for response in self._responses(generation, request_id, context):
             yield response
 
@@ -132,6 +166,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         else:
             raise InvalidArgument("give messages or a prompt")
         app = self.answers.catalog.require(request.model)
+        pinned_model = None
+        if request.model_version:  # a pin is checked (and loaded) first: an unknown version is NOT_FOUND
+            pinned_model = await self.answers.served(app, request.model_version)
         # The input rail first: before the cache, retrieval and generation; from here on the redacted turn.
         checked = await self.guarding.check_input(app, messages, request_id=request_id)
         guard_params = guard_parameters(checked)
@@ -141,17 +178,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             context.set_trailing_metadata(trailing)
         if checked.blocked:
             message = checked.message()
-            self._log_blocked_input(app, checked, params, request, request_id, message, guard_params)
+            self._log_blocked_input(app, checked, params, request, request_id, message, guard_params, pinned_model)
             if checked.as_error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{CONTENT_FILTER}: {message}")
             yield pb.GenerateResponse(text=message, finish_reason=CONTENT_FILTER, usage=pb.Usage(), model=app.model,
-                                      request_id=request_id)
+                                      model_version=request.model_version, request_id=request_id)
             return
         messages = checked.messages
-        call = await self.answers.resolve(request.model, messages, params, given_parameters(request.params))
+        call = await self.answers.resolve(request.model, messages, params, given_parameters(request.params),
+                                          model_version=request.model_version, prompt_version=request.prompt_version)
         prompt = pb.PromptVersion(name=call.prompt.name, version=call.prompt.version)
-        lookup = await self.cache.lookup(call.cache_request(messages, checked.policy))
-        if lookup.hit:  # the stored answer and its stored citations
+        # A pinned call (evaluation traffic) neither looks the cache up nor is stored in it.
+        lookup = None if call.pinned else await self.cache.lookup(call.cache_request(messages, checked.policy))
+        if lookup is not None and lookup.hit:  # the stored answer and its stored citations
             assert lookup.answer is not None
             stored = [pb.Citation(**c) for c in lookup.answer.extra.get("citations", [])]
             call.restore(dict(lookup.answer.extra))
@@ -168,9 +207,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         await self.answers.ground(call, messages)
         record = GenerationRecord(request_id=request_id, door="grpc", served=call.served, params=call.params,
                                   messages=messages, prompt_ids=call.prompt_ids, stream=True, user=request.user,
-                                  call=call, started=call.started, cache=lookup.header, guard=guard_params)
+                                  call=call, started=call.started, cache=lookup.header if lookup else MISS,
+                                  guard=guard_params, pinned_model_version=request.model_version,
+                                  pinned_prompt_version=request.prompt_version)
         if call.refused:
-            await context.send_initial_metadata(((CACHE_HEADER, lookup.header),))
+            await context.send_initial_metadata(((CACHE_HEADER, record.cache),))
             if self.generation_log is not None:
                 self.generation_log.log_refusal(record, call.refusal or "")
             yield pb.GenerateResponse(text=call.refusal, finish_reason="stop", usage=pb.Usage(),
@@ -178,7 +219,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                       request_id=request_id, refused=True, prompt=prompt)
             return
         try:
-            model: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params)
+            model: Any = self.answers.llm.submit(call.app.model, prompt_ids=call.prompt_ids, params=call.params,
+                                                 version=call.model_version)
         except Exception as exc:
             if is_overloaded(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -187,7 +229,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         if checked.guarded:  # only checked windows leave, are cached and logged
             model = guarded = self.guarding.stream(model, app, checked, request_id=request_id,
                                                    context=context_chunks(call), log_params=record.guard)
-        generation = self.cache.record(lookup, model)
+        generation = self.cache.record(lookup, model) if lookup is not None else self.cache.bypass(model)
         if guarded is not None:
             only_checked(generation, guarded)
         generation.extra.update({"citations": [c.to_json() for c in call.citations],  # stored with the answer
@@ -209,16 +251,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                                (OUTPUT_VERDICT_HEADER, last.verdict_id)))
 
     def _log_blocked_input(self, app: Any, checked: Any, params: SamplingParams, request: pb.GenerateRequest,
-                           request_id: str, message: str, guard_params: dict[str, str]) -> None:
+                           request_id: str, message: str, guard_params: dict[str, str], served: Any = None) -> None:
         if self.generation_log is None or self.answers is None or self.answers.llm is None:
             return
-        try:
-            served = self.answers.llm.model(app.model)
-        except Exception:  # the model is not served: nothing to log it under
-            return
+        if served is None:
+            try:
+                served = self.answers.llm.model(app.model)
+            except Exception:  # the model is not served: nothing to log it under
+                return
         record = GenerationRecord(request_id=request_id, door="grpc", served=served, params=params,
                                   messages=checked.messages, stream=True, user=request.user, application=app.name,
-                                  guard=guard_params)
+                                  guard=guard_params, pinned_model_version=request.model_version,
+                                  pinned_prompt_version=request.prompt_version)
         self.generation_log.log(record, completion="" if checked.as_error else message, finish_reason=CONTENT_FILTER,
                                 prompt_tokens=0, completion_tokens=0, time_to_first_token_s=None)
 

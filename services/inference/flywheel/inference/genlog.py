@@ -12,6 +12,10 @@ per-1k-token prices in the settings. `parameters` holds the sampling parameters,
 the base model of an adapter, and for applications the grounding decision and the best similarity retrieved; for
 guarded applications the guard's policy version and verdict ids (`guard_*`).
 
+`arm` is PREDICTION_ARM_CHAMPION, or PREDICTION_ARM_EVALUATION for a request that pinned a model or prompt version
+(gRPC Generate's `model_version` / `prompt_version`: the evaluator's candidates), which online scoring and drift
+detection ignore; `parameters` then says which (`pinned_model_version`, `pinned_prompt_version`).
+
 The storage floor: every text the event carries (messages, rendered prompt, completion, user) goes through
 `flywheel.common.redaction.redact` first, guarded or not, so raw PII never reaches Kafka (nor the tables fed from
 it) even when no guard policy applies. Guarded applications log the guard's redacted text on top of that, and
@@ -66,6 +70,12 @@ class GenerationRecord:
     started: float = field(default_factory=time.perf_counter)
     application: str = ""  # an application call that never got a GroundedCall (its input blocked by the guard)
     guard: dict[str, str] = field(default_factory=dict)  # guard_* parameters of a guarded call
+    pinned_model_version: int = 0  # evaluation traffic: the version pinned (0: none)
+    pinned_prompt_version: int = 0
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pinned_model_version or self.pinned_prompt_version)
 
 
 class GenerationLog:
@@ -108,7 +118,9 @@ class GenerationLog:
         if not record.prompt_ids:
             return record.prompt_text
         try:
-            return self.llm.tokenizer(record.served.name).decode(record.prompt_ids, skip_special_tokens=False)
+            version = record.served.version if record.pinned_model_version else 0
+            return self.llm.tokenizer(record.served.name, version).decode(record.prompt_ids,
+                                                                          skip_special_tokens=False)
         except Exception:  # unloaded meanwhile
             return record.prompt_text
 
@@ -129,6 +141,10 @@ class GenerationLog:
         if record.user:
             parameters["user"] = _clean(record.user)
         parameters.update(record.guard)
+        if record.pinned_model_version:
+            parameters["pinned_model_version"] = str(record.pinned_model_version)
+        if record.pinned_prompt_version:
+            parameters["pinned_prompt_version"] = str(record.pinned_prompt_version)
         if served.kind == "adapter":
             parameters["base_model"] = f"{served.base_name}:{served.base_version}"
         exchange = predictions_pb2.LlmExchange(
@@ -161,7 +177,8 @@ class GenerationLog:
             exchange.application = record.application
         payload = predictions_pb2.PredictionLogged(
             request_id=record.request_id, model=common_pb2.ModelRef(name=served.name, version=served.version),
-            arm=predictions_pb2.PREDICTION_ARM_CHAMPION, latency_ms=(time.perf_counter() - record.started) * 1000.0,
+            arm=predictions_pb2.PREDICTION_ARM_EVALUATION if record.pinned else predictions_pb2.PREDICTION_ARM_CHAMPION,
+            latency_ms=(time.perf_counter() - record.started) * 1000.0,
             traceparent=current_traceparent(), sample_rate=rate, llm=exchange, parameters=parameters)
         payload.timestamp.FromDatetime(datetime.now(UTC))
         return Event(PREDICTIONS_LOGGED, record.request_id, payload, SOURCE)

@@ -116,7 +116,8 @@ class InferenceApp:
             cache_dir=settings.llm_models_dir(), quantization=dict(settings.llm_quantization),
             max_batch=settings.llm_max_batch, max_queue=settings.llm_max_queue, max_tokens=settings.llm_max_tokens,
             max_context=settings.llm_max_context,
-            prefix_cache_tokens=settings.llm_prefix_cache_tokens)) if settings.llm_enabled else None
+            prefix_cache_tokens=settings.llm_prefix_cache_tokens, max_pinned=settings.llm_max_pinned,
+            pinned_idle_s=settings.llm_pinned_idle_seconds)) if settings.llm_enabled else None
         self.repository = Repository(self.slots, registry, new_slot=None if settings.models else self._new_slot,
                                      llm=self.llm)
         self.db = Database(settings.database_url, settings.db_schema, min_size=1, max_size=3)

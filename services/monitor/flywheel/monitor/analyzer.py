@@ -27,6 +27,8 @@ from flywheel.monitor.analysis import Analysis, DriftSettings, FeatureScore, Ref
 from flywheel.monitor.config import MonitorSettings
 from flywheel.monitor.decision import WindowOutcome, decide
 from flywheel.monitor.ingest import SEP, SOURCE, close_overdue_time_windows
+from flywheel.monitor.llm import OnlineScoring
+from flywheel.monitor.llm_store import clean as clean_llm
 from flywheel.monitor.reference import ReferenceCache
 from flywheel.proto.events.v1 import common_pb2, models_pb2, monitoring_pb2
 
@@ -45,10 +47,12 @@ def feature_pb(f: FeatureScore | dict | None) -> monitoring_pb2.FeatureDrift | N
 
 
 class Analyzer:
-    def __init__(self, db: Database, settings: MonitorSettings, references: ReferenceCache) -> None:
+    def __init__(self, db: Database, settings: MonitorSettings, references: ReferenceCache,
+                 online: OnlineScoring | None = None) -> None:
         self.db = db
         self.settings = settings
         self.references = references
+        self.online = online or OnlineScoring(settings)
         self.drift = DriftSettings(settings.drift_share, settings.num_method, settings.cat_method,
                                    settings.num_threshold, settings.cat_threshold, settings.performance_tolerance,
                                    settings.performance_metric, settings.min_class_labels,
@@ -91,6 +95,7 @@ class Analyzer:
         now = now or datetime.now(UTC)
         async with self.db.connection() as conn, conn.transaction():
             await close_overdue_time_windows(conn, self.settings, now)
+            await self.online.close_overdue(conn, now)
         analyzed = await self.analyze_next(now)
         async with self.db.connection() as conn, conn.transaction():
             await self.send_due_retrain_requests(conn, now)
@@ -260,3 +265,5 @@ class Analyzer:
                 "AND o.ingested_at < now() - %s", (timedelta(seconds=self.settings.observation_ttl_seconds),))
             await conn.execute("DELETE FROM labels WHERE received_at < now() - %s",
                                (timedelta(seconds=self.settings.label_ttl_seconds),))
+            await clean_llm(conn, timedelta(seconds=self.settings.observation_ttl_seconds),
+                            timedelta(seconds=self.settings.label_ttl_seconds))

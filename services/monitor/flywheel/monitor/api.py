@@ -9,22 +9,24 @@ import grpc
 from google.protobuf import json_format
 
 from flywheel.common import auth
-from flywheel.common.errors import FailedPrecondition, InvalidArgument
+from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel.common.rpc import map_errors
 from flywheel.monitor.analysis import render_html, snapshot_metrics
-from flywheel.monitor.store import MonitorStore
+from flywheel.monitor.llm_store import LlmReadStore
+from flywheel.monitor.store import MonitorStore, llm_window_pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
 from flywheel.proto.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 
 # Who may call what: the monitor's API only reads.
 ROLES: dict[str, auth.Roles] = {
-    "GetModelStatus": auth.READ, "ListWindows": auth.READ, "GetReport": auth.READ,
+    "GetModelStatus": auth.READ, "ListWindows": auth.READ, "GetReport": auth.READ, "ListLlmWindows": auth.READ,
 }
 
 
 class MonitorServicer(pb_grpc.MonitorServiceServicer):
-    def __init__(self, store: MonitorStore) -> None:
+    def __init__(self, store: MonitorStore, llm: LlmReadStore) -> None:
         self.store = store
+        self.llm = llm
 
     @map_errors
     async def GetModelStatus(self, request: pb.GetModelStatusRequest, context: grpc.aio.ServicerContext,
@@ -55,3 +57,15 @@ class MonitorServicer(pb_grpc.MonitorServiceServicer):
             evidently = await asyncio.to_thread(snapshot_metrics, bytes(snapshot)) if snapshot else None
             content = json.dumps({"window": json_format.MessageToDict(window), "evidently": evidently})
         return pb.GetReportResponse(window=window, format=fmt, content=content)
+
+    @map_errors
+    async def ListLlmWindows(self, request: pb.ListLlmWindowsRequest, context: grpc.aio.ServicerContext,
+                             ) -> pb.ListLlmWindowsResponse:
+        rows, token, state = await self.llm.windows(request.application, request.page_size, request.page_token)
+        if state is None:
+            raise NotFound(f"the monitor has scored no answer of application {request.application!r}")
+        response = pb.ListLlmWindowsResponse(windows=[llm_window_pb(r) for r in rows], next_page_token=token)
+        response.champion.name, response.champion.version = state["model_name"], state["model_version"]
+        if state["last_alert_at"] is not None:
+            response.last_alert_at.FromDatetime(state["last_alert_at"])
+        return response

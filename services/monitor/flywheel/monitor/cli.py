@@ -1,4 +1,5 @@
-"""`flywheel monitor status <model>` / `windows <model>` / `report <window_id> [--html out.html]`."""
+"""`flywheel monitor status <model>` / `windows <model>` / `report <window_id> [--html out.html]` /
+`llm <application>` (online scoring of an LLM application's answers)."""
 
 from __future__ import annotations
 
@@ -99,4 +100,37 @@ def report(obj: tuple[str, float], window_id: str, html: Path | None) -> None:
             console.print(f"wrote {html} ({len(response.content)} characters)")
         else:
             click.echo(response.content)
+    _call(*obj, run)
+
+
+def _score(scores: Any, key: str, digits: int = 3) -> str:
+    return f"{scores[key]:.{digits}f}" if key in scores else "-"
+
+
+@monitor.command()
+@click.argument("application")
+@click.option("--limit", default=20, show_default=True, help="How many windows, newest first.")
+@click.pass_obj
+def llm(obj: tuple[str, float], application: str, limit: int) -> None:
+    """Online scores of APPLICATION's live answers per window: groundedness, refusal, PII leak and negative
+    feedback rates, the reference they are judged against, and the alerts they raised."""
+    async def run(stub: pb_grpc.MonitorServiceStub) -> None:
+        response = await stub.ListLlmWindows(pb.ListLlmWindowsRequest(application=application, page_size=limit))
+        alert = response.last_alert_at.ToJsonString() if response.HasField("last_alert_at") else "never"
+        console.print(f"[bold]{application}[/]: champion {response.champion.name} v{response.champion.version}; "
+                      f"last alert {alert}")
+        table = Table("window", "seq", "model", "state", "answers", "grounded", "refusals", "pii leaks",
+                      "neg. feedback", "alert")
+        for w in response.windows:
+            state = "open" if not w.closed else "reference" if w.is_reference else \
+                "degraded" if w.degraded else "ok" if w.checks else "unjudged"
+            ref = w.reference
+
+            def cell(key: str, w: Any = w, ref: Any = ref) -> str:
+                return _score(w.scores, key) + (f" ({_score(ref, key)})" if key in ref else "")
+            table.add_row(w.window_id[:8], str(w.sequence), f"{w.model.name} v{w.model.version}", state,
+                          str(w.generations), cell("groundedness"), cell("refusal_rate"), cell("pii_leak_rate"),
+                          cell("negative_feedback_rate"), w.drift_event_id[:8] or "-")
+        console.print(table)
+        console.print("scores of closed windows, (reference) where judged")
     _call(*obj, run)

@@ -18,6 +18,15 @@ class ReviewPolicy(BaseModel):
     max_per_window: int = Field(20, ge=0, description="At most this many low-confidence reviews per window.")
 
 
+class LlmBaseline(BaseModel):
+    """A configured reference of an LLM application's online scores (instead of its first windows)."""
+
+    groundedness: float | None = Field(None, ge=0, le=1, description="Mean groundedness of its answers.")
+    refusal_rate: float = Field(0.0, ge=0, le=1, description="Share of refusals.")
+    pii_leak_rate: float = Field(0.0, ge=0, le=1, description="Share of answers showing PII.")
+    negative_feedback_rate: float = Field(0.0, ge=0, le=1, description="Share of answers with negative feedback.")
+
+
 class MonitorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_MONITOR_", extra="ignore", populate_by_name=True)
 
@@ -92,6 +101,43 @@ class MonitorSettings(ServiceSettings):
     review_policy: dict[str, ReviewPolicy] = Field(
         default_factory=lambda: {"*": ReviewPolicy()},
         description="JSON: model name (or '*' = default) -> {band, rate, max_per_window}.")
+
+    # Online scoring of LLM answers (llm.py; predictions.logged events with `llm` set).
+    llm_scoring: bool = Field(True, description="Score live LLM answers per application (online scoring).")
+    llm_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of generations scored, by a hash of the request id (a replay samples "
+                                     "the same ones). 1.0 suits the demo's volume; lower it for heavy traffic.")
+    llm_window_size: int = Field(100, gt=0, description="Scored generations per window of an application.")
+    llm_window_seconds: float = Field(
+        3600.0, ge=0, description="A window older than this closes with what it has (at least "
+                                  "llm_min_window_generations); 0 = windows close by count only.")
+    llm_min_window_generations: int = Field(20, gt=0, description="A window closed by age needs this many.")
+    llm_reference_windows: int = Field(
+        1, gt=0, description="The first N full windows after a champion change are the reference.")
+    llm_baseline: dict[str, LlmBaseline] = Field(
+        default_factory=dict, description="JSON: application -> configured reference scores (skips the "
+                                          "reference windows).")
+    llm_groundedness_drop: float = Field(0.15, ge=0, le=1, description="Alert when mean groundedness drops more.")
+    llm_refusal_rise: float = Field(0.15, ge=0, le=1, description="Alert when the refusal rate rises more.")
+    llm_pii_leak_rate: float = Field(0.02, ge=0, le=1, description="Alert when the PII leak rate is above.")
+    llm_negative_feedback_rate: float = Field(
+        0.2, ge=0, le=1, description="Alert when the share of answers with negative feedback is above.")
+    llm_min_scored: int = Field(
+        10, gt=0, description="Judge groundedness only with this many scored answers in window and reference.")
+    llm_cooldown_seconds: float = Field(3600.0, ge=0, description="No new alert for an application this long.")
+    llm_review_samples: int = Field(5, ge=0, description="Lowest-scoring answers of an alerting window to review.")
+    llm_retrain_kind: Literal["lora_adapter", "llm"] = Field(
+        "lora_adapter", description="ModelKind of the retrain request (the fine-tuner takes both).")
+    llm_feedback_sources: list[str] = Field(
+        default_factory=lambda: ["END_USER", "REVIEWER"],
+        description="FeedbackSource names whose feedback counts for the negative feedback rate.")
+    llm_negative_feedback_texts: list[str] = Field(
+        default_factory=lambda: ["thumbs_down", "down", "bad", "negative", "unhelpful", "wrong", "rejected",
+                                 "corrected", "no", "false"],
+        description="Text labels of feedback on an answer that mean negative (the review app: rejected, corrected).")
+    llm_positive_feedback_texts: list[str] = Field(
+        default_factory=lambda: ["thumbs_up", "up", "good", "positive", "helpful", "approved", "yes", "true"],
+        description="Text labels of feedback on an answer that mean positive.")
 
     # Retention.
     observation_ttl_seconds: float = Field(7 * 86400.0, gt=0, description="Observations older than this are deleted.")

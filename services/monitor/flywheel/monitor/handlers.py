@@ -29,6 +29,7 @@ from flywheel.common.topics import FEEDBACK_RECEIVED, PREDICTIONS_LOGGED, Topic
 from flywheel.monitor import metrics
 from flywheel.monitor.config import MonitorSettings
 from flywheel.monitor.ingest import Ingest
+from flywheel.monitor.llm import OnlineScoring
 
 log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, PoolTimeout, DeadlockDetected, SerializationFailure)
@@ -68,10 +69,12 @@ class DeadLetters:
 class MonitorStream:
     """Builds the faust app; `start`/`stop` run it inside the caller's event loop."""
 
-    def __init__(self, settings: MonitorSettings, db: Database, ingest: Ingest, dead_letters: DeadLetters) -> None:
+    def __init__(self, settings: MonitorSettings, db: Database, ingest: Ingest, dead_letters: DeadLetters,
+                 online: OnlineScoring | None = None) -> None:
         self.settings = settings
         self.db = db
         self.ingest = ingest
+        self.online = online or OnlineScoring(settings)
         self.dead_letters = dead_letters
         self.batches = 0
         self.app = faust.App(
@@ -84,9 +87,17 @@ class MonitorStream:
             topic_allow_declare=False, topic_disable_leader=True, loghandlers=[],
             datadir=str(Path(settings.home) / f"faust-{settings.consumer_group}"),
         )
-        self._agent(PREDICTIONS_LOGGED, self.ingest.predictions)
-        self._agent(FEEDBACK_RECEIVED,
-                    lambda conn, events: self.ingest.feedback(conn, events, settings.consumer_group))
+        self._agent(PREDICTIONS_LOGGED, self._predictions)
+        self._agent(FEEDBACK_RECEIVED, self._feedback)
+
+    async def _predictions(self, conn: AsyncConnection, events: list[Event]) -> None:
+        """Tabular rows into drift windows and LLM answers into online scoring, in one transaction."""
+        await self.ingest.predictions(conn, events)
+        await self.online.predictions(conn, events)
+
+    async def _feedback(self, conn: AsyncConnection, events: list[Event]) -> None:
+        await self.online.feedback(conn, events)
+        await self.ingest.feedback(conn, events, self.settings.consumer_group)
 
     def _agent(self, topic: Topic, apply: Apply) -> None:
         source = self.app.topic(topic.name, value_type=bytes, key_type=bytes,

@@ -26,6 +26,8 @@ from flywheel.monitor.api import ROLES, MonitorServicer
 from flywheel.monitor.config import MonitorSettings
 from flywheel.monitor.handlers import DeadLetters, MonitorStream
 from flywheel.monitor.ingest import SOURCE, Ingest
+from flywheel.monitor.llm import OnlineScoring
+from flywheel.monitor.llm_store import LlmReadStore
 from flywheel.monitor.reference import ReferenceCache
 from flywheel.monitor.store import MonitorStore
 from flywheel.proto.monitor.v1 import monitor_service_pb2 as pb
@@ -50,16 +52,19 @@ class MonitorApp:
             settings.registry_addr, auth=settings.client_auth(), timeout=settings.rpc_timeout,
             transfer_timeout=settings.download_timeout))
         self.ingest = Ingest(settings)
+        self.online = OnlineScoring(settings)
         self.dlq_producer = new_producer(settings.kafka_bootstrap, client_id=f"{SOURCE}-dlq")
         self.stream = MonitorStream(settings, self.db, self.ingest, DeadLetters(self.dlq_producer,
-                                                                                  settings.consumer_group))
-        self.analyzer = Analyzer(self.db, settings, self.references)
+                                                                                  settings.consumer_group),
+                                    self.online)
+        self.analyzer = Analyzer(self.db, settings, self.references, self.online)
         self.relay = OutboxRelay(self.db, settings.kafka_bootstrap, client_id=f"{SOURCE}-outbox",
                                  idempotent=settings.kafka_enable_idempotence,
                                  health=self.rpc.component_health("outbox-relay"))
         self.store = MonitorStore(self.db, hysteresis_n=settings.hysteresis_n, hysteresis_m=settings.hysteresis_m,
                                   cooldown_seconds=settings.cooldown_seconds)
-        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store), SERVICE_NAME, ROLES)
+        self.rpc.add(pb_grpc.add_MonitorServiceServicer_to_server, MonitorServicer(self.store, LlmReadStore(self.db)),
+                     SERVICE_NAME, ROLES)
 
     @property
     def address(self) -> str:

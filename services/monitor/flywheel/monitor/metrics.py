@@ -15,3 +15,14 @@ FEATURE_DRIFT = Gauge("flywheel_monitor_feature_drift_score", "Drift score of a 
                       ["model", "version", "feature"])
 WINDOW_METRIC = Gauge("flywheel_monitor_window_metric", "A metric of the last analyzed window (measured or est_*).",
                       ["model", "version", "metric"])
+LLM_GENERATIONS = Counter("flywheel_monitor_llm_generations_total", "LLM answers scored (online scoring).",
+                          ["application"])
+LLM_SKIPPED = Counter("flywheel_monitor_llm_skipped_total", "LLM answers not scored, by why (arm, no_application, "
+                      "not_sampled).", ["reason"])
+LLM_WINDOWS_CLOSED = Counter("flywheel_monitor_llm_windows_closed_total", "LLM scoring windows closed.",
+                             ["application"])
+LLM_ALERTS = Counter("flywheel_monitor_llm_alerts_total", "LLM quality alerts (drift.detected).", ["application"])
+LLM_FEEDBACK = Counter("flywheel_monitor_llm_feedback_total", "Feedback on LLM answers stored.")
+LLM_SCORE = Gauge("flywheel_monitor_llm_score", "A score of the last closed LLM window of an application "
+                  "(groundedness, refusal_rate, pii_leak_rate, negative_feedback_rate, generations, ...).",
+                  ["application", "metric"])

@@ -38,6 +38,25 @@ def window_pb(r: dict[str, Any]) -> pb.Window:
     return w
 
 
+def llm_window_pb(r: dict[str, Any]) -> pb.LlmWindow:
+    """An llm_windows row as the API's LlmWindow."""
+    w = pb.LlmWindow(window_id=r["window_id"], application=r["application"],
+                     model=common_pb2.ModelRef(name=r["model_name"], version=r["model_version"]),
+                     sequence=r["sequence"], closed=r["state"] == "closed", generations=r["generations"],
+                     is_reference=r["is_reference"], degraded=bool(r["degraded"]),
+                     drift_event_id=r["drift_event_id"] or "", retrain_request_id=r["retrain_request_id"] or "",
+                     reviews=r["reviews"])
+    for field, column in (("start", "start_ts"), ("end", "end_ts"), ("closed_at", "closed_at")):
+        if r[column] is not None:
+            getattr(w, field).FromDatetime(r[column])
+    w.scores.update(r["scores"] or {})
+    w.reference.update(r["reference"] or {})
+    w.checks.extend(pb.LlmCheck(metric=c["metric"], value=c["value"], reference=c["reference"] or 0.0,
+                                score=c["score"], threshold=c["threshold"], degraded=c["degraded"])
+                    for c in r["checks"] or [])
+    return w
+
+
 class MonitorStore:
     def __init__(self, db: Database, *, hysteresis_n: int, hysteresis_m: int, cooldown_seconds: float) -> None:
         self.db = db

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class GenerationServiceStub:
-    """Text generation with the served LLMs; takes the `predict` role.
+    """Text generation with the served LLMs; takes the `predict`, `service` or `operator` role (version pins take
+    `service` or `operator`: PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class GenerationServiceStub:
 
 
 class GenerationServiceServicer:
-    """Text generation with the served LLMs; takes the `predict` role.
+    """Text generation with the served LLMs; takes the `predict`, `service` or `operator` role (version pins take
+    `service` or `operator`: PERMISSION_DENIED otherwise).
     """
 
     def Generate(self, request, context):
@@ -73,7 +75,8 @@ def add_GenerationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GenerationService:
-    """Text generation with the served LLMs; takes the `predict` role.
+    """Text generation with the served LLMs; takes the `predict`, `service` or `operator` role (version pins take
+    `service` or `operator`: PERMISSION_DENIED otherwise).
     """
 
     @staticmethod

@@ -165,3 +165,93 @@ class GetReportResponse(_message.Message):
     format: ReportFormat
     content: str
     def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., format: _Optional[_Union[ReportFormat, str]] = ..., content: _Optional[str] = ...) -> None: ...
+
+class LlmCheck(_message.Message):
+    __slots__ = ("metric", "value", "reference", "score", "threshold", "degraded")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    value: float
+    reference: float
+    score: float
+    threshold: float
+    degraded: bool
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., reference: _Optional[float] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., degraded: _Optional[bool] = ...) -> None: ...
+
+class LlmWindow(_message.Message):
+    __slots__ = ("window_id", "application", "model", "sequence", "closed", "generations", "start", "end", "scores", "reference", "checks", "is_reference", "degraded", "drift_event_id", "retrain_request_id", "reviews", "closed_at")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ReferenceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    IS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEWS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    window_id: str
+    application: str
+    model: _common_pb2.ModelRef
+    sequence: int
+    closed: bool
+    generations: int
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    scores: _containers.ScalarMap[str, float]
+    reference: _containers.ScalarMap[str, float]
+    checks: _containers.RepeatedCompositeFieldContainer[LlmCheck]
+    is_reference: bool
+    degraded: bool
+    drift_event_id: str
+    retrain_request_id: str
+    reviews: int
+    closed_at: _timestamp_pb2.Timestamp
+    def __init__(self, window_id: _Optional[str] = ..., application: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., sequence: _Optional[int] = ..., closed: _Optional[bool] = ..., generations: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scores: _Optional[_Mapping[str, float]] = ..., reference: _Optional[_Mapping[str, float]] = ..., checks: _Optional[_Iterable[_Union[LlmCheck, _Mapping]]] = ..., is_reference: _Optional[bool] = ..., degraded: _Optional[bool] = ..., drift_event_id: _Optional[str] = ..., retrain_request_id: _Optional[str] = ..., reviews: _Optional[int] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListLlmWindowsRequest(_message.Message):
+    __slots__ = ("application", "page_size", "page_token")
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    application: str
+    page_size: int
+    page_token: str
+    def __init__(self, application: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListLlmWindowsResponse(_message.Message):
+    __slots__ = ("windows", "next_page_token", "champion", "last_alert_at")
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ALERT_AT_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[LlmWindow]
+    next_page_token: str
+    champion: _common_pb2.ModelRef
+    last_alert_at: _timestamp_pb2.Timestamp
+    def __init__(self, windows: _Optional[_Iterable[_Union[LlmWindow, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., champion: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., last_alert_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class MonitorServiceStub:
                 request_serializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.ListLlmWindows = channel.unary_unary(
+                '/flywheel.monitor.v1.MonitorService/ListLlmWindows',
+                request_serializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsRequest.SerializeToString,
+                response_deserializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsResponse.FromString,
+                _registered_method=True)
 
 
 class MonitorServiceServicer:
@@ -76,6 +81,14 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLlmWindows(self, request, context):
+        """Online scoring of an LLM application's live answers: its windows, newest first, with their scores,
+        the reference they were compared with and the alert they raised.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportRequest.FromString,
                     response_serializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportResponse.SerializeToString,
+            ),
+            'ListLlmWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLlmWindows,
+                    request_deserializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsRequest.FromString,
+                    response_serializer=flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class MonitorService:
             '/flywheel.monitor.v1.MonitorService/GetReport',
             flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportRequest.SerializeToString,
             flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLlmWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.monitor.v1.MonitorService/ListLlmWindows',
+            flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsRequest.SerializeToString,
+            flywheel_dot_monitor_dot_v1_dot_monitor__service__pb2.ListLlmWindowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

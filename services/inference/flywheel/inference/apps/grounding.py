@@ -14,6 +14,10 @@
 Request parameters the client did not set take the template's defaults (temperature, top_p, max_tokens, stop,
 seed).
 
+Pins (evaluation traffic, gRPC Generate): `model_version` answers with that version of the application's model
+(LLMService.pin: loaded on demand next to the champion), `prompt_version` uses that version of its prompt template
+instead of the alias the application binds.
+
 Citations are decided by retrieval, not by the model's text: a small model may cite badly or not at all, but what
 it was given, and so what its answer can rest on, is exactly the cited passages.
 """
@@ -77,10 +81,17 @@ class GroundedCall:
     prompt_ids: list[int] = field(default_factory=list)
     embedding_model: str = ""
     started: float = field(default_factory=time.perf_counter)
+    model_version: int = 0  # a pinned version of the application's model (0: its champion)
+    prompt_pinned: bool = False  # `prompt` is a pinned template version, not the alias's
 
     @property
     def refused(self) -> bool:
         return self.refusal is not None
+
+    @property
+    def pinned(self) -> bool:
+        """Evaluation traffic: a model or prompt version pinned (not cached, logged with arm EVALUATION)."""
+        return bool(self.model_version) or self.prompt_pinned
 
     def grounding_json(self) -> dict[str, Any]:
         return {"supported": not self.refused, "refused": self.refused,
@@ -155,25 +166,36 @@ class GroundedAnswers:
         return call
 
     async def resolve(self, name: str, messages: list[dict[str, str]], params: SamplingParams,
-                      given: Iterable[str] = ()) -> GroundedCall:
+                      given: Iterable[str] = (), *, model_version: int = 0, prompt_version: int = 0) -> GroundedCall:
         """The application, its served model and prompt version, and the parameters: everything an answer depends
-        on but the passages (what the response cache keys on), without retrieving."""
+        on but the passages (what the response cache keys on), without retrieving. `model_version` /
+        `prompt_version`: pins (see the module docstring; 0: what the application serves)."""
         started = time.perf_counter()
         app = self.catalog.require(name)
         question = question_of(messages)
-        if self.llm is None:
-            raise Unavailable(f"application {name!r} cannot answer: LLM serving is off on this server")
-        try:
-            served = self.llm.model(app.model)
-        except NotFound:
-            raise Unavailable(f"application {name!r} cannot answer: its model {app.model!r} is not served (it has no "
-                              "champion loaded here)") from None
-        try:
-            prompt = await self.prompts.resolve(app.prompt.name, app.prompt.alias)
-        except Unavailable as exc:
-            raise Unavailable(f"application {name!r} cannot answer: {exc}") from None
+        served = await self.served(app, model_version)
+        if prompt_version:
+            prompt = await self.prompts.version(app.prompt.name, prompt_version)
+        else:
+            try:
+                prompt = await self.prompts.resolve(app.prompt.name, app.prompt.alias)
+            except Unavailable as exc:
+                raise Unavailable(f"application {name!r} cannot answer: {exc}") from None
         params = with_defaults(params, given, dict(prompt.template.parameters))
-        return GroundedCall(app=app, prompt=prompt, served=served, question=question, params=params, started=started)
+        return GroundedCall(app=app, prompt=prompt, served=served, question=question, params=params, started=started,
+                            model_version=model_version, prompt_pinned=bool(prompt_version))
+
+    async def served(self, app: Application, model_version: int = 0) -> Any:
+        """The ServedModel answering for `app`: its model's champion, or the pinned version (loaded on demand)."""
+        if self.llm is None:
+            raise Unavailable(f"application {app.name!r} cannot answer: LLM serving is off on this server")
+        if model_version:
+            return await self.llm.pin(app.model, model_version)
+        try:
+            return self.llm.model(app.model)
+        except NotFound:
+            raise Unavailable(f"application {app.name!r} cannot answer: its model {app.model!r} is not served (it "
+                              "has no champion loaded here)") from None
 
     async def ground(self, call: GroundedCall, messages: list[dict[str, str]]) -> None:
         """Retrieve the passages and fit them into the prompt (`call.prompt_ids`), or set the refusal."""
@@ -219,7 +241,8 @@ class GroundedAnswers:
         name = call.app.model
         reserve = call.params.max_tokens or min(self.answer_tokens, self.max_tokens_cap)
         budget = call.served.context_length - reserve
-        base = self.llm.chat_prompt(name, self._messages(call, template, messages, ""))
+        version = call.model_version
+        base = self.llm.chat_prompt(name, self._messages(call, template, messages, ""), version)
         if len(base) >= budget:
             raise InvalidArgument(f"the conversation takes {len(base)} tokens with application {call.app.name!r}'s "
                                   f"template; with {reserve} reserved for the answer, model {name!r} has room for "
@@ -230,19 +253,19 @@ class GroundedAnswers:
         for hit, chunk in zip(supporting, chunks, strict=True):
             n = len(used) + 1
             separator = template.context_separator if used else ""
-            cost = len(self.llm.encode(name, separator + template.render_item(n, chunk)))
+            cost = len(self.llm.encode(name, separator + template.render_item(n, chunk), version))
             if cost <= room:
                 used.append((hit, chunk))
                 room -= cost
                 continue
             if not used:  # not even the best passage fits whole: send what fits of it
-                cut = self._cut(name, template, chunk, cost - room)
+                cut = self._cut(name, template, chunk, cost - room, version)
                 if cut is not None:
                     used.append((hit, cut))
             break
         while True:
             rendered = self._messages(call, template, messages, template.render_context([c for _, c in used]))
-            ids = self.llm.chat_prompt(name, rendered)
+            ids = self.llm.chat_prompt(name, rendered, version)
             if len(ids) <= budget or not used:
                 break
             used.pop()  # token merges across boundaries made it a little longer than counted
@@ -256,10 +279,11 @@ class GroundedAnswers:
                                    source=h.source, section=h.section, score=h.score, similarity=h.similarity)
                           for i, (h, _) in enumerate(used, start=1)]
 
-    def _cut(self, name: str, template: PromptTemplate, chunk: ContextChunk, over: int) -> ContextChunk | None:
-        tokenizer = self.llm.tokenizer(name)
+    def _cut(self, name: str, template: PromptTemplate, chunk: ContextChunk, over: int,
+             version: int = 0) -> ContextChunk | None:
+        tokenizer = self.llm.tokenizer(name, version)
         ids = tokenizer.encode(chunk.text, add_special_tokens=False)
-        keep = len(ids) - over - len(self.llm.encode(name, ELLIPSIS)) - 2
+        keep = len(ids) - over - len(self.llm.encode(name, ELLIPSIS, version)) - 2
         if keep < MIN_CUT_TOKENS:
             return None
         return dataclasses.replace(chunk, text=tokenizer.decode(ids[:keep]).rstrip() + ELLIPSIS)

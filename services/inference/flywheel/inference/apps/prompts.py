@@ -5,6 +5,9 @@ and parses that version once (versions are immutable: cached by (name, version))
 alias points at. `models.promoted` for that name (any alias move: champion, previous, a user alias) drops what was
 remembered and resolves it again in the background, so the next request uses the new version without waiting.
 `max_age_s` bounds how long a resolution is trusted without an event (a safety net; promotions arrive as events).
+
+`version(name, version)` is a pinned template version (gRPC Generate's `prompt_version`: a candidate the evaluator
+runs): the same parsed-once cache, no alias involved.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from flywheel.common.clients.ports import ModelRegistry
-from flywheel.common.errors import FailedPrecondition, Unavailable
+from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from flywheel.common.prompt_templates import PromptTemplate, parse_prompt_template
 from flywheel.proto.events.v1 import common_pb2
 
@@ -52,6 +55,26 @@ class PromptResolver:
             if hit is not None and time.monotonic() - hit[1] < self.max_age_s:
                 return ResolvedPrompt(name, hit[0], self._templates[(name, hit[0])])
             return await self._resolve(name, alias)
+
+    async def version(self, name: str, version: int) -> ResolvedPrompt:
+        """Version `version` of the template `name`, parsed (cached: versions are immutable). NotFound when the
+        registry has no such version, InvalidArgument when it is not a prompt template."""
+        template = self._templates.get((name, version))
+        if template is not None:
+            return ResolvedPrompt(name, version, template)
+        async with self._locks.setdefault((name, f"v{version}"), asyncio.Lock()):
+            template = self._templates.get((name, version))
+            if template is None:
+                found = await self.registry.get_version(name, version)
+                if found is None:
+                    raise NotFound(f"prompt template {name!r} has no version {version} in the registry")
+                if found.kind != common_pb2.MODEL_KIND_PROMPT:
+                    raise InvalidArgument(f"{name} v{version} is {common_pb2.ModelKind.Name(found.kind)}, not a "  # type: ignore[arg-type]
+                                          "prompt template")
+                data = await self.registry.download(name, version)
+                template = parse_prompt_template(data, source=f"prompt template {name} v{version}")
+                self._templates[(name, version)] = template
+        return ResolvedPrompt(name, version, template)
 
     async def _resolve(self, name: str, alias: str) -> ResolvedPrompt:
         epoch = self._epochs.get((name, alias), 0)

@@ -298,6 +298,12 @@ class ResponseCache:
         store = lookup.kind == MISS and same
         return RecordingGeneration(generation, (lambda *a: self.remember(lookup, *a)) if store else None)
 
+    def bypass(self, generation: Any) -> RecordingGeneration:
+        """`generation` answered without the cache (evaluation traffic: a pinned version): neither looked up nor
+        stored; counted as bypass."""
+        RESPONSES.labels(BYPASS).inc()
+        return RecordingGeneration(generation, None)
+
     async def submit(self, llm: Any, name: str, *, params: SamplingParams,
                      messages: list[dict[str, str]] | None = None, prompt: str | None = None, tenant: str = "",
                      **fingerprint: Any) -> CachedGeneration | RecordingGeneration:

@@ -15,6 +15,15 @@ reconcile (serialized, coalesced, retried with backoff) then:
 One copy of each base version is loaded, whatever the number of names and adapters on it. Nothing of
 transformers/peft is imported until the first LLM is promoted.
 
+Pinned versions (evaluation traffic: gRPC Generate's `model_version`). `await service.pin(name, version)` serves a
+version of `name` next to its champion, loaded on the first request that asks for it (every request for the same
+pin waits for that one load): an LLM version gets its own engine (a distilled student), an adapter version is
+loaded onto the base its lineage names (sharing that base's engine when the base is loaded already, e.g. the
+champion's). The champion's own version is answered by the champion's route. At most `max_pinned` versions stay
+pinned (the least recently used idle one is unloaded for a new one); a pin idle for `pinned_idle_s` is unloaded,
+never while it has running requests; a base only pins used is freed with its last pin. Pins use their own engine
+adapter names, so a pin and a promotion of the same version never unload each other's adapter.
+
 The API (all on the event loop; nothing here blocks it):
     service.models() -> list[ServedModel]                    what can be asked for now (GET /v1/models)
     service.model(name) -> ServedModel                       NotFound naming what is served
@@ -26,6 +35,8 @@ The API (all on the event loop; nothing here blocks it):
     async for chunk in generation: GenerationChunk(text, token_ids, finish_reason, usage, time_to_first_token_s)
     await generation.collect() -> Completion;  generation.cancel() / `async with generation:` frees it
     await service.generate(name, ...) -> Completion           submit + collect
+    await service.pin(name, version) -> ServedModel           a pinned version (loaded on demand); then
+        model / tokenizer / chat_prompt / encode / submit take `version=` (0: the champion)
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +71,10 @@ BASE, ADAPTER = "llm", "adapter"
 GENERATIONS = Counter("flywheel_llm_generations_total", "Generations submitted, by model and outcome.",
                       ["model", "outcome"])
 LOADED = Gauge("flywheel_llm_loaded_version", "Version of each LLM or adapter name served (0 = none).", ["model"])
+PINNED = Gauge("flywheel_llm_pinned_versions", "Versions of each name served pinned (evaluation traffic), next to "
+               "its champion.", ["model"])
+PIN_EVENTS = Counter("flywheel_llm_pinned_total", "Pinned versions loaded, unloaded (idle or lru) or failed to load.",
+                     ["model", "event"])
 
 
 @dataclass
@@ -74,6 +89,8 @@ class LLMSettings:
     max_context: int = 2048  # at most the model's; bounds the KV cache memory
     prefix_cache_tokens: int = 2048
     min_prefix_tokens: int = 16
+    max_pinned: int = 2  # versions served pinned at once (least recently used unloaded first)
+    pinned_idle_s: float = 300.0  # a pinned version idle this long is unloaded
 
 
 @dataclass(frozen=True)
@@ -112,30 +129,60 @@ class _Route:
     adapter: str | None  # the adapter's name in the engine
 
 
+@dataclass
+class _Pin:
+    """A version served pinned next to its name's champion."""
+
+    route: _Route
+    user: str  # its key in the base's users
+    running: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
 class Generation:
     """A submitted generation: an async iterator of GenerationChunk (see the module docstring)."""
 
-    def __init__(self, served: ServedModel, stream: GenerationStream, prompt_ids: list[int] | None = None) -> None:
+    def __init__(self, served: ServedModel, stream: GenerationStream, prompt_ids: list[int] | None = None,
+                 on_done: Callable[[], None] | None = None) -> None:
         self.model = served
         self.stream = stream
         self.prompt_ids = list(prompt_ids or [])  # what the model reads (for the generation log)
         self.prompt_tokens = stream.prompt_tokens
         self.max_tokens = stream.max_tokens
+        self._on_done = on_done  # a pinned version's running count (called once: ended, failed or cancelled)
 
     def __aiter__(self) -> AsyncIterator[GenerationChunk]:
-        return self.stream
+        return self.stream if self._on_done is None else self._counted()
+
+    async def _counted(self) -> AsyncIterator[GenerationChunk]:
+        try:
+            async for chunk in self.stream:
+                if chunk.finish_reason is not None:
+                    self._done()
+                yield chunk
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        done, self._on_done = self._on_done, None
+        if done is not None:
+            done()
 
     async def collect(self) -> Completion:
-        return await self.stream.collect()
+        try:
+            return await self.stream.collect()
+        finally:
+            self._done()
 
     def cancel(self) -> None:
         self.stream.cancel()
+        self._done()
 
     async def __aenter__(self) -> Generation:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.stream.cancel()
+        self.cancel()
 
 
 def check_adapter_dir(directory: Path, what: str) -> None:
@@ -182,16 +229,31 @@ class LLMService:
         self._again: set[str] = set()
         self._background: set[asyncio.Task] = set()
         self.known: set[str] = set()  # every name handed over (served or not), so a lost champion is seen
+        self.pins: dict[tuple[str, int], _Pin] = {}  # (name, version) -> a version served pinned
+        self._pin_loads: dict[tuple[str, int], asyncio.Task] = {}
+        self._reaper: asyncio.Task | None = None
 
     # -- the API for the doors ----------------------------------------------------------------------
 
     def models(self) -> list[ServedModel]:
         return [self.routes[n].served for n in sorted(self.routes)]
 
-    def model(self, name: str) -> ServedModel:
-        return self._route(name).served
+    def model(self, name: str, version: int = 0) -> ServedModel:
+        return self._route(name, version).served
 
-    def _route(self, name: str) -> _Route:
+    def pinned(self) -> list[ServedModel]:
+        """The versions served pinned now (evaluation traffic), by name and version."""
+        return [self.pins[k].route.served for k in sorted(self.pins)]
+
+    def _route(self, name: str, version: int = 0) -> _Route:
+        if version:
+            champion = self.routes.get(name)
+            if champion is not None and champion.served.version == version:
+                return champion
+            pin = self.pins.get((name, version))
+            if pin is None:
+                raise Unavailable(f"model {name!r} v{version} is not pinned here (yet): pin it first")
+            return pin.route
         route = self.routes.get(name)
         if route is None:
             served = ", ".join(sorted(self.routes)) or "none"
@@ -200,31 +262,33 @@ class LLMService:
             raise NotFound(f"model {name!r} is not served; LLMs served: {served}")
         return route
 
-    def tokenizer(self, name: str) -> Any:
-        return self._route(name).base.tokenizer
+    def tokenizer(self, name: str, version: int = 0) -> Any:
+        return self._route(name, version).base.tokenizer
 
-    def chat_prompt(self, name: str, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(self, name: str, messages: list[dict[str, str]], version: int = 0) -> list[int]:
         from flywheel.inference.llm.loading import render_chat
 
-        return render_chat(self.tokenizer(name), messages, model_name=name)
+        return render_chat(self.tokenizer(name, version), messages, model_name=name)
 
-    def encode(self, name: str, text: str) -> list[int]:
+    def encode(self, name: str, text: str, version: int = 0) -> list[int]:
         from flywheel.inference.llm.loading import encode_prompt
 
-        return encode_prompt(self.tokenizer(name), text)
+        return encode_prompt(self.tokenizer(name, version), text)
 
     def submit(self, name: str, *, messages: list[dict[str, str]] | None = None, prompt: str | None = None,
-               prompt_ids: list[int] | None = None, params: SamplingParams | None = None) -> Generation:
-        """Queue a generation for `name` from chat `messages`, a plain `prompt` or `prompt_ids` (exactly one)."""
-        route = self._route(name)
+               prompt_ids: list[int] | None = None, params: SamplingParams | None = None,
+               version: int = 0) -> Generation:
+        """Queue a generation for `name` from chat `messages`, a plain `prompt` or `prompt_ids` (exactly one);
+        `version`: a pinned version (`pin` it first; 0: the champion)."""
+        route = self._route(name, version)
         given = [x is not None for x in (messages, prompt, prompt_ids)]
         if sum(given) != 1:
             raise InvalidArgument("give exactly one of messages, prompt or prompt_ids")
         try:
             if messages is not None:
-                ids = self.chat_prompt(name, messages)
+                ids = self.chat_prompt(name, messages, version)
             elif prompt is not None:
-                ids = self.encode(name, prompt)
+                ids = self.encode(name, prompt, version)
             else:
                 ids = [int(i) for i in prompt_ids or []]
             stream = route.base.engine.submit(ids, params or SamplingParams(), adapter=route.adapter)
@@ -232,14 +296,144 @@ class LLMService:
             GENERATIONS.labels(name, type(exc).__name__).inc()
             raise
         GENERATIONS.labels(name, "submitted").inc()
-        return Generation(route.served, stream, ids)
+        pin = self.pins.get((name, version)) if version else None
+        if pin is None or pin.route is not route:
+            return Generation(route.served, stream, ids)
+        pin.running += 1
+        pin.last_used = time.monotonic()
+
+        def done() -> None:
+            pin.running -= 1
+            pin.last_used = time.monotonic()
+        return Generation(route.served, stream, ids, on_done=done)
 
     async def generate(self, name: str, **kwargs: Any) -> Completion:
         return await self.submit(name, **kwargs).collect()
 
-    def engine(self, name: str) -> GenerationEngine:
+    def engine(self, name: str, version: int = 0) -> GenerationEngine:
         """The engine serving `name` (its counters, for tests and metrics)."""
-        return self._route(name).base.engine
+        return self._route(name, version).base.engine
+
+    # -- pinned versions (evaluation traffic) -------------------------------------------------------------
+
+    async def pin(self, name: str, version: int) -> ServedModel:
+        """Serve `name` v`version` next to the champion (see the module docstring): loaded on the first call,
+        which concurrent calls for the same version share. NotFound for a version the registry does not have,
+        InvalidArgument for one that is not an LLM or adapter, FailedPrecondition for an adapter whose base
+        cannot take it."""
+        if version <= 0:
+            raise InvalidArgument(f"version {version}: a pinned version is a positive registry version")
+        champion = self.routes.get(name)
+        if champion is not None and champion.served.version == version:
+            return champion.served
+        key = (name, version)
+        pin = self.pins.get(key)
+        if pin is not None:
+            pin.last_used = time.monotonic()
+            return pin.route.served
+        task = self._pin_loads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load_pin(name, version), name=f"llm-pin-{name}-{version}")
+            self._pin_loads[key] = task
+            task.add_done_callback(lambda t: self._pin_loads.pop(key, None) if self._pin_loads.get(key) is t
+                                   else None)
+        # The caller may give up (its deadline): the load goes on for the next request.
+        return await asyncio.shield(task)
+
+    async def _load_pin(self, name: str, version: int) -> ServedModel:
+        found = await self.registry.get_version(name, version)
+        if found is None:
+            raise NotFound(f"model {name!r} has no version {version} in the registry")
+        if found.kind not in LLM_KINDS:
+            kind = common_pb2.ModelKind.Name(found.kind)  # type: ignore[arg-type]
+            raise InvalidArgument(f"model {name!r} v{version} is {kind}: only LLM and LoRA adapter versions can "
+                                  "be pinned for generation")
+        champion = self.routes.get(name)
+        if champion is not None and champion.served.version == version:  # promoted while we asked
+            return champion.served
+        user = f"{name}@pin-v{version}"
+        base: _Base | None = None
+        try:
+            if found.kind == common_pb2.MODEL_KIND_LLM:
+                base = await self._base(name, version, found)
+                route = _Route(self._served(name, version, BASE, base), base, None)
+            else:
+                base = await self._adapter_base(name, found)
+                directory = await self._fetch(found)
+                await asyncio.to_thread(check_adapter_dir, directory, f"{name} v{version}")
+                adapter = "pin_" + _engine_adapter_name(name, version)
+                await base.engine.load_adapter(adapter, str(directory))
+                route = _Route(self._served(name, version, ADAPTER, base), base, adapter)
+        except BaseException:
+            PIN_EVENTS.labels(name, "failed").inc()
+            if base is not None and not base.users:  # loaded for this pin only
+                self._drain_later(base)
+            raise
+        base.users.add(user)
+        try:
+            await self._make_room(keep=(name, version))
+        except BaseException:  # no room: what was loaded for this pin goes again
+            PIN_EVENTS.labels(name, "failed").inc()
+            if route.adapter is not None:
+                await base.engine.unload_adapter(route.adapter)
+            base.users.discard(user)
+            if not base.users:
+                self._drain_later(base)
+            raise
+        self.pins[(name, version)] = _Pin(route, user)
+        PIN_EVENTS.labels(name, "loaded").inc()
+        self._count_pins(name)
+        self._start_reaper()
+        log.info("LLM version pinned", extra={"model": name, "version": version, "kind": route.served.kind,
+                                              "base": f"{base.name} v{base.version}"})
+        return route.served
+
+    async def _make_room(self, keep: tuple[str, int]) -> None:
+        """Unload the least recently used idle pins until one more fits in `max_pinned`."""
+        while len(self.pins) >= max(self.settings.max_pinned, 1):
+            idle = [(p.last_used, k) for k, p in self.pins.items() if p.running == 0 and k != keep]
+            if not idle:
+                raise Unavailable(f"{len(self.pins)} pinned versions are answering requests (llm_max_pinned "
+                                  f"{self.settings.max_pinned}); retry when one is done")
+            await self._unpin(min(idle)[1], "lru")
+
+    async def _unpin(self, key: tuple[str, int], reason: str) -> None:
+        pin = self.pins.pop(key, None)
+        if pin is None:
+            return
+        route = pin.route
+        if route.adapter is not None:
+            await route.base.engine.unload_adapter(route.adapter)  # deleted once its running requests end
+        route.base.users.discard(pin.user)
+        if not route.base.users:
+            self._drain_later(route.base)
+        PIN_EVENTS.labels(key[0], reason).inc()
+        self._count_pins(key[0])
+        log.info("LLM pinned version unloaded", extra={"model": key[0], "version": key[1], "reason": reason})
+
+    def _count_pins(self, name: str) -> None:
+        PINNED.labels(name).set(sum(1 for n, _ in self.pins if n == name))
+
+    def _start_reaper(self) -> None:
+        if self._reaper is not None and not self._reaper.done():
+            return
+        self._reaper = asyncio.create_task(self._reap_idle(), name="llm-pins-idle")
+        self._background.add(self._reaper)
+        self._reaper.add_done_callback(self._background.discard)
+
+    async def _reap_idle(self) -> None:
+        """Unload pins idle for `pinned_idle_s` (never one with running requests); ends with the last pin."""
+        idle_s = self.settings.pinned_idle_s
+        while self.pins:
+            await asyncio.sleep(min(max(idle_s / 4, 0.05), 5.0))
+            now = time.monotonic()
+            for key, pin in list(self.pins.items()):
+                if pin.running == 0 and now - pin.last_used >= idle_s:
+                    try:
+                        await self._unpin(key, "idle")
+                    except Exception as exc:
+                        log.warning("pinned version not unloaded", extra={"model": key[0], "version": key[1],
+                                                                          "error": repr(exc)})
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -256,13 +450,14 @@ class LLMService:
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [*self._pending.values(), *self._background]
+        tasks = [*self._pending.values(), *self._background, *self._pin_loads.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.routes.clear()
+        self.pins.clear()
         bases, self.bases = list(self.bases.values()), {}
         for base in bases:
             await base.engine.aclose()
@@ -300,15 +495,7 @@ class LLMService:
                 base = await self._base(name, found.version, found)
                 route = _Route(self._served(name, found.version, BASE, base), base, None)
             else:
-                ref = found.lineage.base_model
-                if not ref.name or not ref.version:
-                    raise FailedPrecondition(f"adapter {name} v{found.version} has no base model in its lineage "
-                                             "(lineage.base_model must name the base version)")
-                base = await self._base(ref.name, ref.version)
-                if base.quantization != "none":
-                    raise FailedPrecondition(f"adapter {name} v{found.version} needs base {ref.name} v{ref.version}, "
-                                             f"which is served {base.quantization}-quantized; LoRA adapters need the "
-                                             "float base (set its quantization to none)")
+                base = await self._adapter_base(name, found)
                 directory = await self._fetch(found)
                 await asyncio.to_thread(check_adapter_dir, directory, f"{name} v{found.version}")
                 adapter = _engine_adapter_name(name, found.version)
@@ -322,6 +509,19 @@ class LLMService:
                                                 "previous": current.served.version if current else 0})
             if current is not None:
                 await self._release(name, current, keep=route)
+
+    async def _adapter_base(self, name: str, found: Any) -> _Base:
+        """The loaded base an adapter version goes on (loaded if needed), per its lineage's base_model."""
+        ref = found.lineage.base_model
+        if not ref.name or not ref.version:
+            raise FailedPrecondition(f"adapter {name} v{found.version} has no base model in its lineage "
+                                     "(lineage.base_model must name the base version)")
+        base = await self._base(ref.name, ref.version)
+        if base.quantization != "none":
+            raise FailedPrecondition(f"adapter {name} v{found.version} needs base {ref.name} v{ref.version}, "
+                                     f"which is served {base.quantization}-quantized; LoRA adapters need the "
+                                     "float base (set its quantization to none)")
+        return base
 
     def _served(self, name: str, version: int, kind: str, base: _Base) -> ServedModel:
         return ServedModel(name=name, version=version, kind=kind, base_name=base.name, base_version=base.version,
