@@ -204,6 +204,17 @@ async def champion(loop: Loop, name: str) -> rpb.ModelVersion:
         ref=registry_client.ref(name, alias="champion")))).model_version
 
 
+def report(what: str, evaluation: epb.Evaluation) -> None:
+    """The measured numbers, for the log of the run."""
+    shown = ("answer_correctness", "token_f1", "groundedness", "refusal_correctness", "pii_leak_rate",
+             "latency_p50_s", "tokens_per_answer")
+    metrics = [f"{m} {evaluation.candidate_metrics.get(m, float('nan')):.3f}/"
+               f"{evaluation.baseline_metrics.get(m, float('nan')):.3f}" for m in shown]
+    failing = [q.item_id for q in evaluation.questions if q.failing]
+    print(f"llm loop: {what} {models_pb2.EvaluationVerdict.Name(evaluation.verdict)} vs v{evaluation.baseline_version}"
+          f" (candidate/champion): {', '.join(metrics)}; failing {failing}")
+
+
 def failed_checks(evaluation: epb.Evaluation) -> list[str]:
     return [c.name for c in evaluation.checks if not c.passed]
 
@@ -238,14 +249,18 @@ async def test_reviewers_corrections_become_a_promoted_adapter(loop: Loop) -> No
 
         # The evaluator passes it on the golden set; the registry promotes it; inference hot-loads it.
         evaluation = await eventually(partial(evaluation_of, loop, BASE, adapter), what="the adapter's evaluation")
-        print(f"llm loop: adapter v{adapter} {models_pb2.EvaluationVerdict.Name(evaluation.verdict)} "
-              f"candidate {dict(evaluation.candidate_metrics)} baseline {dict(evaluation.baseline_metrics)}")
+        report(f"adapter v{adapter}", evaluation)
         assert evaluation.verdict == PASSED, (failed_checks(evaluation), list(evaluation.checks))
         assert evaluation.baseline_version == loop.base_version and evaluation.golden_set == APP
         assert evaluation.candidate_kind == "MODEL_KIND_LORA_ADAPTER"
         by_id = {q.item_id: q for q in evaluation.questions}
         assert [by_id[f"q{i}"].baseline_answer for i in range(len(QUESTIONS))] == before  # the champion's answers
         assert evaluation.candidate_metrics["answer_correctness"] > evaluation.baseline_metrics["answer_correctness"]
+        adapter_tags = (await loop.registry.GetModelVersion(rpb.GetModelVersionRequest(
+            ref=registry_client.ref(BASE, adapter)))).model_version.tags
+        if "eval_start" in adapter_tags:  # the fine-tuner marks its held-out split: reviews it never trained on
+            reviewed = [q for q in evaluation.questions if q.kind == "reviewed"]
+            assert reviewed and all(q.reference == RIGHT for q in reviewed)
 
         async def adapter_served() -> bool:
             assert loop.inference.llm is not None
@@ -279,6 +294,7 @@ async def test_an_adapter_that_answers_worse_is_rejected_and_never_served(loop: 
         tags={"application": APP}, lineage=common_pb2.Lineage(base_model=common_pb2.ModelRef(
             name=BASE, version=loop.base_version)))
     evaluation = await eventually(partial(evaluation_of, loop, BASE, bad.version), what="the bad adapter's evaluation")
+    report(f"worse adapter v{bad.version}", evaluation)
     assert evaluation.verdict == FAILED and evaluation.baseline_version == good.version
     assert "answer_correctness >= champion - 0.02" in failed_checks(evaluation), list(evaluation.checks)
     # Failing examples: the champion's corrected answer next to the candidate's worse one.
@@ -305,6 +321,7 @@ async def test_an_adapter_that_answers_worse_is_rejected_and_never_served(loop: 
 async def test_prompt_versions_go_through_the_same_gate(loop: Loop) -> None:
     worse, _ = await register_prompt(loop.versions, PROMPT, WORSE_TEMPLATE.encode(), application=APP)
     evaluation = await eventually(partial(evaluation_of, loop, PROMPT, worse.version), what="the worse prompt judged")
+    report(f"worse prompt v{worse.version}", evaluation)
     assert evaluation.verdict == FAILED and evaluation.candidate_kind == "MODEL_KIND_PROMPT"
     assert evaluation.baseline_version == loop.prompt_version
     assert "answer_correctness >= champion - 0.02" in failed_checks(evaluation)
@@ -314,6 +331,7 @@ async def test_prompt_versions_go_through_the_same_gate(loop: Loop) -> None:
     same, new = await register_prompt(loop.versions, PROMPT, TEMPLATE.encode(), application=APP)
     assert new and same.version > worse.version
     evaluation = await eventually(partial(evaluation_of, loop, PROMPT, same.version), what="the same prompt judged")
+    report(f"same prompt v{same.version}", evaluation)
     assert evaluation.verdict == PASSED, (failed_checks(evaluation), list(evaluation.checks))
 
     async def promoted() -> bool:
