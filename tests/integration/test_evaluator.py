@@ -168,13 +168,14 @@ async def register(world: World, name: str, data: bytes, *, champion: bool = Fal
     return mv.version
 
 
-async def completed(world: World, name: str, version: int, timeout: float = 180) -> models_pb2.EvaluationCompleted:
+async def completed(world: World, name: str, version: int, timeout: float = 180,
+                    evaluation_id: str = "") -> models_pb2.EvaluationCompleted:
     def found(records: list[Any]) -> list[models_pb2.EvaluationCompleted]:
         out = []
         for record in records:
             if record.key.decode() == name:
                 event = models_pb2.EvaluationCompleted.FromString(record.value)
-                if event.candidate_version == version:
+                if event.candidate_version == version and evaluation_id in ("", event.evaluation_id):
                     out.append(event)
         return out
 
@@ -382,12 +383,14 @@ async def test_an_evaluation_interrupted_by_a_crash_is_completed_once_after_a_re
             "INSERT INTO evaluations (id, model_name, candidate_version, trigger_event_id, status, attempts,"
             " started_at) VALUES (%s, %s, %s, %s, 'running', 1, now())",
             (evaluation_id, name, candidate, f"ev-{evaluation_id}"))
-    # Another process on the same schema (its own consumer group; queueing is idempotent by event id anyway).
+    # Another process on the same schema, with its own consumer group: reading models.registered from the start
+    # with the spec now there, it also queues fresh evaluations of both versions (the first group skipped them), which
+    # may complete first; the interrupted one is what this test follows.
     group = f"{world.evaluator.settings.consumer_group}-2"
     restarted = EvaluatorApp(world.evaluator.settings.model_copy(update={"consumer_group": group}))
     await restarted.start()
     try:
-        event = await completed(world, name, candidate)
+        event = await completed(world, name, candidate, evaluation_id=evaluation_id)
     finally:
         await restarted.stop()
     assert event.evaluation_id == evaluation_id and event.verdict == PASSED and event.baseline_version == champion
