@@ -337,3 +337,10 @@ async def test_prompt_versions_go_through_the_same_gate(loop: Loop) -> None:
     async def promoted() -> bool:
         return (await champion(loop, PROMPT)).version == same.version
     await eventually(promoted, what="the prompt version promoted")
+
+    # An operator asks again, now against the new champion: the Evaluate RPC answers with the whole report.
+    async with rpc.channel(loop.evaluator.address, auth=loop.infra.tokens.auth("operator")) as channel:
+        again = (await epb_grpc.EvaluatorServiceStub(channel).Evaluate(
+            epb.EvaluateRequest(model_name=PROMPT, candidate_version=worse.version), timeout=120)).evaluation
+    assert again.verdict == FAILED and again.baseline_version == same.version
+    assert len(again.questions) == len(QUESTIONS) + 1 and again.requested_by == "operator"

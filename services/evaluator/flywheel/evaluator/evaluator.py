@@ -239,7 +239,8 @@ class Evaluator:
         row = await self.store.create_running(EvaluationRow(
             id=str(uuid.uuid4()), model_name=request.model_name, candidate_version=request.candidate_version,
             requested_baseline=request.baseline_version, requested_by=request.requested_by, kind=LLM))
-        await self._execute(row, wait=False)
+        # No labels to wait for, but inference may answer UNAVAILABLE while it loads a pinned version: wait for it.
+        await self._execute(row, wait=True)
         return await self.store.get(row.id)
 
     async def get(self, evaluation_id: str) -> EvaluationRow:
