@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,10 @@ from flywheel.common.errors import InvalidArgument
 
 STEP_PREFIX = "step-"
 STATE_FILE = "state.json"
+# Run modes: a LoRA adapter of the champion's base learned from reviewers' corrections, or a smaller student
+# LLM distilled from the champion's logged answers (and those corrections).
+LORA, DISTILL = "lora", "distill"
+MODES = (LORA, DISTILL)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class LoraSettings:
     checkpoint_every: int = 50
     # The latest share of examples (by decision time) held out for evaluation.
     eval_fraction: float = 0.2
+    # lora (an adapter from the reviewed answers) or distill (a smaller student from the champion's answers).
+    mode: str = LORA
+    # Distillation: the decoder layers the student keeps (the first N of the teacher's); 0 = half of them.
+    student_layers: int = 0
 
     def to_strings(self) -> dict[str, str]:
         return {f.name: ",".join(v) if isinstance(v := getattr(self, f.name), tuple) else str(v)
@@ -51,6 +59,8 @@ class LoraSettings:
             try:
                 if isinstance(current, tuple):
                     value: Any = tuple(m.strip() for m in str(text).split(",") if m.strip())
+                elif isinstance(current, str):
+                    value = str(text).strip().lower()
                 elif isinstance(current, bool):
                     value = str(text).lower() in ("1", "true", "yes")
                 elif isinstance(current, int):
@@ -86,6 +96,10 @@ class LoraSettings:
             problems.append(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 <= self.eval_fraction < 1:
             problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.student_layers < 0:
+            problems.append(f"student_layers must be >= 0 (0 = half of the teacher's), got {self.student_layers}")
         if problems:
             raise InvalidArgument("bad fine-tuning settings: " + "; ".join(problems))
 
@@ -129,6 +143,8 @@ class TrainingResult:
     eval_examples: int
     truncated: int
     seconds: float
+    # Metrics of the run's mode (a distilled student's: the teacher's eval loss, parameter counts, layers).
+    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         out = {"train_loss": self.train_loss, "steps": float(self.steps),
@@ -137,7 +153,7 @@ class TrainingResult:
         if self.eval_loss is not None and self.eval_loss_base is not None:
             out |= {"eval_loss": self.eval_loss, "eval_loss_base": self.eval_loss_base,
                     "perplexity_before": _exp(self.eval_loss_base), "perplexity_after": _exp(self.eval_loss)}
-        return out
+        return out | self.extra
 
 
 def _exp(loss: float) -> float:
