@@ -74,7 +74,8 @@ TOPICS = ["freeze my card", "order a new card", "change my PIN", "raise my daily
           "send money abroad", "cancel a direct debit", "block online payments"]
 ASKS = ["How do I {}?", "Can I {} in the app?", "What does it cost to {}?"]
 DISTILL_SETTINGS = {"learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0}
-ANSWER_TOKENS = 80  # the teacher's budget per answer (unfinished ones are logged as `length`)
+DISTILL_SYSTEM = "You are Northwind Bank's support assistant. Answer in one or two short sentences."
+ANSWER_TOKENS = 128  # the teacher's budget per answer (unfinished ones are logged as `length`)
 SPEED_TOKENS = 48  # new tokens per prompt when measuring tokens/s
 
 
@@ -116,7 +117,7 @@ def logged_events(application: str, model: str, version: int, answers: list[tupl
             request_id=request_id, model=common_pb2.ModelRef(name=model, version=version),
             arm=predictions_pb2.PREDICTION_ARM_CHAMPION,
             llm=predictions_pb2.LlmExchange(
-                messages=[predictions_pb2.ChatMessage(role="system", content=SYSTEM),
+                messages=[predictions_pb2.ChatMessage(role="system", content=DISTILL_SYSTEM),
                           predictions_pb2.ChatMessage(role="user", content=question)],
                 completion=answer, finish_reason="stop" if stopped else "length", application=application))
         payload.timestamp.FromDatetime(start + timedelta(seconds=i))
@@ -135,7 +136,7 @@ def load_llm(directory: Path) -> tuple[Any, Any]:
 
 
 def chat_ids(tokenizer: Any, question: str) -> list[int]:
-    chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    chat = [{"role": "system", "content": DISTILL_SYSTEM}, {"role": "user", "content": question}]
     return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
@@ -441,6 +442,7 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
          "eval_loss": rounded(peer["eval_loss"], 4), "perplexity_before": rounded(peer["perplexity_before"]),
          "perplexity_after": rounded(peer["perplexity_after"])},
     ]
+    lora_rows = list(results)
     d = distilled
     results.append(
         {"case": "distillation run: StartRun mode=distill -> student registered", "seconds": rounded(d["seconds"]),
@@ -464,7 +466,7 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
         f"batch {SETTINGS['batch_size']}, lr {SETTINGS['learning_rate']}, 1 torch thread each.\n",
         markdown_table(["case", "seconds", "peak RSS MiB", "eval loss before", "after", "perplexity before", "after"],
                        [[r["case"], r["seconds"], r["peak_rss_mib"], r["eval_loss_base"], r["eval_loss"],
-                         r["perplexity_before"], r["perplexity_after"]] for r in results], right=(1, 2, 3, 4, 5, 6)),
+                         r["perplexity_before"], r["perplexity_after"]] for r in lora_rows], right=(1, 2, 3, 4, 5, 6)),
         markdown_table(["fine-tuner run, by stage", "seconds"],
                        [["base fetched from the registry and unpacked (first run of this base only)",
                          rounded(metrics["base_fetch_seconds"])],

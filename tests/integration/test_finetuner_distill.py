@@ -123,7 +123,7 @@ async def test_a_distillation_run_registers_a_smaller_student_of_the_champion(st
     assert student.kind == common_pb2.MODEL_KIND_LLM and student.framework == "transformers"
     tags, metrics, lineage = student.tags, student.metrics, student.lineage
     assert tags["application"] == APP and tags["distilled_from"] == str(teacher_version)
-    assert tags["student_layers"] == "1" and tags["teacher_layers"] == "2"
+    assert (tags["student_layers"], tags["teacher_layers"], tags["teacher_layers_kept"]) == ("1", "2", "0")
     assert 0 < int(tags["parameters"]) < int(tags["teacher_parameters"])
     assert metrics["parameters"] == int(tags["parameters"]) and metrics["teacher_answers"] == 7
     # Questions 6 and 7 (logged at +6 and +7 minutes) are the eval split: nothing from +6 minutes on was trained on.

@@ -67,8 +67,10 @@ def test_a_reviewed_answer_overrides_the_teachers_and_eval_start_bounds_what_was
 
 
 def test_mode_and_student_layers_are_run_settings() -> None:
-    settings = LoraSettings().with_overrides({"mode": "Distill", "student_layers": "3"})
-    assert (settings.mode, settings.student_layers) == ("distill", 3)
+    settings = LoraSettings().with_overrides({"mode": "Distill", "student_layers": "3", "student_keep": "first"})
+    assert (settings.mode, settings.student_layers, settings.student_keep) == ("distill", 3, "first")
+    with pytest.raises(InvalidArgument, match="student_keep must be one of ends, first"):
+        LoraSettings().with_overrides({"student_keep": "middle"})
     with pytest.raises(InvalidArgument, match="mode must be one of lora, distill"):
         LoraSettings().with_overrides({"mode": "prune"})
 
@@ -81,16 +83,21 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_student_is_the_teachers_first_layers(teacher: Path) -> None:
-    from flywheel.finetuner.student import cut, parameter_count, student_layer_count
+    from flywheel.finetuner.hyperparams import kept_layers, student_layer_count
+    from flywheel.finetuner.student import cut, parameter_count
 
     model, _ = load_base(teacher)
-    student = cut(model, 2)
+    student = cut(model, [0, 2])  # the bottom and the top layer: the middle one is dropped
     assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2
-    kept = student.state_dict()
-    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items() if ".layers.2." not in k)
+    kept, source = student.state_dict(), model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in source.items() if ".layers." not in k)
+    assert all(torch.equal(kept[k], source[k]) for k in kept if ".layers.0." in k)
+    assert all(torch.equal(kept[k], source[k.replace(".layers.1.", ".layers.2.")]) for k in kept if ".layers.1." in k)
     assert parameter_count(student) < parameter_count(model)
     assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()  # still tied
     assert (student_layer_count(30, 0), student_layer_count(3, 0), student_layer_count(3, 2)) == (15, 1, 2)
+    assert kept_layers(30, 15) == [0, 1, 2, 3, 4, *range(20, 30)] and kept_layers(30, 4, "first") == [0, 1, 2, 3]
+    assert kept_layers(2, 1) == [0] and kept_layers(3, 2) == [0, 2]
     with pytest.raises(InvalidArgument, match="student_layers=3 is not fewer than the teacher's 3"):
         student_layer_count(3, 3)
 

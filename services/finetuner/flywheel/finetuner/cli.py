@@ -140,9 +140,9 @@ async def _run(address: str, timeout: float, wait_timeout: float, application: s
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a setting for this run: rank, alpha, dropout, target_modules (comma list), epochs, "
                    "learning_rate, max_length, batch_size, seed, checkpoint_every, eval_fraction, mode (lora or "
-                   "distill), student_layers (repeatable).")
+                   "distill), student_layers, student_keep (ends or first) (repeatable).")
 @click.option("--distill", is_flag=True,
-              help="Distill instead of LoRA: train a smaller student (the champion's first N decoder layers) on the "
+              help="Distill instead of LoRA: train a smaller student (N of the champion's decoder layers) on the "
                    "champion's logged answers for APPLICATION (reviewed corrections override them), registered as a "
                    "new LLM version of its model with tag distilled_from. Same as --set mode=distill.")
 @click.option("--student-layers", type=click.IntRange(min=1), default=None, metavar="N",

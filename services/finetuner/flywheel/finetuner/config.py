@@ -58,7 +58,10 @@ class FinetunerSettings(ServiceSettings):
                                                 "the eval loss.")
     student_layers: int = Field(
         DEFAULT_LORA.student_layers, ge=0,
-        description="Distillation: decoder layers the student keeps (the teacher's first N); 0 = half of them.")
+        description="Distillation: how many decoder layers the student keeps; 0 = half of the teacher's.")
+    student_keep: str = Field(
+        DEFAULT_LORA.student_keep, description="Distillation: which of the teacher's layers the student keeps: ends "
+                                               "(a third from the bottom, the rest from the top) or first.")
     teacher_answers_per_application: int = Field(
         2000, ge=0, description="Distillation's data: the newest answers of an application's champion kept from "
                                 "predictions.logged (per application); 0 = do not consume predictions.logged.")
@@ -85,7 +88,7 @@ class FinetunerSettings(ServiceSettings):
             target_modules=tuple(self.target_modules), epochs=self.epochs, learning_rate=self.learning_rate,
             max_length=self.max_length, batch_size=self.batch_size, seed=self.seed,
             checkpoint_every=self.checkpoint_every, eval_fraction=self.eval_fraction,
-            student_layers=self.student_layers)
+            student_layers=self.student_layers, student_keep=self.student_keep)
         settings.check()
         return settings
 

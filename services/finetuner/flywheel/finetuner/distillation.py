@@ -19,7 +19,7 @@ from datetime import datetime
 from flywheel.common.errors import FailedPrecondition
 from flywheel.finetuner import dataset
 from flywheel.finetuner.dataset import CORRECTION, EVAL, TEACHER, TRAIN, DistillItem
-from flywheel.finetuner.hyperparams import Example, LoraSettings
+from flywheel.finetuner.hyperparams import Example, LoraSettings, kept_layers
 from flywheel.finetuner.models import BaseModel
 from flywheel.finetuner.store import FinetunerStore, Run, StoredExample
 from flywheel.proto.events.v1 import common_pb2
@@ -105,11 +105,14 @@ def student_spec(run: Run, base: BaseModel, teacher: reg.ModelVersion, snapshot:
                  sha: str, code_version: str) -> reg.ModelVersionSpec:
     """The registry entry of a distilled student: a full LLM version of the application's model."""
     layers, parameters = int(metrics.get("student_layers", 0)), int(metrics.get("parameters", 0))
+    teacher_layers = int(metrics.get("teacher_layers", 0))
+    keep = kept_layers(teacher_layers, layers, LoraSettings().with_overrides(run.settings).student_keep)
     teacher_ref = f"{teacher.model_name}@v{teacher.version}"
     tags = {
         RUN_TAG: run.id, "application": run.application, "dataset_snapshot_id": snapshot.id,
         DISTILLED_FROM_TAG: str(teacher.version), "teacher": teacher_ref, "student_layers": str(layers),
-        "teacher_layers": str(int(metrics.get("teacher_layers", 0))), "parameters": str(parameters),
+        "teacher_layers": str(teacher_layers), "teacher_layers_kept": ",".join(map(str, keep)),
+        "parameters": str(parameters),
         "teacher_parameters": str(int(metrics.get("teacher_parameters", 0))), "base": base.ref,
         "teacher_answers": str(snapshot.teacher_answers), "reviews": str(snapshot.reviews), ARTIFACT_SHA_TAG: sha,
         "format": "hf-dir-tar", "settings": json.dumps(run.settings, sort_keys=True), **eval_start_tag(snapshot)}

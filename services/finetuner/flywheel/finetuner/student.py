@@ -4,8 +4,9 @@ thread only).
 - The teacher is the application's champion: an LLM directory, or (the champion being a LoRA adapter) its
   base with the adapter merged in, so the student starts from the weights that actually answer.
 - The student is the teacher with fewer decoder layers: the same config with `num_hidden_layers = N`, the
-  embeddings, the first N decoder layers, the final norm and the head copied from the teacher. Same
-  tokenizer and chat template, so it is served exactly like any base LLM.
+  embeddings, N of its decoder layers (`kept_layers`: by default the first third of them from the bottom of
+  the teacher and the rest from its top; or the first N), the final norm and the head copied from the
+  teacher. Same tokenizer and chat template, so it is served exactly like any base LLM.
 - It is trained full-weight on the kept decoder layers and the final norm (the embeddings, tied to the head,
   stay frozen: a third of SmolLM2-135M's weights, and the vocabulary the teacher learned); a low-rank
   update could not make N layers take over the work of the dropped ones. The loss is the teacher's answer
@@ -26,8 +27,15 @@ from typing import Any
 
 import torch
 
-from flywheel.common.errors import FailedPrecondition, InvalidArgument
-from flywheel.finetuner.hyperparams import Example, LoraSettings, Progress, TrainingResult
+from flywheel.common.errors import FailedPrecondition
+from flywheel.finetuner.hyperparams import (
+    Example,
+    LoraSettings,
+    Progress,
+    TrainingResult,
+    kept_layers,
+    student_layer_count,
+)
 from flywheel.finetuner.lora import (
     encode_example,
     eval_loss,
@@ -64,36 +72,29 @@ def decoder_layers(model: Any) -> int:
     return layers
 
 
-def student_layer_count(teacher_layers: int, requested: int) -> int:
-    """The student's layers: `requested`, or half of the teacher's (at least 1); InvalidArgument when that is not
-    fewer than the teacher's."""
-    layers = requested or max(1, teacher_layers // 2)
-    if layers >= teacher_layers:
-        raise InvalidArgument(f"student_layers={layers} is not fewer than the teacher's {teacher_layers} decoder "
-                              f"layers: give 1..{teacher_layers - 1}")
-    return layers
-
-
-def cut(teacher: Any, layers: int) -> Any:
-    """A new model: the teacher's config with `layers` decoder layers, and the teacher's weights for everything it
-    keeps (embeddings, the first `layers` decoder layers, final norm, head)."""
+def cut(teacher: Any, keep: list[int]) -> Any:
+    """A new model: the teacher's config with the decoder layers `keep` (teacher indices, in order), and the
+    teacher's weights for everything it keeps (embeddings, those layers renumbered, final norm, head)."""
     from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = layers
+    config.num_hidden_layers = len(keep)
     if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (sliding/full)
-        config.layer_types = config.layer_types[:layers]
+        config.layer_types = [config.layer_types[i] for i in keep]
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-
-    def kept(name: str) -> bool:
+    position = {source: target for target, source in enumerate(keep)}
+    state = {}
+    for name, value in teacher.state_dict().items():
         found = LAYER.search(name)
-        return found is None or int(found.group(1)) < layers
-
-    state = {k: v.detach().clone() for k, v in teacher.state_dict().items() if kept(k)}
+        if found is None:
+            state[name] = value.detach().clone()
+        elif int(found.group(1)) in position:
+            start, end = found.span(1)
+            state[name[:start] + str(position[int(found.group(1))]) + name[end:]] = value.detach().clone()
     missing, unexpected = student.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise FailedPrecondition(f"the teacher's weights do not fit a {layers}-layer student: missing "
+        raise FailedPrecondition(f"the teacher's weights do not fit a {len(keep)}-layer student: missing "
                                  f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     if tied:
         student.tie_weights()
@@ -122,7 +123,8 @@ def distill_student(teacher_dir: Path, train: Sequence[Example], evaluation: Seq
     teacher.eval()
     teacher_loss = eval_loss(teacher, eval_enc, pad, settings.batch_size)
     teacher_parameters = parameter_count(teacher)
-    student = cut(teacher, layers)
+    keep = kept_layers(teacher_layers, layers, settings.student_keep)
+    student = cut(teacher, keep)
     del teacher
     student.get_input_embeddings().weight.requires_grad_(False)  # and the head tied to it
     torch.manual_seed(settings.seed)
@@ -147,6 +149,7 @@ def distill_student(teacher_dir: Path, train: Sequence[Example], evaluation: Seq
     extra = {"parameters": float(parameters), "teacher_parameters": float(teacher_parameters),
              "parameter_ratio": parameters / teacher_parameters, "student_layers": float(layers),
              "teacher_layers": float(teacher_layers)}
+    info = {**(info or {}), "teacher_layers_kept": keep}
     if teacher_loss is not None:
         extra["eval_loss_teacher"] = teacher_loss
     result = training_result(out_dir, fitted, train_enc, eval_enc, started, extra)
