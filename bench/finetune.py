@@ -20,7 +20,7 @@ greedily; its answers go to `predictions.logged` (arm champion; the ones it did 
 budget as `length`, which the fine-tuner does not learn from) for a second application; a distillation run
 (`mode=distill`) trains a student of half the base's layers on them and registers it. Then, in this process on
 one torch thread: tokens/s of the teacher and the student on the same held-out questions (batch 1, greedy, a
-fixed number of new tokens), and the student's answers to the held-out questions (the latest answers by time,
+fixed number of new tokens, the two models taking turns), and the student's answers to the held-out questions (the latest answers by time,
 never trained on) compared with the teacher's: token F1 and exact matches, plus the run's eval losses of the
 teacher, the student as cut and the student trained.
 """
@@ -164,21 +164,26 @@ def greedy_answers(directory: Path, items: list[str], max_new_tokens: int, threa
     return out
 
 
-def tokens_per_second(directory: Path, items: list[str], new_tokens: int) -> float:
-    """Greedy decoding speed on one thread, batch 1: exactly `new_tokens` per question (EOS ignored)."""
+def tokens_per_second(directories: list[Path], items: list[str], new_tokens: int, rounds: int = 2) -> list[float]:
+    """Greedy decoding speed of each model on one thread, batch 1: exactly `new_tokens` per question (EOS ignored),
+    the models taking turns prompt by prompt (so a busy moment of the machine hits both alike)."""
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = load_llm(directory)
-    made = 0
-    started = time.perf_counter()
-    for question in items:
-        ids = torch.tensor([chat_ids(tokenizer, question)])
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        made += out.shape[1] - ids.shape[1]
-    return made / (time.perf_counter() - started)
+    loaded = [load_llm(d) for d in directories]
+    made, spent = [0] * len(loaded), [0.0] * len(loaded)
+    for _ in range(rounds):
+        for question in items:
+            for i, (model, tokenizer) in enumerate(loaded):
+                ids = torch.tensor([chat_ids(tokenizer, question)])
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=False,
+                                         pad_token_id=tokenizer.eos_token_id)
+                spent[i] += time.perf_counter() - started
+                made[i] += out.shape[1] - ids.shape[1]
+    return [m / t for m, t in zip(made, spent, strict=True)]
 
 
 def token_f1(answer: str, reference: str) -> float:
@@ -378,8 +383,8 @@ async def distill(ctx: Context, work: Path, address: str, schema: str, client: A
     held_out = kept[len(kept) - n_eval:]
     questions_out = [q for q, _ in held_out]
     with ctx.steps.step(f"teacher vs student: tokens/s and answers on {n_eval} held-out questions"):
-        teacher_tps = await asyncio.to_thread(tokens_per_second, base_dir, questions_out, SPEED_TOKENS)
-        student_tps = await asyncio.to_thread(tokens_per_second, student_dir, questions_out, SPEED_TOKENS)
+        teacher_tps, student_tps = await asyncio.to_thread(tokens_per_second, [base_dir, student_dir], questions_out,
+                                                           SPEED_TOKENS)
         student_answers = await asyncio.to_thread(greedy_answers, student_dir, questions_out, ANSWER_TOKENS)
     f1 = [token_f1(a, t) for (a, _), (_, t) in zip(student_answers, held_out, strict=True)]
     metrics = dict(run.metrics)
@@ -486,7 +491,8 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
         markdown_table(["", "teacher (champion)", "distilled student"],
                        [["decoder layers", d["teacher_layers"], d["student_layers"]],
                         ["parameters", d["teacher_parameters"], d["student_parameters"]],
-                        [f"tokens/s (1 thread, batch 1, {SPEED_TOKENS} new tokens x {d['held_out']} prompts)",
+                        [f"tokens/s (1 thread, batch 1, {SPEED_TOKENS} new tokens x {d['held_out']} prompts x 2, "
+                         "taking turns)",
                          rounded(d["teacher_tokens_per_s"]), rounded(d["student_tokens_per_s"])],
                         ["eval loss on the held-out teacher answers", rounded(d["eval_loss_teacher"], 4),
                          f"{rounded(d['eval_loss_student'], 4)} (as cut, untrained: "
