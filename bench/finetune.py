@@ -20,9 +20,9 @@ greedily; its answers go to `predictions.logged` (arm champion; the ones it did 
 budget as `length`, which the fine-tuner does not learn from) for a second application; a distillation run
 (`mode=distill`) trains a student of half the base's layers on them and registers it. Then, in this process on
 one torch thread: tokens/s of the teacher and the student on the same held-out questions (batch 1, greedy, a
-fixed number of new tokens, the two models taking turns), and the student's answers to the held-out questions (the latest answers by time,
-never trained on) compared with the teacher's: token F1 and exact matches, plus the run's eval losses of the
-teacher, the student as cut and the student trained.
+fixed number of new tokens, the two models taking turns), and the student's answers to the held-out questions
+(the latest answers by time, never trained on) compared with the teacher's: token F1 and exact matches, plus
+the run's eval losses of the teacher, the student as cut and the student trained.
 """
 
 from __future__ import annotations
