@@ -5,6 +5,9 @@ version of the application's model, with its tags and lineage, and the student l
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -147,3 +150,24 @@ async def test_a_distillation_run_registers_a_smaller_student_of_the_champion(st
     assert AutoConfig.from_pretrained(directory).num_hidden_layers == 1
     assert generate(directory, QUESTIONS[3]) == TEACHER
     assert generate(directory, QUESTIONS[0]) == CORRECTED
+
+
+async def flywheel_finetune(app: FinetunerApp, token: str, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flywheel.common.cli", "finetune", "--address", app.address, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "FLYWHEEL_TOKEN": token})
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_cli_distills(stack, infra) -> None:  # type: ignore[no-untyped-def]
+    app, _, teacher_version = stack
+    code, out = await flywheel_finetune(app, infra.tokens.operator, APP, "--student-layers", "1")
+    assert code == 2 and "--student-layers goes with --distill" in out, out
+    if not await app.finetuner.store.teacher_answer_counts(APP):  # run alone: the answers of the test above
+        pytest.skip("needs the logged answers of the test above")
+    code, out = await flywheel_finetune(app, infra.tokens.operator, APP, "--distill", "--student-layers", "1",
+                                        "--wait", "--set", "epochs=1")
+    assert code == 0, out
+    assert "distilling a student of" in out and f"(student of {BASE} v{teacher_version}: 1 of 2 layers" in out, out
