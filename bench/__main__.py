@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "retrievable through the retriever and the embedder vs encode of the same chunks), generation "
                     "(the LLM engine vs Hugging Face generate on SmolLM2-135M: 1 and 8 streams, int8), guard "
                     "(CheckInput / CheckOutput latency vs Presidio's analyzer, PII recall, streaming overhead), "
-                    "finetune (a LoRA run of the fine-tuner on SmolLM2-135M vs a plain PEFT script). Uses an "
+                    "finetune (a LoRA run of the fine-tuner on SmolLM2-135M vs a plain PEFT script; a distilled "
+                    "student vs its teacher). Uses an "
                     "embedded broker + database in a temp dir, or FLYWHEEL_KAFKA_BOOTSTRAP + FLYWHEEL_DATABASE_URL "
                     "when both are set.")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",

@@ -14,6 +14,15 @@ adapter; it is timed from after its imports. Peak memory is each process's peak 
 Quality: the run's answer-token loss on the held-out (latest) corrections before and after, and the share of
 held-out questions the base and the adapter answer, greedily, exactly as corrected. The golden-set scores
 of issue 15 come with the LLM evaluator.
+
+Distillation (same run, same fine-tuner process): the champion (the base) answers M other customer questions
+greedily; its answers go to `predictions.logged` (arm champion; the ones it did not finish within the token
+budget as `length`, which the fine-tuner does not learn from) for a second application; a distillation run
+(`mode=distill`) trains a student of half the base's layers on them and registers it. Then, in this process on
+one torch thread: tokens/s of the teacher and the student on the same held-out questions (batch 1, greedy, a
+fixed number of new tokens, the two models taking turns), and the student's answers to the held-out questions
+(the latest answers by time, never trained on) compared with the teacher's: token F1 and exact matches, plus
+the run's eval losses of the teacher, the student as cut and the student trained.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from flywheel.common import rpc
 from flywheel.common.embedded import free_port
 from flywheel.common.events import Event
 from flywheel.common.kafka import new_producer, send_events
-from flywheel.common.topics import REVIEWS_COMPLETED, REVIEWS_REQUESTED
+from flywheel.common.topics import PREDICTIONS_LOGGED, REVIEWS_COMPLETED, REVIEWS_REQUESTED
 from flywheel.proto.events.v1 import common_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as pb_grpc
@@ -59,8 +68,23 @@ SETTINGS = {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": ["q_pro
             "learning_rate": 1e-3, "batch_size": 4, "max_length": 256, "seed": 0}
 
 
+TOPICS = ["freeze my card", "order a new card", "change my PIN", "raise my daily card limit", "open a savings account",
+          "close my account", "add a joint account holder", "set up a standing order", "report a lost card",
+          "change my address", "get a bank statement", "turn on contactless payments", "increase my overdraft",
+          "send money abroad", "cancel a direct debit", "block online payments"]
+ASKS = ["How do I {}?", "Can I {} in the app?", "What does it cost to {}?"]
+DISTILL_SETTINGS = {"learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0}
+DISTILL_SYSTEM = "You are Northwind Bank's support assistant. Answer in one or two short sentences."
+ANSWER_TOKENS = 128  # the teacher's budget per answer (unfinished ones are logged as `length`)
+SPEED_TOKENS = 48  # new tokens per prompt when measuring tokens/s
+
+
 def questions(n: int) -> list[str]:
     return [form.format(subject) for form in FORMS for subject in SUBJECTS][:n]
+
+
+def distill_questions(n: int) -> list[str]:
+    return [ask.format(topic) for ask in ASKS for topic in TOPICS][:n]
 
 
 def review_events(application: str, model: str, items: list[str]) -> list[Event]:
@@ -81,6 +105,112 @@ def review_events(application: str, model: str, items: list[str]) -> list[Event]
         events += [Event(REVIEWS_REQUESTED, review_id, requested, "bench"),
                    Event(REVIEWS_COMPLETED, review_id, completed, "bench")]
     return events
+
+
+def logged_events(application: str, model: str, version: int, answers: list[tuple[str, str, bool]]) -> list[Event]:
+    """The champion's answers as the generation log publishes them (predictions.logged, arm champion)."""
+    events = []
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    for i, (question, answer, stopped) in enumerate(answers):
+        request_id = str(uuid.uuid4())
+        payload = predictions_pb2.PredictionLogged(
+            request_id=request_id, model=common_pb2.ModelRef(name=model, version=version),
+            arm=predictions_pb2.PREDICTION_ARM_CHAMPION,
+            llm=predictions_pb2.LlmExchange(
+                messages=[predictions_pb2.ChatMessage(role="system", content=DISTILL_SYSTEM),
+                          predictions_pb2.ChatMessage(role="user", content=question)],
+                completion=answer, finish_reason="stop" if stopped else "length", application=application))
+        payload.timestamp.FromDatetime(start + timedelta(seconds=i))
+        events.append(Event(PREDICTIONS_LOGGED, request_id, payload, "bench"))
+    return events
+
+
+def load_llm(directory: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def chat_ids(tokenizer: Any, question: str) -> list[int]:
+    chat = [{"role": "system", "content": DISTILL_SYSTEM}, {"role": "user", "content": question}]
+    return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def greedy_answers(directory: Path, items: list[str], max_new_tokens: int, threads: int = 1,
+                   batch: int = 8) -> list[tuple[str, bool]]:
+    """(answer, whether the model ended it itself) for each question, greedy, batched with left padding."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_llm(directory)
+    end = tokenizer.eos_token_id
+    out: list[tuple[str, bool]] = []
+    for start in range(0, len(items), batch):
+        prompts = [chat_ids(tokenizer, q) for q in items[start:start + batch]]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[end] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.inference_mode():
+            made = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=end)
+        for row in made[:, width:].tolist():
+            stopped = end in row
+            row = row[:row.index(end)] if stopped else row
+            out.append((tokenizer.decode(row, skip_special_tokens=True).strip(), stopped))
+    return out
+
+
+def tokens_per_second(directories: list[Path], items: list[str], new_tokens: int, rounds: int = 2) -> list[float]:
+    """Greedy decoding speed of each model on one thread, batch 1: exactly `new_tokens` per question (EOS ignored),
+    the models taking turns prompt by prompt (so a busy moment of the machine hits both alike)."""
+    import torch
+
+    torch.set_num_threads(1)
+    loaded = [load_llm(d) for d in directories]
+    made, spent = [0] * len(loaded), [0.0] * len(loaded)
+    for _ in range(rounds):
+        for question in items:
+            for i, (model, tokenizer) in enumerate(loaded):
+                ids = torch.tensor([chat_ids(tokenizer, question)])
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=False,
+                                         pad_token_id=tokenizer.eos_token_id)
+                spent[i] += time.perf_counter() - started
+                made[i] += out.shape[1] - ids.shape[1]
+    return [m / t for m, t in zip(made, spent, strict=True)]
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """Bag-of-words F1 of two answers (lowercased words)."""
+    from collections import Counter
+
+    a, b = Counter(answer.lower().split()), Counter(reference.lower().split())
+    common = sum((a & b).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(b.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+async def wait_teacher_answers(database_url: str, schema: str, application: str, n: int) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + 300
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.Error):
+                row = await (await conn.execute(f'SELECT count(*) FROM "{schema}".teacher_answers'
+                                                " WHERE application = %s", (application,))).fetchone()
+                if row is not None and row[0] >= n:
+                    return
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"the fine-tuner never kept the {n} teacher answers")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -136,9 +266,10 @@ async def run(ctx: Context) -> BenchResult:
     from flywheel.inference.llm.base import DEFAULT_NAME, ensure_base, register_base
 
     n, epochs = (12, 2) if ctx.quick else (24, 3)
+    m = 24 if ctx.quick else 48
     items = questions(n)
     n_eval = max(1, n // 5)
-    ctx.steps.begin(NAME, 6)
+    ctx.steps.begin(NAME, 9)
     with ctx.steps.step("SmolLM2-135M base directory (converted once, cached under FLYWHEEL_HOME)"):
         files = await asyncio.to_thread(ensure_base, Path(ServiceSettings().home))
     schema = f"bench_finetuner_{ctx.run_id}"
@@ -203,6 +334,7 @@ async def run(ctx: Context) -> BenchResult:
             held_out = items[n - n_eval:]
             base_exact = await asyncio.to_thread(exact_answers, files.directory, None, held_out)
             adapter_exact = await asyncio.to_thread(exact_answers, files.directory, adapter, held_out)
+        distilled = await distill(ctx, work, address, schema, client, files.directory, base.version, m, epochs)
         await client.close()
     finally:
         if proc is not None:
@@ -212,7 +344,62 @@ async def run(ctx: Context) -> BenchResult:
         await registry.stop()
         await drop_schemas(ctx.infra.database_url, [schema, f"bench_ftregistry_{ctx.run_id}"])
     return report(n=n, n_eval=n_eval, epochs=epochs, ours=ours, service_seconds=service_seconds,
-                  service_rss=service_rss, peer=peer, base_exact=base_exact, adapter_exact=adapter_exact)
+                  service_rss=service_rss, peer=peer, base_exact=base_exact, adapter_exact=adapter_exact,
+                  distilled=distilled)
+
+
+async def distill(ctx: Context, work: Path, address: str, schema: str, client: Any, base_dir: Path, version: int,
+                  m: int, epochs: int) -> dict[str, Any]:
+    """The champion's answers logged -> a distillation run -> the student's speed and answers vs the teacher's."""
+    from flywheel.common.model_dirs import unpack
+    from flywheel.inference.llm.base import DEFAULT_NAME
+
+    application = f"bench-distill-{ctx.run_id}"
+    asked = distill_questions(m)
+    with ctx.steps.step(f"teacher: the champion answers {m} questions (logged on predictions.logged)"):
+        answers = await asyncio.to_thread(greedy_answers, base_dir, asked, ANSWER_TOKENS, 2)
+        logged = [(q, a, stopped) for q, (a, stopped) in zip(asked, answers, strict=True)]
+        producer = new_producer(ctx.infra.kafka_bootstrap, client_id="bench-distill")
+        await producer.start()
+        try:
+            await send_events(producer, logged_events(application, DEFAULT_NAME, version, logged))
+        finally:
+            await producer.stop()
+        kept = [(q, a) for q, a, stopped in logged if stopped]
+        await wait_teacher_answers(ctx.infra.database_url, schema, application, len(kept))
+    n_eval = max(1, len(kept) // 5)
+    overrides = {k: str(v) for k, v in DISTILL_SETTINGS.items()} | {
+        "mode": "distill", "epochs": str(epochs), "eval_fraction": str(n_eval / len(kept))}
+    async with rpc.channel(address, default_timeout=60, auth=ctx.infra.auth()) as channel:
+        stub = pb_grpc.FinetunerServiceStub(channel)
+        with ctx.steps.step(f"fine-tuner: StartRun mode=distill -> student registered ({len(kept)} answers)"):
+            started = time.perf_counter()
+            run = await wait_run(stub, (await stub.StartRun(pb.StartRunRequest(
+                application=application, settings=overrides))).run.run_id)
+            seconds = time.perf_counter() - started
+    if run.status != pb.RUN_STATUS_SUCCEEDED:
+        raise RuntimeError(f"the distillation run failed: {run.failure_reason}")
+    student_dir = unpack(await client.download(DEFAULT_NAME, run.registered_version), work / "student")
+    held_out = kept[len(kept) - n_eval:]
+    questions_out = [q for q, _ in held_out]
+    with ctx.steps.step(f"teacher vs student: tokens/s and answers on {n_eval} held-out questions"):
+        teacher_tps, student_tps = await asyncio.to_thread(tokens_per_second, [base_dir, student_dir], questions_out,
+                                                           SPEED_TOKENS)
+        student_answers = await asyncio.to_thread(greedy_answers, student_dir, questions_out, ANSWER_TOKENS)
+    f1 = [token_f1(a, t) for (a, _), (_, t) in zip(student_answers, held_out, strict=True)]
+    metrics = dict(run.metrics)
+    return {
+        "application": application, "questions": m, "teacher_answers_logged": m, "teacher_answers_finished": len(kept),
+        "train_answers": len(kept) - n_eval, "held_out": n_eval, "epochs": epochs, "settings": DISTILL_SETTINGS,
+        "seconds": seconds, "train_seconds": metrics["train_seconds"], "registered_version": run.registered_version,
+        "teacher_layers": int(metrics["teacher_layers"]), "student_layers": int(metrics["student_layers"]),
+        "teacher_parameters": int(metrics["teacher_parameters"]), "student_parameters": int(metrics["parameters"]),
+        "eval_loss_teacher": metrics.get("eval_loss_teacher"), "eval_loss_student_cut": metrics.get("eval_loss_base"),
+        "eval_loss_student": metrics.get("eval_loss"), "teacher_tokens_per_s": teacher_tps,
+        "student_tokens_per_s": student_tps, "token_f1_vs_teacher": sum(f1) / len(f1),
+        "exact_vs_teacher": sum(a == t for (a, _), (_, t) in zip(student_answers, held_out, strict=True)),
+        "examples": [{"question": q, "teacher": t, "student": a}
+                     for (q, t), (a, _) in list(zip(held_out, student_answers, strict=True))[:3]]}
 
 
 async def rpc_set_champion(address: str, ctx: Context, name: str, version: int) -> None:
@@ -243,7 +430,8 @@ async def wait_run(stub: pb_grpc.FinetunerServiceStub, run_id: str) -> pb.Run:
 
 
 def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: float, service_rss: float,
-           peer: dict[str, Any], base_exact: list[bool], adapter_exact: list[bool]) -> BenchResult:
+           peer: dict[str, Any], base_exact: list[bool], adapter_exact: list[bool],
+           distilled: dict[str, Any]) -> BenchResult:
     metrics = dict(ours.metrics)
     results = [
         {"case": "fine-tuner service: StartRun -> adapter registered", "seconds": rounded(service_seconds),
@@ -259,9 +447,23 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
          "eval_loss": rounded(peer["eval_loss"], 4), "perplexity_before": rounded(peer["perplexity_before"]),
          "perplexity_after": rounded(peer["perplexity_after"])},
     ]
+    lora_rows = list(results)
+    d = distilled
+    results.append(
+        {"case": "distillation run: StartRun mode=distill -> student registered", "seconds": rounded(d["seconds"]),
+         "train_seconds": rounded(d["train_seconds"]), "teacher_layers": d["teacher_layers"],
+         "student_layers": d["student_layers"], "teacher_parameters": d["teacher_parameters"],
+         "student_parameters": d["student_parameters"], "eval_loss_teacher": rounded(d["eval_loss_teacher"], 4),
+         "eval_loss_student_cut": rounded(d["eval_loss_student_cut"], 4),
+         "eval_loss_student": rounded(d["eval_loss_student"], 4),
+         "teacher_tokens_per_s": rounded(d["teacher_tokens_per_s"]),
+         "student_tokens_per_s": rounded(d["student_tokens_per_s"]),
+         "token_f1_vs_teacher": rounded(d["token_f1_vs_teacher"], 3), "registered_version": d["registered_version"]})
     ratios = {"service_seconds_vs_peer": ratio(service_seconds, peer["seconds"]),
               "service_training_seconds_vs_peer": ratio(metrics["train_seconds"], peer["seconds"]),
-              "service_peak_rss_vs_peer": ratio(service_rss, peer["peak_rss_mib"])}
+              "service_peak_rss_vs_peer": ratio(service_rss, peer["peak_rss_mib"]),
+              "student_tokens_per_s_vs_teacher": ratio(d["student_tokens_per_s"], d["teacher_tokens_per_s"]),
+              "student_parameters_vs_teacher": ratio(d["student_parameters"], d["teacher_parameters"])}
     quality = {"held_out_questions": n_eval, "base_exact": sum(base_exact), "adapter_exact": sum(adapter_exact)}
     tables = [
         f"SmolLM2-135M-Instruct, {n} corrections ({n - n_eval} train, {n_eval} held out by time), {epochs} epochs, "
@@ -269,7 +471,7 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
         f"batch {SETTINGS['batch_size']}, lr {SETTINGS['learning_rate']}, 1 torch thread each.\n",
         markdown_table(["case", "seconds", "peak RSS MiB", "eval loss before", "after", "perplexity before", "after"],
                        [[r["case"], r["seconds"], r["peak_rss_mib"], r["eval_loss_base"], r["eval_loss"],
-                         r["perplexity_before"], r["perplexity_after"]] for r in results], right=(1, 2, 3, 4, 5, 6)),
+                         r["perplexity_before"], r["perplexity_after"]] for r in lora_rows], right=(1, 2, 3, 4, 5, 6)),
         markdown_table(["fine-tuner run, by stage", "seconds"],
                        [["base fetched from the registry and unpacked (first run of this base only)",
                          rounded(metrics["base_fetch_seconds"])],
@@ -281,6 +483,24 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
         markdown_table(["ratio", "value"], [[k, v] for k, v in ratios.items()], right=(1,)),
         markdown_table(["held-out questions answered exactly as corrected", "base", "adapter"],
                        [[f"{n_eval} questions never trained on", sum(base_exact), sum(adapter_exact)]], right=(1, 2)),
+        f"Distillation: the champion answered {d['questions']} other questions greedily ({ANSWER_TOKENS} new tokens "
+        f"at most; {d['teacher_answers_finished']} finished, the rest logged as `length` and not learned from); "
+        f"the student ({d['student_layers']} of {d['teacher_layers']} layers) trained {d['epochs']} epochs on "
+        f"{d['train_answers']} of them, {d['held_out']} held out by time; lr {DISTILL_SETTINGS['learning_rate']}, "
+        f"batch {DISTILL_SETTINGS['batch_size']}, full-weight (embeddings frozen).\n",
+        markdown_table(["", "teacher (champion)", "distilled student"],
+                       [["decoder layers", d["teacher_layers"], d["student_layers"]],
+                        ["parameters", d["teacher_parameters"], d["student_parameters"]],
+                        [f"tokens/s (1 thread, batch 1, {SPEED_TOKENS} new tokens x {d['held_out']} prompts x 2, "
+                         "taking turns)",
+                         rounded(d["teacher_tokens_per_s"]), rounded(d["student_tokens_per_s"])],
+                        ["eval loss on the held-out teacher answers", rounded(d["eval_loss_teacher"], 4),
+                         f"{rounded(d['eval_loss_student'], 4)} (as cut, untrained: "
+                         f"{rounded(d['eval_loss_student_cut'], 4)})"],
+                        ["held-out answers: token F1 vs the teacher's / exact", "1 / all",
+                         f"{rounded(d['token_f1_vs_teacher'], 3)} / {d['exact_vs_teacher']} of {d['held_out']}"],
+                        ["run seconds (StartRun -> registered) / training", "",
+                         f"{rounded(d['seconds'])} / {rounded(d['train_seconds'])}"]], right=(1, 2)),
     ]
     notes = ("The service's time includes what the peer does not do: downloading the base from the registry and "
              "unpacking it, the dataset snapshot, an eval pass per epoch, checkpoints at each epoch end, progress "
@@ -289,4 +509,4 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
              "decision time; greedy decoding, exact match after stripping.")
     return BenchResult(NAME, "Fine-tuner: a LoRA run on SmolLM2-135M vs a plain PEFT script", results, ratios, notes,
                        tables, extra={"quality": quality, "settings": {**SETTINGS, "epochs": epochs},
-                                      "corrections": n})
+                                      "corrections": n, "distillation": distilled})

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,8 @@ async def test_reviewed_answers_become_a_deduplicated_redacted_dataset(stack: St
 async def test_the_correction_threshold_starts_a_run_that_registers_an_adapter_which_learned(stack: Stack) -> None:
     app = f"assistant-{uuid.uuid4().hex[:6]}"
     # The answers name the base model that gave them: the application resolves to it through its reviews.
-    await send_events(stack.producer, corrections(app, QUESTIONS, WRONG, RIGHT, model=BASE))
+    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    await send_events(stack.producer, corrections(app, QUESTIONS, WRONG, RIGHT, model=BASE, start=start))
 
     async def one_run() -> list[pb.Run]:
         return await runs_of(stack, app)
@@ -210,6 +212,8 @@ async def test_the_correction_threshold_starts_a_run_that_registers_an_adapter_w
     assert lineage.dataset_snapshot_id == run.dataset_snapshot_id and lineage.code_version
     assert version.tags["run_id"] == run.run_id and version.tags["application"] == app
     assert version.tags["reviews"] == "8"
+    # The eval split is the corrections decided at +6 and +7 minutes: none from its start on was trained on.
+    assert datetime.fromisoformat(version.tags["eval_start"]) == start + timedelta(minutes=6)
     for name in ("train_loss", "eval_loss", "eval_loss_base", "perplexity_before", "perplexity_after"):
         assert version.metrics[name] == pytest.approx(metrics[name])
     assert "champion" not in version.aliases  # promotion is the evaluation gate's decision

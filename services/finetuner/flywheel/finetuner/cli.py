@@ -1,5 +1,6 @@
 """`flywheel finetune APP [--wait]`: start a LoRA run of an application (or join the one under way), and
 with --wait follow it with a progress bar and print its losses and the adapter version;
+`flywheel finetune APP --distill [--student-layers N]` distills a smaller student from the champion's answers;
 `flywheel finetune APP --dataset` describes its dataset, `flywheel finetune --list [APP]` lists runs,
 `flywheel finetune --run ID [--wait]` shows (or follows) one run."""
 
@@ -57,7 +58,14 @@ def show_run(run: pb.Run) -> None:
         console.print(f"[red]failed[/red]: {run.failure_reason}")
     if run.metrics:
         console.print(metrics_table(run))
-    if run.registered_version:
+    if run.registered_version and run.settings.get("mode") == "distill":
+        layers = int(run.metrics.get("student_layers", 0))
+        console.print(f"registered [bold]{run.model_name}:{run.registered_version}[/bold] (student of "
+                      f"{run.model_name} v{run.parent.version}: {layers} of "
+                      f"{int(run.metrics.get('teacher_layers', 0))} layers, {run.metrics.get('parameters', 0):,.0f} "
+                      f"parameters), dataset snapshot {run.dataset_snapshot_id[:12]}, "
+                      f"{run.metrics.get('teacher_answers', 0):.0f} teacher answers, {run.reviews} reviews")
+    elif run.registered_version:
         console.print(f"registered [bold]{run.model_name}:{run.registered_version}[/bold] (LoRA adapter of "
                       f"{run.base.name} v{run.base.version}), dataset snapshot {run.dataset_snapshot_id[:12]}, "
                       f"{run.reviews} reviews")
@@ -113,10 +121,13 @@ async def _run(address: str, timeout: float, wait_timeout: float, application: s
                 application=application, settings=settings,
                 reason=models_pb2.RetrainReason.Value(f"RETRAIN_REASON_{reason.upper()}")))
             run = started.run
+            mode = run.settings.get("mode", "lora")
             if started.coalesced:
-                console.print(f"a run of {application} is already {status_name(run.status)}: joined run {run.run_id}")
+                console.print(f"a run of {application} is already {status_name(run.status)}: joined run {run.run_id} "
+                              f"({mode})")
             else:
-                console.print(f"run {run.run_id} queued: fine-tuning {application}")
+                console.print(f"run {run.run_id} queued: "
+                              f"{'distilling a student of' if mode == 'distill' else 'fine-tuning'} {application}")
         if wait and run.status not in (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED):
             run = await follow(stub, run.run_id, wait_timeout)
         if wait or run_id:
@@ -127,8 +138,16 @@ async def _run(address: str, timeout: float, wait_timeout: float, application: s
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("application", required=False, default="")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a LoRA setting for this run: rank, alpha, dropout, target_modules (comma list), epochs, "
-                   "learning_rate, max_length, batch_size, seed, checkpoint_every, eval_fraction (repeatable).")
+              help="Override a setting for this run: rank, alpha, dropout, target_modules (comma list), epochs, "
+                   "learning_rate, max_length, batch_size, seed, checkpoint_every, eval_fraction, mode (lora or "
+                   "distill), student_layers, student_keep (ends or first) (repeatable).")
+@click.option("--distill", is_flag=True,
+              help="Distill instead of LoRA: train a smaller student (N of the champion's decoder layers) on the "
+                   "champion's logged answers for APPLICATION (reviewed corrections override them), registered as a "
+                   "new LLM version of its model with tag distilled_from. Same as --set mode=distill.")
+@click.option("--student-layers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --distill: decoder layers the student keeps (default: the service's setting, 0 = half of "
+                   "the teacher's).")
 @click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True,
               help="Why this run is started (recorded with it).")
 @click.option("--wait", is_flag=True, help="Follow the run with a progress bar until it ends, then print its metrics.")
@@ -140,14 +159,23 @@ async def _run(address: str, timeout: float, wait_timeout: float, application: s
 @click.option("--timeout", default=30.0, show_default=True, help="Deadline of each call, in seconds.")
 @click.option("--wait-timeout", default=24 * 3600.0, show_default=True,
               help="How long --wait follows the run before giving up, in seconds.")
-def finetune(application: str, settings: tuple[str, ...], reason: str, wait: bool, dataset: bool, listing: bool,
-             run_id: str, address: str, timeout: float, wait_timeout: float) -> None:
+def finetune(application: str, settings: tuple[str, ...], distill: bool, student_layers: int | None, reason: str,
+             wait: bool, dataset: bool, listing: bool, run_id: str, address: str, timeout: float,
+             wait_timeout: float) -> None:
     """Fine-tune APPLICATION (an LLM application or a base model name) on its reviewed answers: a LoRA adapter
-    registered as a version of its base model. Exits 1 when the run fails (with --wait)."""
+    registered as a version of its base model; with --distill, a smaller student LLM trained on the champion's
+    answers. Exits 1 when the run fails (with --wait)."""
     if not (application or listing or run_id):
         raise click.UsageError("give APPLICATION (or --list, or --run ID)")
+    if student_layers is not None and not distill:
+        raise click.UsageError("--student-layers goes with --distill")
+    overrides = parse_settings(settings)
+    if distill:
+        overrides["mode"] = "distill"
+        if student_layers is not None:
+            overrides["student_layers"] = str(student_layers)
     try:
-        code = asyncio.run(_run(address, timeout, wait_timeout, application, parse_settings(settings), reason, wait,
+        code = asyncio.run(_run(address, timeout, wait_timeout, application, overrides, reason, wait,
                                 dataset, listing, run_id))
     except grpc.aio.AioRpcError as exc:
         console.print(f"[red]fine-tuner: {exc.code().name}: {exc.details()}[/]")

@@ -21,7 +21,8 @@ class FinetunerSettings(ServiceSettings):
     metrics_port: int = Field(9104, description="Prometheus /metrics port; 0 turns it off.")
     db_schema: str = Field("finetuner", description="PostgreSQL schema the fine-tuner owns (dataset, runs).")
     consumer_group: str = Field(
-        "finetuner", description="Kafka consumer group for reviews.requested, reviews.completed and retrain.requests.")
+        "finetuner", description="Kafka consumer group for reviews.requested, reviews.completed, retrain.requests "
+                                 "and predictions.logged.")
     registry_addr: str = shared(  # type: ignore[assignment]
         "registry_addr", "127.0.0.1:50051", "Registry gRPC address (FLYWHEEL_REGISTRY_ADDR).")
     rpc_timeout: float = Field(10.0, description="Deadline of short calls to the registry, in seconds.")
@@ -55,6 +56,15 @@ class FinetunerSettings(ServiceSettings):
     eval_fraction: float = Field(
         DEFAULT_LORA.eval_fraction, description="The latest share of examples (by decision time) held out for "
                                                 "the eval loss.")
+    student_layers: int = Field(
+        DEFAULT_LORA.student_layers, ge=0,
+        description="Distillation: how many decoder layers the student keeps; 0 = half of the teacher's.")
+    student_keep: str = Field(
+        DEFAULT_LORA.student_keep, description="Distillation: which of the teacher's layers the student keeps: ends "
+                                               "(a third from the bottom, the rest from the top) or first.")
+    teacher_answers_per_application: int = Field(
+        2000, ge=0, description="Distillation's data: the newest answers of an application's champion kept from "
+                                "predictions.logged (per application); 0 = do not consume predictions.logged.")
     torch_threads: int = Field(1, ge=1, description="CPU threads a run trains with.")
     max_attempts: int = Field(
         3, ge=1, description="A run interrupted (by a restart) this many times fails instead of resuming again.")
@@ -77,7 +87,8 @@ class FinetunerSettings(ServiceSettings):
             rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
             target_modules=tuple(self.target_modules), epochs=self.epochs, learning_rate=self.learning_rate,
             max_length=self.max_length, batch_size=self.batch_size, seed=self.seed,
-            checkpoint_every=self.checkpoint_every, eval_fraction=self.eval_fraction)
+            checkpoint_every=self.checkpoint_every, eval_fraction=self.eval_fraction,
+            student_layers=self.student_layers, student_keep=self.student_keep)
         settings.check()
         return settings
 

@@ -12,12 +12,12 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flywheel.common.redaction import redact
-from flywheel.proto.events.v1 import reviews_pb2
+from flywheel.proto.events.v1 import predictions_pb2, reviews_pb2
 
-CORRECTION, APPROVAL = "correction", "approval"
+CORRECTION, APPROVAL, TEACHER = "correction", "approval", "teacher"
 TRAIN, EVAL = "train", "eval"
 
 
@@ -71,6 +71,15 @@ def _redacted(text: str, counts: Counter[str]) -> str:
     return result.text
 
 
+def _conversation(llm: predictions_pb2.LlmExchange, counts: Counter[str]) -> list[tuple[str, str]]:
+    """The exchange's messages, redacted, up to the user's turn (an assistant turn at the end that repeats the
+    completion is the answer itself)."""
+    messages = [(m.role, _redacted(m.content, counts)) for m in llm.messages if m.role != "assistant" or m.content]
+    if messages and messages[-1][0] == "assistant" and messages[-1][1] == _redacted(llm.completion, Counter()):
+        messages.pop()
+    return messages
+
+
 def review_item(request: reviews_pb2.ReviewRequested) -> ReviewItem | None:
     """The redacted answer under review, or None when the request is not about an LLM answer."""
     if not request.HasField("llm") or not (request.llm.completion or request.llm.messages):
@@ -80,10 +89,7 @@ def review_item(request: reviews_pb2.ReviewRequested) -> ReviewItem | None:
     if not application:
         return None  # no dataset it could belong to
     counts: Counter[str] = Counter()
-    messages = [(m.role, _redacted(m.content, counts)) for m in llm.messages if m.role != "assistant" or m.content]
-    # The exchange's messages end with the user's turn; an assistant turn at the end is the answer itself.
-    if messages and messages[-1][0] == "assistant" and messages[-1][1] == _redacted(llm.completion, Counter()):
-        messages.pop()
+    messages = _conversation(llm, counts)
     return ReviewItem(
         review_id=request.review_id, request_id=request.request_id,
         application=application, model_name=request.model.name,
@@ -147,3 +153,89 @@ def snapshot_id(application: str, keyed_splits: Sequence[tuple[str, str]]) -> st
     for key, split in keyed_splits:
         digest.update(f"{key} {split}\n".encode())
     return digest.hexdigest()
+
+
+# -- distillation: the champion's logged answers ------------------------------------------------------------
+
+# Finish reasons of answers the model ended by itself: not `refusal` (the application's template refused),
+# `content_filter` (the guard blocked), `length` (cut), `cancelled` or `error`.
+TEACHER_FINISH = ("stop", "")
+
+
+@dataclass
+class TeacherAnswer:
+    """One answer the champion gave to live traffic (predictions.logged), redacted."""
+
+    application: str
+    request_id: str
+    model_name: str
+    model_version: int
+    messages: list[tuple[str, str]]
+    prompt: str
+    completion: str
+    question_key: str
+    logged_at: datetime
+    redactions: Counter[str] = field(default_factory=Counter)
+
+
+def teacher_answer(logged: predictions_pb2.PredictionLogged, received_at: datetime) -> TeacherAnswer | None:
+    """The champion's answer a logged generation holds, or None: not an application's LLM exchange, not the
+    champion arm (challenger, shadow and evaluation traffic are not the teacher's), a refusal / blocked / cut /
+    failed answer, a response-cache hit (a repeat of an answer logged before), or nothing to learn from."""
+    if logged.arm != predictions_pb2.PREDICTION_ARM_CHAMPION or not logged.HasField("llm"):
+        return None
+    llm = logged.llm
+    if not llm.application or llm.cache_hit or llm.finish_reason not in TEACHER_FINISH or not llm.completion.strip():
+        return None
+    if not logged.request_id:
+        return None
+    counts: Counter[str] = Counter()
+    messages = _conversation(llm, counts)
+    prompt = _redacted(llm.prompt, counts)
+    if not (messages or prompt.strip()):
+        return None
+    when = logged.timestamp.ToDatetime(UTC) if logged.HasField("timestamp") else received_at
+    return TeacherAnswer(
+        application=llm.application, request_id=logged.request_id, model_name=logged.model.name,
+        model_version=logged.model.version, messages=messages, prompt=prompt,
+        completion=_redacted(llm.completion.strip(), counts), question_key=example_key(messages, prompt, ""),
+        logged_at=when, redactions=counts)
+
+
+@dataclass
+class DistillItem:
+    """One example of a distillation run: a teacher's answer, or a reviewed answer (which overrides the teacher's
+    for the same question)."""
+
+    source: str  # teacher, correction or approval
+    ref: str  # request id (teacher) or review id
+    messages: list[tuple[str, str]]
+    prompt: str
+    target: str
+    at: datetime  # logged (teacher) or decided (review)
+
+    @property
+    def key(self) -> str:
+        return example_key(self.messages, self.prompt, self.target)
+
+
+def distill_items(teacher: Sequence[DistillItem], reviewed: Sequence[DistillItem]) -> list[DistillItem]:
+    """One item per question (conversation): the newest reviewed answer if a reviewer decided one, else the
+    teacher's newest answer; oldest first."""
+    chosen: dict[str, DistillItem] = {}
+    for item in sorted(teacher, key=lambda i: (i.at, i.ref)):
+        chosen[example_key(item.messages, item.prompt, "")] = item
+    for item in sorted(reviewed, key=lambda i: (i.at, i.ref)):
+        chosen[example_key(item.messages, item.prompt, "")] = item
+    return sorted(chosen.values(), key=lambda i: (i.at, i.source, i.ref))
+
+
+def eval_start(timed_splits: Sequence[tuple[datetime, str]]) -> datetime | None:
+    """The time from which nothing was trained on: the first eval item's time, or just after the last trained
+    one when that is later (a tie) or there is no eval split. None without items."""
+    train = [at for at, split in timed_splits if split == TRAIN]
+    evaluation = [at for at, split in timed_splits if split == EVAL]
+    after_train = max(train) + timedelta(microseconds=1) if train else None
+    first_eval = min(evaluation) if evaluation else None
+    candidates = [t for t in (after_train, first_eval) if t is not None]
+    return max(candidates) if candidates else None

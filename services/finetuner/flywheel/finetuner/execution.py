@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,6 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,17 @@ from prometheus_client import Counter, Gauge, Histogram
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition, FlywheelError, Unavailable
 from flywheel.common.model_dirs import pack_dir_file
-from flywheel.finetuner import hyperparams
-from flywheel.finetuner.dataset import CORRECTION, EVAL, TRAIN
-from flywheel.finetuner.hyperparams import Example, LoraSettings, StepReport, TrainingResult
+from flywheel.finetuner import distillation, hyperparams
+from flywheel.finetuner.dataset import EVAL, TRAIN
+from flywheel.finetuner.distillation import ARTIFACT_SHA_TAG, RUN_TAG, Snapshot, eval_start_tag
+from flywheel.finetuner.hyperparams import DISTILL, LoraSettings, StepReport, TrainingResult
 from flywheel.finetuner.models import BaseModel, BaseModels
 from flywheel.finetuner.runs import snapshot_of, split_examples
-from flywheel.finetuner.store import FAILED, SUCCEEDED, FinetunerStore, Run, StoredExample
+from flywheel.finetuner.store import FAILED, SUCCEEDED, FinetunerStore, Run
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 
 log = logging.getLogger(__name__)
-
-# Registry tags of every adapter a run registers: the run (found again after a crash), its data and base.
-RUN_TAG = "run_id"
-ARTIFACT_SHA_TAG = "artifact_sha256"
 
 RUNS = Counter("flywheel_finetuner_runs_total", "Fine-tuning runs that ended.", ["application", "status"])
 RUN_SECONDS = Histogram("flywheel_finetuner_run_seconds", "Wall time of one attempt of a run.", ["application"],
@@ -58,23 +55,6 @@ PROGRESS_REGISTERING = 0.95
 
 class RunCancelled(Exception):
     """Raised inside the training thread when the run is being interrupted."""
-
-
-@dataclass
-class Snapshot:
-    id: str
-    splits: list[tuple[StoredExample, str]]
-
-    def examples(self, split: str) -> list[Example]:
-        return [Example(tuple(e.messages), e.prompt, e.target) for e, s in self.splits if s == split]
-
-    @property
-    def reviews(self) -> int:
-        return sum(1 + e.duplicates for e, _ in self.splits)
-
-    @property
-    def corrections(self) -> int:
-        return sum(1 for e, _ in self.splits if e.kind == CORRECTION)
 
 
 class RunExecutor:
@@ -160,9 +140,11 @@ class RunExecutor:
 
     async def _run(self, run: Run, cancelled: threading.Event) -> int:
         settings = self.defaults.with_overrides(run.settings)
+        distill = settings.mode == DISTILL
+        what = "student" if distill else "adapter"
         await self._stage(run, "resolving the base model", 0.0)
         base = await self._base(run)
-        snapshot = await self._snapshot(run, settings)
+        snapshot = await self._snapshot(run, settings, base)
         train, evaluation = snapshot.examples(TRAIN), snapshot.examples(EVAL)
         if len(train) < self.min_train_examples:
             raise FailedPrecondition(f"only {len(train)} training examples in snapshot {snapshot.id[:12]} "
@@ -171,29 +153,47 @@ class RunExecutor:
         found = await self._registered(run, base)
         if found is not None:  # registered by an attempt that was killed before it could record it
             await self.store.finish(run.id, SUCCEEDED, registered_version=found.version, progress=1.0,
-                                    stage="succeeded (registered by an earlier attempt)")
+                                    stage=f"succeeded ({what} registered by an earlier attempt)")
             self.notify(run.id)
             return found.version
+        teacher = await self._teacher(run, base) if distill else None
         await self._stage(run, f"downloading the base model {base.ref}", PROGRESS_DOWNLOAD)
         started = time.monotonic()
         directory = await self.models.directory(base.base)  # once per base version: then from the cache
+        adapter = None
+        if teacher is not None and teacher.kind == common_pb2.MODEL_KIND_LORA_ADAPTER:  # merged into the teacher
+            adapter = await self.models.directory(teacher)
         fetched = time.monotonic() - started
-        await self._stage(run, "training", PROGRESS_TRAINING)
+        await self._stage(run, "training" if not distill else "distilling the student", PROGRESS_TRAINING)
         async with self._training:
-            result = await self._train_in_thread(run, base, snapshot, settings, directory, cancelled)
+            result = await self._train_in_thread(run, base, snapshot, settings, directory, cancelled, teacher,
+                                                 adapter)
         metrics = {**result.metrics(), "reviews": float(snapshot.reviews), "corrections": float(snapshot.corrections),
                    "approvals": float(len(snapshot.splits) - snapshot.corrections), "base_fetch_seconds": fetched}
-        await self._stage(run, "packaging the adapter", PROGRESS_PACKAGING, metrics=metrics, epochs=result.epochs,
+        if distill:
+            metrics["teacher_answers"] = float(snapshot.teacher_answers)
+        await self._stage(run, f"packaging the {what}", PROGRESS_PACKAGING, metrics=metrics, epochs=result.epochs,
                           step=result.steps)
         started = time.monotonic()
-        tar = self.run_dir(run.id) / "adapter.tar"
+        tar = self.run_dir(run.id) / f"{what}.tar"
         sha = await asyncio.to_thread(pack_dir_file, result.adapter_dir, tar)
-        await self._stage(run, "registering the adapter", PROGRESS_REGISTERING)
-        version = await self._register(run, base, snapshot, metrics, tar, sha)
+        await self._stage(run, f"registering the {what}", PROGRESS_REGISTERING)
+        if teacher is not None:
+            spec = distillation.student_spec(run, base, teacher, snapshot, metrics, sha, self.code_version)
+        else:
+            spec = self._adapter_spec(run, base, snapshot, metrics, sha)
+        version = await self._register(run, base, spec, tar)
         await self.store.finish(run.id, SUCCEEDED, registered_version=version.version, stage="succeeded",
                                 progress=1.0, metrics={**metrics, "register_seconds": time.monotonic() - started})
         self.notify(run.id)
         return version.version
+
+    async def _teacher(self, run: Run, base: BaseModel) -> reg.ModelVersion:
+        """The version a distillation run learns from: the model's champion when the run started."""
+        found = await self.registry.get_version(base.model_name, base.parent_version)
+        if found is None:
+            raise FailedPrecondition(f"the teacher {base.model_name} v{base.parent_version} is gone from the registry")
+        return found
 
     async def _base(self, run: Run) -> BaseModel:
         """The run's base model: resolved on its first attempt and recorded, the same on every later one."""
@@ -209,27 +209,34 @@ class RunExecutor:
                                 base_version=run.base_version, parent_version=run.parent_version)
         return base
 
-    async def _snapshot(self, run: Run, settings: LoraSettings) -> Snapshot:
-        """The run's data: taken on its first attempt (every example created until now, split by time) and
-        recorded under its content hash; read back on later attempts."""
+    async def _snapshot(self, run: Run, settings: LoraSettings, base: BaseModel) -> Snapshot:
+        """The run's data: taken on its first attempt (every example created until now, split by time; for a
+        distillation run the teacher's answers too) and recorded under its content hash; read back on later
+        attempts."""
+        distill = settings.mode == DISTILL
         if run.dataset_snapshot_id:
+            if distill:
+                return await distillation.read_distill_snapshot(self.store, run.dataset_snapshot_id)
             _, examples = await self.store.snapshot(run.dataset_snapshot_id)
             return Snapshot(run.dataset_snapshot_id, [(e, e.split) for e in examples])
         await self._stage(run, "taking the dataset snapshot", 0.01)
         cutoff = await self.store.now()
-        examples = await self.store.examples(run.application, cutoff)
-        if not examples:
-            raise FailedPrecondition(f"application {run.application!r} has no examples: its dataset is built from "
-                                     "reviewers' corrections and approvals (reviews.completed)")
-        splits = split_examples(examples, settings.eval_fraction)
-        snapshot = Snapshot(snapshot_of(run.application, splits), splits)
-        await self.store.save_snapshot(snapshot.id, run.application, splits)
+        if distill:
+            snapshot = await distillation.take_distill_snapshot(self.store, run, settings, base, cutoff)
+        else:
+            examples = await self.store.examples(run.application, cutoff)
+            if not examples:
+                raise FailedPrecondition(f"application {run.application!r} has no examples: its dataset is built "
+                                         "from reviewers' corrections and approvals (reviews.completed)")
+            splits = split_examples(examples, settings.eval_fraction)
+            snapshot = Snapshot(snapshot_of(run.application, splits), splits)
+            await self.store.save_snapshot(snapshot.id, run.application, splits)
         run.dataset_snapshot_id = snapshot.id
-        await self.store.update(run.id, dataset_snapshot_id=snapshot.id, data_cutoff=cutoff,
-                                train_examples=sum(1 for _, s in splits if s == TRAIN),
-                                eval_examples=sum(1 for _, s in splits if s == EVAL), reviews=snapshot.reviews)
+        await self.store.update(run.id, dataset_snapshot_id=snapshot.id, data_cutoff=cutoff, reviews=snapshot.reviews,
+                                **snapshot.counts())
         log.info("dataset snapshot taken", extra={"run_id": run.id, "application": run.application,
-                                                  "snapshot": snapshot.id, "examples": len(splits)})
+                                                  "snapshot": snapshot.id, **snapshot.counts(),
+                                                  "teacher_answers": snapshot.teacher_answers})
         return snapshot
 
     async def _registered(self, run: Run, base: BaseModel) -> reg.ModelVersion | None:
@@ -238,7 +245,8 @@ class RunExecutor:
         return None
 
     async def _train_in_thread(self, run: Run, base: BaseModel, snapshot: Snapshot, settings: LoraSettings,
-                               directory: Path, cancelled: threading.Event) -> TrainingResult:
+                               directory: Path, cancelled: threading.Event, teacher: reg.ModelVersion | None = None,
+                               adapter: Path | None = None) -> TrainingResult:
         """Train in a worker thread; its step reports are written to the run as fast as the database takes
         them (the newest wins), checkpoints and epoch ends always."""
         loop = asyncio.get_running_loop()
@@ -288,13 +296,23 @@ class RunExecutor:
         if step:
             RESUMES.inc()
             log.info("resuming from checkpoint", extra={"run_id": run.id, "step": step})
-        from flywheel.finetuner.lora import train_lora as train  # torch, transformers, PEFT: on the first run only
+        # torch, transformers, PEFT: imported on the first run only
+        if teacher is not None:
+            from flywheel.finetuner.student import distill_student
 
+            train = functools.partial(distill_student, adapter_dir=adapter,
+                                      teacher_ref=f"{teacher.model_name}@v{teacher.version}")
+            out_dir = self.run_dir(run.id) / "student"
+        else:
+            from flywheel.finetuner.lora import train_lora
+
+            train = functools.partial(train_lora, base_ref=base.ref)
+            out_dir = self.run_dir(run.id) / "adapter"
         writer = asyncio.create_task(write_reports())
         training = asyncio.ensure_future(asyncio.to_thread(
             train, directory, snapshot.examples(TRAIN), snapshot.examples(EVAL), settings,
-            checkpoints=checkpoints, out_dir=self.run_dir(run.id) / "adapter", fingerprint=fingerprint,
-            base_ref=base.ref, progress=progress, threads=self.torch_threads, info=info))
+            checkpoints=checkpoints, out_dir=out_dir, fingerprint=fingerprint, progress=progress,
+            threads=self.torch_threads, info=info))
         try:
             result = await asyncio.shield(training)
         except asyncio.CancelledError:
@@ -315,24 +333,26 @@ class RunExecutor:
         await self.store.update(run.id, resumed_from_step=result.resumed_from_step)
         return result
 
-    async def _register(self, run: Run, base: BaseModel, snapshot: Snapshot, metrics: dict[str, float], tar: Path,
-                        sha: str) -> reg.ModelVersion:
+    def _adapter_spec(self, run: Run, base: BaseModel, snapshot: Snapshot, metrics: dict[str, float],
+                      sha: str) -> reg.ModelVersionSpec:
         tags = {
             RUN_TAG: run.id, "application": run.application, "dataset_snapshot_id": snapshot.id,
             "base": base.ref, "reviews": str(snapshot.reviews), ARTIFACT_SHA_TAG: sha, "format": "peft-lora-dir-tar",
-            "settings": json.dumps(run.settings, sort_keys=True),
+            "settings": json.dumps(run.settings, sort_keys=True), **eval_start_tag(snapshot),
         }
         lineage = common_pb2.Lineage(
             parent_version=base.parent_version, training_run_id=run.id, dataset_snapshot_id=snapshot.id,
             code_version=self.code_version, retrain_request_id=run.retrain_request_id,
             drift_event_id=run.drift_event_id,
             base_model=common_pb2.ModelRef(name=base.base.model_name, version=base.base.version))
-        spec = reg.ModelVersionSpec(
+        return reg.ModelVersionSpec(
             model_name=base.model_name, kind=common_pb2.MODEL_KIND_LORA_ADAPTER, framework="peft",
             description=f"LoRA adapter of {base.ref} fine-tuned on {snapshot.reviews} reviews of {run.application} "
                         f"(run {run.id})",
             tags=tags, metrics=metrics, lineage=lineage, expected_sha256=sha,
             filename=f"{base.model_name}-lora-{run.id[:12]}.tar")
+
+    async def _register(self, run: Run, base: BaseModel, spec: reg.ModelVersionSpec, tar: Path) -> reg.ModelVersion:
         try:
             return await self.registry.register(spec, tar)
         except Unavailable:

@@ -28,7 +28,7 @@ from flywheel.finetuner.intake import SOURCE, Intake
 from flywheel.finetuner.models import BaseModels
 from flywheel.finetuner.runs import DatasetView, RunRequest, Runs
 from flywheel.finetuner.store import FAILED, RUN_QUEUE, SUCCEEDED, FinetunerStore, Run
-from flywheel.proto.events.v1 import models_pb2, reviews_pb2
+from flywheel.proto.events.v1 import models_pb2, predictions_pb2, reviews_pb2
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class Finetuner:
     def __init__(self, db: Database, registry: ModelRegistry, *, work_dir: Path, defaults: LoraSettings,
                  applications: dict[str, str] | None = None, correction_threshold: int = 0, code_version: str = "",
                  torch_threads: int = 1, min_train_examples: int = 1, max_attempts: int = 3,
-                 max_concurrent_runs: int = 1, poll_interval: float = 1.0, retention_days: float = 30.0) -> None:
+                 max_concurrent_runs: int = 1, poll_interval: float = 1.0, retention_days: float = 30.0,
+                 teacher_answers: int = 0) -> None:
         self.db = db
         self.store = FinetunerStore(db)
         self.registry = registry
@@ -49,7 +50,7 @@ class Finetuner:
         self.retention = timedelta(days=retention_days)
         self.models = BaseModels(registry, work_dir / "models", applications or {}, self.store.latest_model)
         self.intake = Intake(self.store, threshold=correction_threshold, defaults=defaults, code_version=code_version,
-                             wake=self.wake)
+                             wake=self.wake, teacher_answers=teacher_answers)
         self.runs = Runs(db, self.store, self.models, defaults=defaults, threshold=correction_threshold,
                          code_version=code_version, wake=self.wake)
         self.executor = RunExecutor(self.store, self.models, registry, defaults=defaults, work_dir=work_dir,
@@ -68,6 +69,10 @@ class Finetuner:
     async def add_review_decisions(self, conn: AsyncConnection,
                                    completed: list[tuple[reviews_pb2.ReviewCompleted, datetime]]) -> int:
         return await self.intake.add_completed(conn, completed)
+
+    async def add_logged(self, conn: AsyncConnection,
+                         logged: list[tuple[predictions_pb2.PredictionLogged, datetime]]) -> int:
+        return await self.intake.add_logged(conn, logged)
 
     async def describe_dataset(self, application: str, snapshot_id: str = "") -> DatasetView:
         return await self.runs.describe_dataset(application, snapshot_id)

@@ -1,5 +1,6 @@
 """Topic consumers of the fine-tuner: reviews.requested (answers under review) and reviews.completed
-(reviewers' decisions) build its datasets; retrain.requests for LLM applications queue runs."""
+(reviewers' decisions) build its datasets; predictions.logged gives the champion's answers distillation learns
+from; retrain.requests for LLM applications queue runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from psycopg import AsyncConnection
 
 from flywheel.common.events import Event
 from flywheel.common.kafka import BatchHandler, Handler
-from flywheel.common.topics import RETRAIN_REQUESTS, REVIEWS_COMPLETED, REVIEWS_REQUESTED, Topic
+from flywheel.common.topics import PREDICTIONS_LOGGED, RETRAIN_REQUESTS, REVIEWS_COMPLETED, REVIEWS_REQUESTED, Topic
 from flywheel.finetuner.finetuner import Finetuner
-from flywheel.proto.events.v1 import models_pb2, reviews_pb2
+from flywheel.proto.events.v1 import models_pb2, predictions_pb2, reviews_pb2
 
 
 def handlers(finetuner: Finetuner) -> dict[Topic, Handler]:
@@ -35,4 +36,14 @@ def batch_handlers(finetuner: Finetuner) -> dict[Topic, BatchHandler]:
             completed.append((event.payload, event.time))
         await finetuner.add_review_decisions(conn, completed)
 
-    return {REVIEWS_REQUESTED: on_requested, REVIEWS_COMPLETED: on_completed}
+    async def on_logged(events: list[Event], conn: AsyncConnection) -> None:
+        logged = []
+        for event in events:
+            assert isinstance(event.payload, predictions_pb2.PredictionLogged)
+            logged.append((event.payload, event.time))
+        await finetuner.add_logged(conn, logged)
+
+    handlers: dict[Topic, BatchHandler] = {REVIEWS_REQUESTED: on_requested, REVIEWS_COMPLETED: on_completed}
+    if finetuner.intake.teacher_answers > 0:
+        handlers[PREDICTIONS_LOGGED] = on_logged
+    return handlers

@@ -1,4 +1,5 @@
-"""Building the instruction datasets from the review topics, inside the consumer's transactions.
+"""Building the instruction datasets from the review topics, and keeping the champion's logged answers
+(predictions.logged) for distillation, inside the consumer's transactions.
 
 An answer under review (reviews.requested with an LLM exchange) and its decision (reviews.completed) come
 on two topics, in either order; both are stored redacted, and once both are there the decision becomes an
@@ -20,7 +21,7 @@ from psycopg import AsyncConnection
 from flywheel.finetuner import dataset
 from flywheel.finetuner.hyperparams import LoraSettings
 from flywheel.finetuner.store import DUPLICATE, EXAMPLE, REJECTED, UNUSABLE, FinetunerStore, Run
-from flywheel.proto.events.v1 import models_pb2, reviews_pb2
+from flywheel.proto.events.v1 import models_pb2, predictions_pb2, reviews_pb2
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ DECISIONS = Counter("flywheel_finetuner_decisions_total", "Reviewer decisions, b
 ITEMS = Counter("flywheel_finetuner_review_items_total", "reviews.requested events, by whether they carry an answer.",
                 ["outcome"])
 REDACTIONS = Counter("flywheel_finetuner_redactions_total", "PII replaced before storing, by kind.", ["kind"])
+TEACHER_ANSWERS = Counter("flywheel_finetuner_teacher_answers_total",
+                          "predictions.logged events, by whether they were kept as a teacher's answer.", ["outcome"])
 THRESHOLD_RUNS = Counter("flywheel_finetuner_threshold_runs_total", "Runs started by the correction threshold.")
 
 
@@ -36,8 +39,9 @@ class Intake:
     """reviews.requested + reviews.completed -> examples, and the correction threshold."""
 
     def __init__(self, store: FinetunerStore, *, threshold: int, defaults: LoraSettings, code_version: str,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], teacher_answers: int = 0) -> None:
         self.store = store
+        self.teacher_answers = teacher_answers
         self.threshold = threshold
         self.defaults = defaults
         self.code_version = code_version
@@ -77,6 +81,26 @@ class Intake:
         await self.store.lock_reviews(conn, [d.review_id for d in decisions])
         await self.store.add_decisions(conn, decisions)
         return await self._join(conn, [d.review_id for d in decisions])
+
+    async def add_logged(self, conn: AsyncConnection,
+                         logged: list[tuple[predictions_pb2.PredictionLogged, datetime]]) -> int:
+        """Keep the champion's answers of LLM applications (distillation's data); everything else on
+        predictions.logged (predictive models, other arms, refusals, blocked answers) is skipped."""
+        if self.teacher_answers <= 0:
+            return 0
+        answers = []
+        for message, received_at in logged:
+            answer = dataset.teacher_answer(message, received_at)
+            if answer is None:
+                TEACHER_ANSWERS.labels("skipped").inc()
+                continue
+            answers.append(answer)
+            for kind, n in answer.redactions.items():
+                REDACTIONS.labels(kind).inc(n)
+        new = await self.store.add_teacher_answers(conn, answers, self.teacher_answers)
+        TEACHER_ANSWERS.labels("kept").inc(new)
+        TEACHER_ANSWERS.labels("duplicate").inc(len(answers) - new)
+        return new
 
     async def _join(self, conn: AsyncConnection, review_ids: list[str]) -> int:
         """Turn the decisions of these reviews whose answer is known into examples; returns how many are new."""

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,16 +138,19 @@ def eval_loss(model: Any, encoded: Sequence[Encoded], pad: int, batch_size: int)
 
 # -- checkpoints -------------------------------------------------------------------------------------------
 
-def _save_checkpoint(root: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
-    from peft.utils import get_peft_model_state_dict
+Weights = dict[str, torch.Tensor]
+# The trainable weights in a checkpoint (an adapter's, or a distilled student's layers).
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def _save_checkpoint(root: Path, weights: Weights, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{STEP_PREFIX}{state['step']:08d}"
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        weights = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(weights, str(scratch / "adapter_model.safetensors"))
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(scratch / WEIGHTS_FILE))
         torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, scratch / TENSORS_FILE)
         (scratch / STATE_FILE).write_text(json.dumps(state, sort_keys=True))  # last: marks it complete
         if target.exists():
@@ -162,11 +165,11 @@ def _save_checkpoint(root: Path, model: Any, optimizer: torch.optim.Optimizer, s
     return target
 
 
-def _load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from peft.utils import set_peft_model_state_dict
+def _load_checkpoint(path: Path, restore: Callable[[Weights], None], optimizer: torch.optim.Optimizer,
+                     ) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    restore(load_file(str(path / WEIGHTS_FILE)))
     saved = torch.load(path / TENSORS_FILE, weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"])
@@ -194,65 +197,52 @@ def load_base(base_dir: Path) -> tuple[Any, Any]:
 
 
 @dataclass
+class Fitted:
+    """What the training loop gives back: steps done, the step it resumed from, the per-epoch metrics, the eval
+    loss before training (of the model as `baseline` measured it) and after."""
+
+    steps: int
+    resumed: int
+    epochs: list[dict[str, float]]
+    eval_loss_before: float | None
+    eval_loss: float | None
+
+
+@dataclass
 class _Sums:
     loss: float = 0.0
     tokens: int = 0
     epochs: list[dict[str, float]] = field(default_factory=list)
 
 
-def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Example], settings: LoraSettings, *,
-               checkpoints: Path, out_dir: Path, fingerprint: str, base_ref: str = "",
-               progress: Progress | None = None, threads: int = 1, info: Mapping[str, Any] | None = None,
-               stop_after_step: int = 0) -> TrainingResult:
-    """Train a LoRA adapter of the model at `base_dir` on `train`, resuming from the newest checkpoint
-    under `checkpoints` made for `fingerprint`; write it (PEFT directory) to `out_dir`.
-
-    `progress` hears every step (raise from it to stop the run: the newest checkpoint stays).
-    `stop_after_step` (tests) raises `Interrupted` right after that step (and its checkpoint, when one is due).
-    """
-    from peft import LoraConfig, get_peft_model
-
-    if not train:
-        raise FailedPrecondition("no training examples")
-    started = time.monotonic()
-    torch.set_num_threads(max(1, threads))
-    model, tokenizer = load_base(base_dir)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise FailedPrecondition("the base model's tokenizer has neither a pad nor an end-of-sequence token")
-    train_enc = [encode_example(tokenizer, e, settings.max_length) for e in train]
-    eval_enc = [encode_example(tokenizer, e, settings.max_length) for e in evaluation]
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    absent = [m for m in settings.target_modules if m not in present]
-    if absent:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise InvalidArgument(f"target_modules {', '.join(absent)} not in the base model; its linear layers: "
-                              f"{', '.join(linear)}")
-    torch.manual_seed(settings.seed)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-
+def fit(model: Any, train_enc: Sequence[Encoded], eval_enc: Sequence[Encoded], pad: int, settings: LoraSettings, *,
+        weights: Callable[[], Weights], restore: Callable[[Weights], None], baseline: Callable[[], float | None],
+        checkpoints: Path, fingerprint: str, progress: Progress | None = None, stop_after_step: int = 0) -> Fitted:
+    """The training loop of every run: AdamW at a constant rate on the parameters that require a gradient,
+    gradient norm clipped at 1, batches in a seeded order per epoch, an eval pass per epoch, checkpoints
+    (`weights()` are the trainable weights, `restore` puts them back) every `checkpoint_every` steps and at
+    epoch ends, resuming from the newest checkpoint made for `fingerprint`. `baseline()` measures the eval
+    loss before training (on a fresh start; a resumed run reads it from its checkpoint)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
     steps_per_epoch = math.ceil(len(train_enc) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     sums = _Sums()
     step = resumed = 0
-    base_loss: float | None
+    before: float | None
     found = latest_checkpoint(checkpoints, fingerprint)
     if found is not None:
-        state = _load_checkpoint(found, model, optimizer)
+        state = _load_checkpoint(found, restore, optimizer)
         step = resumed = int(state["step"])
         sums = _Sums(state["loss_sum"], state["loss_tokens"], state["epochs"])
-        base_loss = state["eval_loss_base"]
+        before = state["eval_loss_base"]
     else:
-        with model.disable_adapter():
-            base_loss = eval_loss(model, eval_enc, pad, settings.batch_size)
+        before = baseline()
 
     def checkpoint() -> None:
-        _save_checkpoint(checkpoints, model, optimizer, {
+        _save_checkpoint(checkpoints, weights(), optimizer, {
             "fingerprint": fingerprint, "step": step, "loss_sum": sums.loss, "loss_tokens": sums.tokens,
-            "epochs": sums.epochs, "eval_loss_base": base_loss})
+            "epochs": sums.epochs, "eval_loss_base": before})
 
     model.train()
     for epoch in range(step // steps_per_epoch, settings.epochs):
@@ -261,7 +251,7 @@ def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Ex
         for index in batches[step - epoch * steps_per_epoch:]:
             loss, tokens = _loss_sum(model, *_batch([train_enc[i] for i in index], pad))
             (loss / max(tokens, 1)).backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -282,28 +272,86 @@ def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Ex
                 progress(report)
             if stop_after_step and step >= stop_after_step:
                 raise Interrupted(step)
+    return Fitted(step, resumed, sums.epochs, before, eval_loss(model, eval_enc, pad, settings.batch_size))
 
-    final_eval = eval_loss(model, eval_enc, pad, settings.batch_size)
+
+def pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise FailedPrecondition("the base model's tokenizer has neither a pad nor an end-of-sequence token")
+    return int(pad)
+
+
+def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Example], settings: LoraSettings, *,
+               checkpoints: Path, out_dir: Path, fingerprint: str, base_ref: str = "",
+               progress: Progress | None = None, threads: int = 1, info: Mapping[str, Any] | None = None,
+               stop_after_step: int = 0) -> TrainingResult:
+    """Train a LoRA adapter of the model at `base_dir` on `train`, resuming from the newest checkpoint
+    under `checkpoints` made for `fingerprint`; write it (PEFT directory) to `out_dir`.
+
+    `progress` hears every step (raise from it to stop the run: the newest checkpoint stays).
+    `stop_after_step` (tests) raises `Interrupted` right after that step (and its checkpoint, when one is due).
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not train:
+        raise FailedPrecondition("no training examples")
+    started = time.monotonic()
+    torch.set_num_threads(max(1, threads))
+    model, tokenizer = load_base(base_dir)
+    pad = pad_id(tokenizer)
+    train_enc = [encode_example(tokenizer, e, settings.max_length) for e in train]
+    eval_enc = [encode_example(tokenizer, e, settings.max_length) for e in evaluation]
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    absent = [m for m in settings.target_modules if m not in present]
+    if absent:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise InvalidArgument(f"target_modules {', '.join(absent)} not in the base model; its linear layers: "
+                              f"{', '.join(linear)}")
+    torch.manual_seed(settings.seed)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+
+    def baseline() -> float | None:
+        with model.disable_adapter():
+            return eval_loss(model, eval_enc, pad, settings.batch_size)
+
+    fitted = fit(model, train_enc, eval_enc, pad, settings, weights=lambda: get_peft_model_state_dict(model),
+                 restore=lambda w: set_peft_model_state_dict(model, w), baseline=baseline,
+                 checkpoints=checkpoints, fingerprint=fingerprint, progress=progress,
+                 stop_after_step=stop_after_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model card template: nothing of ours in it
     if base_ref:  # the registry version it applies to, not this machine's path to it (inference passes the base)
         config_file = out_dir / "adapter_config.json"
-        config = json.loads(config_file.read_text())
-        config["base_model_name_or_path"] = base_ref
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
-    result = TrainingResult(
-        adapter_dir=out_dir, epochs=sums.epochs, train_loss=sums.epochs[-1]["train_loss"] if sums.epochs else 0.0,
-        eval_loss=final_eval, eval_loss_base=base_loss, steps=step, resumed_from_step=resumed,
-        train_examples=len(train_enc), eval_examples=len(eval_enc),
-        truncated=sum(e.truncated for e in train_enc) + sum(e.truncated for e in eval_enc),
-        seconds=time.monotonic() - started)
-    (out_dir / INFO_FILE).write_text(json.dumps({
-        "format": "peft-lora", "base": base_ref, "settings": settings.to_strings(),
-        "metrics": {k: v for k, v in result.metrics().items() if k != "train_seconds"}, "epochs": sums.epochs,
-        **(info or {})},
-        sort_keys=True, indent=1))
+        written = json.loads(config_file.read_text())
+        written["base_model_name_or_path"] = base_ref
+        config_file.write_text(json.dumps(written, indent=2, sort_keys=True))
+    result = training_result(out_dir, fitted, train_enc, eval_enc, started)
+    write_info(out_dir, {"format": "peft-lora", "base": base_ref}, settings, result, info)
     return result
+
+
+def training_result(out_dir: Path, fitted: Fitted, train_enc: Sequence[Encoded], eval_enc: Sequence[Encoded],
+                    started: float, extra: dict[str, float] | None = None) -> TrainingResult:
+    return TrainingResult(
+        adapter_dir=out_dir, epochs=fitted.epochs, train_loss=fitted.epochs[-1]["train_loss"] if fitted.epochs
+        else 0.0, eval_loss=fitted.eval_loss, eval_loss_base=fitted.eval_loss_before, steps=fitted.steps,
+        resumed_from_step=fitted.resumed, train_examples=len(train_enc), eval_examples=len(eval_enc),
+        truncated=sum(e.truncated for e in train_enc) + sum(e.truncated for e in eval_enc),
+        seconds=time.monotonic() - started, extra=extra or {})
+
+
+def write_info(out_dir: Path, head: Mapping[str, Any], settings: LoraSettings, result: TrainingResult,
+               info: Mapping[str, Any] | None) -> None:
+    """`finetune.json` next to what a run made: what it is, its settings and metrics."""
+    (out_dir / INFO_FILE).write_text(json.dumps({
+        **head, "settings": settings.to_strings(),
+        "metrics": {k: v for k, v in result.metrics().items() if k != "train_seconds"}, "epochs": result.epochs,
+        **(info or {})}, sort_keys=True, indent=1))
 
 
 class Interrupted(Exception):

@@ -61,7 +61,7 @@ class FinetunerApp:
             code_version=detect_code_version(settings.code_version), torch_threads=settings.torch_threads,
             min_train_examples=settings.min_train_examples, max_attempts=settings.max_attempts,
             max_concurrent_runs=settings.max_concurrent_runs, poll_interval=settings.poll_interval,
-            retention_days=settings.retention_days)
+            retention_days=settings.retention_days, teacher_answers=settings.teacher_answers_per_application)
         self.consumer = ConsumerRunner(bootstrap=settings.kafka_bootstrap, group=settings.consumer_group, db=self.db,
                                        handlers=handlers(self.finetuner), batch_handlers=batch_handlers(self.finetuner),
                                        source=SOURCE, health=self.rpc.component_health("consumer"))

@@ -17,8 +17,8 @@ from psycopg import AsyncConnection
 from flywheel.common.db import Database
 from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, PoisonEvent
 from flywheel.finetuner import dataset
-from flywheel.finetuner.hyperparams import LoraSettings
-from flywheel.finetuner.models import BaseModels
+from flywheel.finetuner.hyperparams import DISTILL, LoraSettings
+from flywheel.finetuner.models import BaseModel, BaseModels
 from flywheel.finetuner.store import DatasetStats, FinetunerStore, Run, StoredExample
 from flywheel.proto.events.v1 import common_pb2, models_pb2
 
@@ -98,12 +98,26 @@ class Runs:
         if not request.application.strip():
             raise InvalidArgument("application is empty: name an LLM application or a base model")
         settings = self.settings_for(request.settings)
-        await self.models.resolve(request.application)
+        base = await self.models.resolve(request.application)
+        if settings.mode == DISTILL:
+            await self.check_teacher_answers(request.application, base)
+            return settings
         if not await self.store.has_examples(request.application):
             raise FailedPrecondition(
                 f"application {request.application!r} has no examples yet: its dataset is built from reviewers' "
                 "corrections and approvals of its answers (reviews.completed)")
         return settings
+
+    async def check_teacher_answers(self, application: str, base: BaseModel) -> None:
+        """A distillation run needs answers of the champion (the teacher) logged for the application."""
+        counts = await self.store.teacher_answer_counts(application)
+        if counts.get((base.model_name, base.parent_version)):
+            return
+        kept = ", ".join(f"{name} v{version}: {n}" for (name, version), n in sorted(counts.items())) or "none"
+        raise FailedPrecondition(
+            f"application {application!r} has no logged answers of its champion {base.model_name} "
+            f"v{base.parent_version} (the teacher) yet: distillation learns from the champion's answers on "
+            f"predictions.logged (arm champion, finished with stop; kept answers by version: {kept})")
 
     async def start_run(self, request: RunRequest) -> tuple[Run, bool]:
         """Queue a run, or return the application's queued/running one (coalesced = True)."""

@@ -15,7 +15,16 @@ from psycopg.types.json import Jsonb
 from flywheel.common.db import Database
 from flywheel.common.errors import NotFound
 from flywheel.common.jobs import JobTable
-from flywheel.finetuner.dataset import APPROVAL, CORRECTION, Decision, ExampleRow, ReviewItem
+from flywheel.finetuner.dataset import (
+    APPROVAL,
+    CORRECTION,
+    TEACHER,
+    Decision,
+    DistillItem,
+    ExampleRow,
+    ReviewItem,
+    TeacherAnswer,
+)
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
 
 QUEUED = pb.RUN_STATUS_QUEUED
@@ -183,10 +192,12 @@ class FinetunerStore:
 
     @staticmethod
     async def new_corrections(conn: AsyncConnection, application: str) -> int:
-        """Corrections added after the newest run's data cutoff (all of them before the first run)."""
+        """Corrections added after the newest LoRA run's data cutoff (all of them before the first run); a
+        distillation run does not count: its student is not an adapter of what the corrections were about."""
         row = await (await conn.execute(
             "SELECT count(*) AS n FROM examples WHERE application = %s AND kind = %s AND created_at >"
-            " coalesce((SELECT max(data_cutoff) FROM runs WHERE application = %s), '-infinity')",
+            " coalesce((SELECT max(data_cutoff) FROM runs WHERE application = %s AND"
+            " coalesce(settings->>'mode', 'lora') <> 'distill'), '-infinity')",
             (application, CORRECTION, application))).fetchone()
         assert row is not None
         return int(row["n"])
@@ -198,11 +209,16 @@ class FinetunerStore:
         return row is not None
 
     async def latest_model(self, application: str) -> str:
-        """The model that answered the application's newest reviewed example ('' when none names one)."""
+        """The model that answered the application's newest reviewed example, else its newest logged answer
+        kept for distillation ('' when none names one)."""
         async with self.db.connection() as conn:
             row = await (await conn.execute(
                 "SELECT model_name FROM examples WHERE application = %s AND model_name <> ''"
                 " ORDER BY decided_at DESC, id DESC LIMIT 1", (application,))).fetchone()
+            if row is None:
+                row = await (await conn.execute(
+                    "SELECT model_name FROM teacher_answers WHERE application = %s AND model_name <> ''"
+                    " ORDER BY logged_at DESC, request_id DESC LIMIT 1", (application,))).fetchone()
         return row["model_name"] if row else ""
 
     # -- datasets and snapshots ------------------------------------------------------------------
@@ -291,6 +307,84 @@ class FinetunerStore:
             b = await conn.execute("DELETE FROM review_decisions WHERE outcome = 'pending' AND received_at < %s",
                                    (older_than,))
         return a.rowcount + b.rowcount
+
+    # -- distillation: the champion's logged answers ----------------------------------------------
+
+    @staticmethod
+    async def add_teacher_answers(conn: AsyncConnection, answers: Sequence[TeacherAnswer], keep: int) -> int:
+        """Store answers (a request seen before is ignored), then drop each application's oldest beyond `keep`.
+        Returns how many were new."""
+        if not answers:
+            return 0
+        new = 0
+        for a in answers:
+            cur = await conn.execute(
+                "INSERT INTO teacher_answers (application, request_id, model_name, model_version, messages, prompt,"
+                " completion, question_key, redactions, logged_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (application, request_id) DO NOTHING",
+                (a.application, a.request_id, a.model_name, a.model_version, Jsonb([list(m) for m in a.messages]),
+                 a.prompt, a.completion, a.question_key, Jsonb(dict(a.redactions)), a.logged_at))
+            new += cur.rowcount
+        for application in sorted({a.application for a in answers}):
+            await conn.execute(
+                "DELETE FROM teacher_answers WHERE application = %s AND (logged_at, request_id) <"
+                " (SELECT logged_at, request_id FROM teacher_answers WHERE application = %s"
+                " ORDER BY logged_at DESC, request_id DESC OFFSET %s LIMIT 1)", (application, application, keep - 1))
+        return new
+
+    async def teacher_answers(self, application: str, model_name: str, model_version: int,
+                              received_until: datetime | None = None) -> list[DistillItem]:
+        """The answers of one model version for an application (received up to `received_until`), oldest first."""
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT request_id, messages, prompt, completion, logged_at FROM teacher_answers WHERE application = %s"
+                " AND model_name = %s AND model_version = %s AND received_at <= %s ORDER BY logged_at, request_id",
+                (application, model_name, model_version,
+                 received_until or datetime.max.replace(tzinfo=UTC)))).fetchall()
+        return [DistillItem(TEACHER, r["request_id"], [(role, text) for role, text in r["messages"]], r["prompt"],
+                            r["completion"], r["logged_at"]) for r in rows]
+
+    async def teacher_answer_counts(self, application: str) -> dict[tuple[str, int], int]:
+        """How many answers are kept for the application, by (model, version)."""
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT model_name, model_version, count(*) AS n FROM teacher_answers WHERE application = %s"
+                " GROUP BY model_name, model_version", (application,))).fetchall()
+        return {(r["model_name"], r["model_version"]): int(r["n"]) for r in rows}
+
+    async def save_distill_snapshot(self, snapshot_id: str, application: str,
+                                    items: Sequence[tuple[DistillItem, str]],
+                                    reviewed: Sequence[tuple[StoredExample, str]]) -> None:
+        """Record a distillation snapshot once: its head, the reviewed examples in it (GetDataset lists their
+        reviews) and every item, copied (the teacher_answers table is bounded)."""
+        corrections = sum(1 for i, _ in items if i.source == CORRECTION)
+        approvals = sum(1 for i, _ in items if i.source == APPROVAL)
+        async with self.db.connection() as conn, conn.transaction():
+            inserted = await (await conn.execute(
+                "INSERT INTO snapshots (id, application, train_examples, eval_examples, corrections, approvals,"
+                " reviews) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (snapshot_id, application, sum(1 for _, s in items if s == "train"),
+                 sum(1 for _, s in items if s == "eval"), corrections, approvals,
+                 sum(1 + e.duplicates for e, _ in reviewed)))).fetchone()
+            if inserted is None:
+                return
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO snapshot_examples (snapshot_id, example_id, split, position) VALUES (%s, %s, %s, %s)",
+                    [(snapshot_id, e.id, s, i) for i, (e, s) in enumerate(reviewed)])
+                await cur.executemany(
+                    "INSERT INTO distill_snapshot_items (snapshot_id, position, source, ref, messages, prompt, target,"
+                    " split, at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(snapshot_id, n, i.source, i.ref, Jsonb([list(m) for m in i.messages]), i.prompt, i.target, s,
+                      i.at) for n, (i, s) in enumerate(items)])
+
+    async def distill_snapshot(self, snapshot_id: str) -> list[tuple[DistillItem, str]]:
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT * FROM distill_snapshot_items WHERE snapshot_id = %s ORDER BY position",
+                (snapshot_id,))).fetchall()
+        return [(DistillItem(r["source"], r["ref"], [(role, text) for role, text in r["messages"]], r["prompt"],
+                             r["target"], r["at"]), r["split"]) for r in rows]
 
     # -- runs ------------------------------------------------------------------------------------
 
