@@ -252,5 +252,7 @@ async def test_a_worse_prompt_version_fails_on_its_floor() -> None:
     assert row.verdict == models_pb2.EVALUATION_VERDICT_FAILED
     assert {(c["model_version"], c["prompt_version"]) for c in generator.calls} == {(0, 7), (0, 6)}
     failed = {c["name"] for c in row.checks if not c["passed"]}
-    assert failed == {"answer_correctness >= champion - 0.02", "answer_correctness >= 0.3"}
+    # "Bananas." is neither correct nor supported by the fee passage the champion's answer is grounded in.
+    assert failed == {"answer_correctness >= champion - 0.02", "answer_correctness >= 0.3",
+                      "groundedness >= champion - 0.02"}
     assert row.report["failing"] == ["fee"] and "no reviewed traffic" in row.report["notes"][0]

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+# A sentence ends at . ! ? or a line break, but not at the point of a decimal ("2.5%", "EUR 1.50").
+SENTENCE = re.compile(r"(?:[^.!?\n]|(?<=\d)\.(?=\d))+(?:[.!?]+|\n|$)")
 WORD = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?|[a-z][a-z'-]*")
 STOP = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been being it its
 this that these those you your yours we our us i me my he she they them their there here can could will would
