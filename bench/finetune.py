@@ -12,8 +12,14 @@ trains the same LoRA (rank, alpha, targets, epochs, batch size, learning rate, m
 adapter; it is timed from after its imports. Peak memory is each process's peak resident set (VmHWM).
 
 Quality: the run's answer-token loss on the held-out (latest) corrections before and after, and the share of
-held-out questions the base and the adapter answer, greedily, exactly as corrected. The golden-set scores
-of issue 15 come with the LLM evaluator.
+held-out questions the base and the adapter answer, greedily, exactly as corrected.
+
+Golden set (the demo assistant's, `examples/payments/payments_demo/golden/support-assistant.yaml`): the base
+(before), the base with the adapter (after) and the distilled student answer its answerable questions through the
+assistant's prompt template, each question with its own supporting passages as the context (retrieval assumed
+right), greedily, batch 1, one thread; the evaluator's own metric functions (`flywheel.evaluator.llm_metrics`)
+score the answers. Refusal items are left to the evaluator's served-path gate: in the application an unsupported
+question is refused before the model runs, and the guard's rails decide policy prompts, neither of which runs here.
 
 Distillation (same run, same fine-tuner process): the champion (the base) answers M other customer questions
 greedily; its answers go to `predictions.logged` (arm champion; the ones it did not finish within the token
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,6 +84,11 @@ DISTILL_SETTINGS = {"learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "
 DISTILL_SYSTEM = "You are Northwind Bank's support assistant. Answer in one or two short sentences."
 ANSWER_TOKENS = 128  # the teacher's budget per answer (unfinished ones are logged as `length`)
 SPEED_TOKENS = 48  # new tokens per prompt when measuring tokens/s
+DEMO_DIR = Path(__file__).resolve().parent.parent / "examples" / "payments" / "payments_demo"
+GOLDEN_FILE = DEMO_DIR / "golden" / "support-assistant.yaml"
+PROMPT_FILE = DEMO_DIR / "prompts" / "support-assistant.yaml"
+GOLDEN_METRICS = ("answer_correctness", "token_f1", "number_recall", "groundedness", "over_refusal_rate",
+                  "pii_leak_rate", "tokens_per_answer", "latency_p50_s", "tokens_per_second")
 
 
 def questions(n: int) -> list[str]:
@@ -259,6 +271,58 @@ def exact_answers(base: Path, adapter: Path | None, items: list[str]) -> list[bo
     return out
 
 
+def golden_scores(base: Path, adapter: Path | None, max_items: int, max_new_tokens: int) -> dict[str, Any]:
+    """The golden set's answerable questions answered by `base` (+ `adapter`) through the demo's prompt template,
+    scored by the evaluator's metric functions: {"metrics": ..., "examples": the three worst answers}."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.common.clients.ports import GeneratedAnswer
+    from flywheel.common.prompt_templates import ContextChunk, parse_prompt_template
+    from flywheel.evaluator import llm_metrics
+    from flywheel.evaluator.golden import parse_golden_set
+
+    torch.set_num_threads(1)
+    golden = parse_golden_set(GOLDEN_FILE.read_text())
+    template = parse_prompt_template(PROMPT_FILE.read_bytes())
+    chosen = [g for g in golden.items if g.kind == "answerable"][:max_items]
+    items = llm_metrics.items_of(chosen)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    scores, answers = [], []
+    for g, item in zip(chosen, items, strict=True):
+        chunks = [ContextChunk(text=t, title=g.documents[0] if g.documents else "") for t in g.support]
+        system, user = template.render(g.question, context=template.render_context(chunks))
+        ids = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                            add_generation_prompt=True, tokenize=True, return_dict=False)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            made = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        new = made[0, len(ids):].tolist()
+        ended = tokenizer.eos_token_id in new
+        new = new[:new.index(tokenizer.eos_token_id)] if ended else new
+        text = tokenizer.decode(new, skip_special_tokens=True).strip()
+        answer = GeneratedAnswer(text=text, finish_reason="stop" if ended else "length", model="", model_version=0,
+                                 prompt_name="", prompt_version=0, prompt_tokens=len(ids), completion_tokens=len(new),
+                                 time_to_first_token_s=0.0, latency_s=time.perf_counter() - started, citations=[],
+                                 refused=False, request_id="")
+        scores.append(llm_metrics.score_answer(item, answer, prices=llm_metrics.Prices()))
+        answers.append(text)
+    metrics = llm_metrics.aggregate(items, scores)
+    worst = sorted(range(len(items)), key=lambda i: scores[i].get("answer_correctness", 0.0))[:3]
+    defined = {k: metrics[k] if math.isfinite(metrics[k]) else None for k in GOLDEN_METRICS}  # NaN: undefined
+    return {"metrics": defined, "questions": len(items),
+            "examples": [{"id": items[i].id, "question": items[i].question, "reference": items[i].reference,
+                          "answer": answers[i], "answer_correctness": scores[i].get("answer_correctness")}
+                         for i in worst]}
+
+
 async def run(ctx: Context) -> BenchResult:
     from flywheel.common.clients.registry import RegistryClient
     from flywheel.common.model_dirs import unpack
@@ -335,6 +399,13 @@ async def run(ctx: Context) -> BenchResult:
             base_exact = await asyncio.to_thread(exact_answers, files.directory, None, held_out)
             adapter_exact = await asyncio.to_thread(exact_answers, files.directory, adapter, held_out)
         distilled = await distill(ctx, work, address, schema, client, files.directory, base.version, m, epochs)
+        golden_items, golden_tokens = (10, 48) if ctx.quick else (28, 96)
+        golden: dict[str, Any] = {}
+        for label, directory, lora in (("base (before)", files.directory, None),
+                                       ("base + adapter (after)", files.directory, adapter),
+                                       ("distilled student", Path(distilled.pop("student_dir")), None)):
+            with ctx.steps.step(f"golden set: {label} answers {golden_items} questions"):
+                golden[label] = await asyncio.to_thread(golden_scores, directory, lora, golden_items, golden_tokens)
         await client.close()
     finally:
         if proc is not None:
@@ -345,7 +416,7 @@ async def run(ctx: Context) -> BenchResult:
         await drop_schemas(ctx.infra.database_url, [schema, f"bench_ftregistry_{ctx.run_id}"])
     return report(n=n, n_eval=n_eval, epochs=epochs, ours=ours, service_seconds=service_seconds,
                   service_rss=service_rss, peer=peer, base_exact=base_exact, adapter_exact=adapter_exact,
-                  distilled=distilled)
+                  distilled=distilled, golden=golden, golden_tokens=golden_tokens)
 
 
 async def distill(ctx: Context, work: Path, address: str, schema: str, client: Any, base_dir: Path, version: int,
@@ -399,7 +470,8 @@ async def distill(ctx: Context, work: Path, address: str, schema: str, client: A
         "student_tokens_per_s": student_tps, "token_f1_vs_teacher": sum(f1) / len(f1),
         "exact_vs_teacher": sum(a == t for (a, _), (_, t) in zip(student_answers, held_out, strict=True)),
         "examples": [{"question": q, "teacher": t, "student": a}
-                     for (q, t), (a, _) in list(zip(held_out, student_answers, strict=True))[:3]]}
+                     for (q, t), (a, _) in list(zip(held_out, student_answers, strict=True))[:3]],
+        "student_dir": str(student_dir)}
 
 
 async def rpc_set_champion(address: str, ctx: Context, name: str, version: int) -> None:
@@ -431,7 +503,7 @@ async def wait_run(stub: pb_grpc.FinetunerServiceStub, run_id: str) -> pb.Run:
 
 def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: float, service_rss: float,
            peer: dict[str, Any], base_exact: list[bool], adapter_exact: list[bool],
-           distilled: dict[str, Any]) -> BenchResult:
+           distilled: dict[str, Any], golden: dict[str, dict[str, Any]], golden_tokens: int) -> BenchResult:
     metrics = dict(ours.metrics)
     results = [
         {"case": "fine-tuner service: StartRun -> adapter registered", "seconds": rounded(service_seconds),
@@ -502,6 +574,17 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
                         ["run seconds (StartRun -> registered) / training", "",
                          f"{rounded(d['seconds'])} / {rounded(d['train_seconds'])}"]], right=(1, 2)),
     ]
+    labels = list(golden)
+    questions_asked = next(iter(golden.values()))["questions"]
+    tables += [
+        f"Golden set of the demo assistant: {questions_asked} answerable questions through its prompt template, "
+        f"each with its supporting passages as context; greedy, {golden_tokens} new tokens at most, batch 1, one "
+        "thread; scored by the evaluator's metric functions (refusals are judged on the served path only).\n",
+        markdown_table(["metric", *labels],
+                       [[k, *("-" if golden[label]["metrics"][k] is None else rounded(golden[label]["metrics"][k], 3)
+                             for label in labels)] for k in GOLDEN_METRICS],
+                       right=tuple(range(1, len(labels) + 1))),
+    ]
     notes = ("The service's time includes what the peer does not do: downloading the base from the registry and "
              "unpacking it, the dataset snapshot, an eval pass per epoch, checkpoints at each epoch end, progress "
              "writes to PostgreSQL, packing and uploading the adapter to the registry. train_seconds is its "
@@ -509,4 +592,4 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
              "decision time; greedy decoding, exact match after stripping.")
     return BenchResult(NAME, "Fine-tuner: a LoRA run on SmolLM2-135M vs a plain PEFT script", results, ratios, notes,
                        tables, extra={"quality": quality, "settings": {**SETTINGS, "epochs": epochs},
-                                      "corrections": n, "distillation": distilled})
+                                      "corrections": n, "distillation": distilled, "golden_set": golden})
