@@ -24,10 +24,10 @@ from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
 from flywheel.common.model_dirs import pack_dir, unpack
-from flywheel.common.topics import RETRAIN_REQUESTS
+from flywheel.common.topics import PREDICTIONS_LOGGED, RETRAIN_REQUESTS
 from flywheel.finetuner.lora import Example, encode_example, eval_loss, load_base
 from flywheel.finetuner.main import FinetunerApp
-from flywheel.proto.events.v1 import common_pb2, models_pb2, reviews_pb2
+from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2_grpc as pb_grpc
 from flywheel.proto.registry.v1 import registry_service_pb2 as rpb
@@ -329,6 +329,47 @@ async def test_retrain_requests_start_runs_and_requests_coalesce(stack: Stack) -
     version = (await stack.registry.GetModelVersion(rpb.GetModelVersionRequest(
         ref=registry_client.ref(BASE, run.registered_version)))).model_version
     assert (version.lineage.retrain_request_id, version.lineage.drift_event_id) == (first, "drift-7")
+
+
+async def test_a_retrain_request_before_any_review_waits_for_the_data(stack: Stack) -> None:
+    """The monitor's quality alert comes before reviewers have corrected anything: its retrain request is kept
+    (not dead-lettered) and becomes a run, with its ids, once the first examples arrive (below the threshold)."""
+    app = f"early-{uuid.uuid4().hex[:6]}"
+    answered = predictions_pb2.PredictionLogged(
+        request_id=f"req-{uuid.uuid4().hex}", model=common_pb2.ModelRef(name=BASE, version=stack.base_version),
+        arm=predictions_pb2.PREDICTION_ARM_CHAMPION, llm=predictions_pb2.LlmExchange(
+            messages=[predictions_pb2.ChatMessage(role="user", content=QUESTIONS[0])], prompt="(rendered)",
+            completion=WRONG, finish_reason="stop", application=app))
+    answered.timestamp.GetCurrentTime()
+    request_id = f"rr-{uuid.uuid4().hex[:8]}"
+    request = models_pb2.RetrainRequested(
+        request_id=request_id, model_name=app, kind=common_pb2.MODEL_KIND_LORA_ADAPTER,
+        reason=models_pb2.RETRAIN_REASON_PERFORMANCE, drift_event_id="drift-early", parameters={"epochs": "1"})
+    # The logged answer names the application's model (so the request resolves); then the request.
+    await send_events(stack.producer, [Event(PREDICTIONS_LOGGED, answered.request_id, answered, "tests")])
+    await polling.eventually(lambda: stack.app.finetuner.store.latest_model(app), what=f"{app}'s model known")
+    await send_events(stack.producer, [Event(RETRAIN_REQUESTS, app, request, "flywheel/monitor")])
+
+    async def waiting() -> bool:
+        async with stack.app.db.connection() as conn:
+            return bool(await (await conn.execute("SELECT 1 FROM waiting_requests WHERE request_id = %s",
+                                                  (request_id,))).fetchone())
+
+    await polling.eventually(waiting, what=f"retrain request {request_id} waiting")
+    assert not await runs_of(stack, app)
+
+    await send_events(stack.producer, corrections(app, QUESTIONS[:2], WRONG, RIGHT, model=BASE))  # < THRESHOLD
+
+    async def started() -> pb.Run | None:
+        runs = await runs_of(stack, app)
+        return runs[0] if runs else None
+
+    run = await polling.eventually(started, what=f"{app}'s run from the waiting request")
+    assert (run.retrain_request_id, run.drift_event_id, run.reason, run.settings["epochs"]) == \
+        (request_id, "drift-early", models_pb2.RETRAIN_REASON_PERFORMANCE, "1")
+    assert not await waiting()
+    run = await finished(stack, run.run_id)
+    assert run.status == pb.RUN_STATUS_SUCCEEDED, run.failure_reason
 
 
 async def test_a_retrain_request_for_an_unknown_application_is_dead_lettered(stack: Stack) -> None:

@@ -63,16 +63,27 @@ class Finetuner:
 
     # -- datasets ------------------------------------------------------------------------------
 
+    # New data may let retrain requests that were waiting for it start their run (same transaction).
+
     async def add_review_requests(self, conn: AsyncConnection, requests: list[reviews_pb2.ReviewRequested]) -> int:
-        return await self.intake.add_requested(conn, requests)
+        new = await self.intake.add_requested(conn, requests)
+        if new:
+            await self.runs.start_waiting(conn)
+        return new
 
     async def add_review_decisions(self, conn: AsyncConnection,
                                    completed: list[tuple[reviews_pb2.ReviewCompleted, datetime]]) -> int:
-        return await self.intake.add_completed(conn, completed)
+        new = await self.intake.add_completed(conn, completed)
+        if new:
+            await self.runs.start_waiting(conn)
+        return new
 
     async def add_logged(self, conn: AsyncConnection,
                          logged: list[tuple[predictions_pb2.PredictionLogged, datetime]]) -> int:
-        return await self.intake.add_logged(conn, logged)
+        new = await self.intake.add_logged(conn, logged)
+        if new:
+            await self.runs.start_waiting(conn)
+        return new
 
     async def describe_dataset(self, application: str, snapshot_id: str = "") -> DatasetView:
         return await self.runs.describe_dataset(application, snapshot_id)

@@ -57,6 +57,11 @@ class DatasetView:
     review_ids: list[str] = field(default_factory=list)
 
 
+class NoDataYet(FailedPrecondition):
+    """The application has nothing to learn from yet: no reviewed examples (LoRA), or no logged answers of its
+    champion (distillation). A retrain request in that state waits for the data instead of being rejected."""
+
+
 def split_examples(examples: list[StoredExample], eval_fraction: float) -> list[tuple[StoredExample, str]]:
     """The examples (oldest decision first) with their split."""
     splits = dataset.split_by_time([e.id for e in examples], eval_fraction)
@@ -92,29 +97,31 @@ class Runs:
                    drift_event_id=request.drift_event_id, parent_version=request.parent_version,
                    requested_by=request.requested_by, code_version=self.code_version)
 
-    async def check(self, request: RunRequest) -> LoraSettings:
+    async def check(self, request: RunRequest, conn: AsyncConnection | None = None) -> LoraSettings:
         """What can be checked before queueing: the name, the settings, that the application resolves to an
-        LLM in the registry and has examples. InvalidArgument / NotFound / FailedPrecondition otherwise."""
+        LLM in the registry and has data (NoDataYet). InvalidArgument / NotFound / FailedPrecondition otherwise.
+        `conn`: see the data as that transaction does."""
         if not request.application.strip():
             raise InvalidArgument("application is empty: name an LLM application or a base model")
         settings = self.settings_for(request.settings)
         base = await self.models.resolve(request.application)
         if settings.mode == DISTILL:
-            await self.check_teacher_answers(request.application, base)
+            await self.check_teacher_answers(request.application, base, conn)
             return settings
-        if not await self.store.has_examples(request.application):
-            raise FailedPrecondition(
+        if not await self.store.has_examples(request.application, conn):
+            raise NoDataYet(
                 f"application {request.application!r} has no examples yet: its dataset is built from reviewers' "
                 "corrections and approvals of its answers (reviews.completed)")
         return settings
 
-    async def check_teacher_answers(self, application: str, base: BaseModel) -> None:
+    async def check_teacher_answers(self, application: str, base: BaseModel,
+                                    conn: AsyncConnection | None = None) -> None:
         """A distillation run needs answers of the champion (the teacher) logged for the application."""
-        counts = await self.store.teacher_answer_counts(application)
+        counts = await self.store.teacher_answer_counts(application, conn)
         if counts.get((base.model_name, base.parent_version)):
             return
         kept = ", ".join(f"{name} v{version}: {n}" for (name, version), n in sorted(counts.items())) or "none"
-        raise FailedPrecondition(
+        raise NoDataYet(
             f"application {application!r} has no logged answers of its champion {base.model_name} "
             f"v{base.parent_version} (the teacher) yet: distillation learns from the champion's answers on "
             f"predictions.logged (arm champion, finished with stop; kept answers by version: {kept})")
@@ -132,8 +139,9 @@ class Runs:
     async def request_retrain(self, conn: AsyncConnection, event_id: str, request: models_pb2.RetrainRequested,
                               source: str = "") -> tuple[Run, bool] | None:
         """Apply a retrain.requests event inside the consumer's transaction. Requests for predictive models
-        are the trainer's (ignored); a request seen before does nothing; one that cannot start a run (unknown
-        application, bad parameters) is a poison event (dead-lettered with the reason)."""
+        are the trainer's (ignored); a request seen before does nothing; one for an application with nothing to
+        learn from yet waits for its data (`start_waiting`); one that cannot start a run (unknown application, bad
+        parameters) is a poison event (dead-lettered with the reason)."""
         if request.kind not in LLM_KINDS:
             RETRAIN_REQUESTS.labels("other_kind").inc()
             return None
@@ -147,6 +155,15 @@ class Runs:
             return None
         try:
             settings = await self.check(run_request)
+        except NoDataYet as exc:
+            await self.store.add_waiting(conn, run_request.retrain_request_id, run_request.application,
+                                         run_request.settings, run_request.reason, run_request.drift_event_id,
+                                         run_request.parent_version, run_request.requested_by)
+            RETRAIN_REQUESTS.labels("waiting").inc()
+            log.warning("retrain request waits for data", extra={
+                "request_id": run_request.retrain_request_id, "application": run_request.application,
+                "reason": str(exc)})
+            return None
         except (InvalidArgument, NotFound, FailedPrecondition) as exc:
             RETRAIN_REQUESTS.labels("rejected").inc()
             raise PoisonEvent(f"retrain request {run_request.retrain_request_id} cannot start a fine-tuning run: "
@@ -158,6 +175,43 @@ class Runs:
                                              "application": run.application, "coalesced": coalesced})
         self.wake()
         return run, coalesced
+
+    async def start_waiting(self, conn: AsyncConnection) -> list[Run]:
+        """Inside a consumer's transaction that added data: start (or join) a run for each application whose
+        waiting retrain requests now have something to learn from; the oldest request's settings and ids make
+        the run, every waiting one is linked to it. Requests that can no longer start a run (their application's
+        model gone, say) are dropped with a warning."""
+        by_application: dict[str, list[dict]] = defaultdict(list)
+        for row in await self.store.waiting(conn):
+            by_application[row["application"]].append(row)
+        started = []
+        for application, rows in by_application.items():
+            first = rows[0]
+            request = RunRequest(application=application, settings=dict(first["settings"]), reason=first["reason"],
+                                 retrain_request_id=first["request_id"], drift_event_id=first["drift_event_id"],
+                                 parent_version=first["parent_version"], requested_by=first["requested_by"])
+            ids = [r["request_id"] for r in rows]
+            try:
+                settings = await self.check(request, conn)
+            except NoDataYet:
+                continue
+            except (InvalidArgument, NotFound, FailedPrecondition) as exc:
+                RETRAIN_REQUESTS.labels("dropped").inc(len(ids))
+                log.warning("waiting retrain requests dropped", extra={"application": application, "request_ids": ids,
+                                                                       "reason": str(exc)})
+                await self.store.drop_waiting(conn, ids)
+                continue
+            run, coalesced = await self.store.create_or_join(conn, self._new_run(request, settings))
+            await self.store.drop_waiting(conn, ids)
+            for i, request_id in enumerate(ids):
+                await self.store.link_request(conn, request_id, application, run.id, coalesced or i > 0)
+            RETRAIN_REQUESTS.labels("started_after_waiting").inc()
+            log.info("waiting retrain requests started a run", extra={
+                "application": application, "request_ids": ids, "run_id": run.id, "coalesced": coalesced})
+            started.append(run)
+        if started:
+            self.wake()
+        return started
 
     # -- reading runs and datasets ------------------------------------------------------------
 

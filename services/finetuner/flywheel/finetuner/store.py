@@ -3,6 +3,7 @@ snapshots of an application's examples, runs (its job queue) and the retrain req
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,8 +203,11 @@ class FinetunerStore:
         assert row is not None
         return int(row["n"])
 
-    async def has_examples(self, application: str) -> bool:
-        async with self.db.connection() as conn:
+    async def has_examples(self, application: str, conn: AsyncConnection | None = None) -> bool:
+        """Whether the application has an example (seen from `conn`'s transaction when given)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self.db.connection())
             row = await (await conn.execute("SELECT 1 FROM examples WHERE application = %s LIMIT 1",
                                             (application,))).fetchone()
         return row is not None
@@ -344,9 +348,12 @@ class FinetunerStore:
         return [DistillItem(TEACHER, r["request_id"], [(role, text) for role, text in r["messages"]], r["prompt"],
                             r["completion"], r["logged_at"]) for r in rows]
 
-    async def teacher_answer_counts(self, application: str) -> dict[tuple[str, int], int]:
-        """How many answers are kept for the application, by (model, version)."""
-        async with self.db.connection() as conn:
+    async def teacher_answer_counts(self, application: str,
+                                    conn: AsyncConnection | None = None) -> dict[tuple[str, int], int]:
+        """How many answers are kept for the application, by (model, version) (seen from `conn` when given)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self.db.connection())
             rows = await (await conn.execute(
                 "SELECT model_name, model_version, count(*) AS n FROM teacher_answers WHERE application = %s"
                 " GROUP BY model_name, model_version", (application,))).fetchall()
@@ -417,9 +424,29 @@ class FinetunerStore:
 
     @staticmethod
     async def is_new_request(conn: AsyncConnection, request_id: str) -> bool:
-        row = await (await conn.execute("SELECT 1 FROM retrain_requests WHERE request_id = %s",
-                                        (request_id,))).fetchone()
+        row = await (await conn.execute(
+            "SELECT 1 FROM retrain_requests WHERE request_id = %s UNION ALL"
+            " SELECT 1 FROM waiting_requests WHERE request_id = %s", (request_id, request_id))).fetchone()
         return row is None
+
+    @staticmethod
+    async def add_waiting(conn: AsyncConnection, request_id: str, application: str, settings: dict[str, str],
+                          reason: int, drift_event_id: str, parent_version: int, requested_by: str) -> None:
+        await conn.execute(
+            "INSERT INTO waiting_requests (request_id, application, settings, reason, drift_event_id, parent_version,"
+            " requested_by) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+            (request_id, application, Jsonb(settings), reason, drift_event_id, parent_version, requested_by))
+
+    @staticmethod
+    async def waiting(conn: AsyncConnection) -> list[dict[str, Any]]:
+        """Every waiting request, locked (a concurrent consumer skips them), per application oldest first."""
+        return await (await conn.execute(
+            "SELECT * FROM waiting_requests ORDER BY application, received_at, request_id"
+            " FOR UPDATE SKIP LOCKED")).fetchall()
+
+    @staticmethod
+    async def drop_waiting(conn: AsyncConnection, request_ids: list[str]) -> None:
+        await conn.execute("DELETE FROM waiting_requests WHERE request_id = ANY(%s)", (request_ids,))
 
     @staticmethod
     async def link_request(conn: AsyncConnection, request_id: str, application: str, run_id: str,
