@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 
 from flywheel.common.clients.ports import ContentGuard, GeneratedAnswer, ModelRegistry, TextEmbedder, TextGenerator
 from flywheel.common.errors import FailedPrecondition, FlywheelError, InvalidArgument, NotFound, PoisonEvent
+from flywheel.common.prompt_templates import APPLICATION_TAG
 from flywheel.evaluator import llm_metrics as lm
 from flywheel.evaluator.golden import REVIEWED, GoldenSet, parse_golden_set
 from flywheel.evaluator.report import finite
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = "flywheel/evaluator"
 CHAMPION = "champion"
-APPLICATION_TAG = "application"
 EVAL_START_TAG = "eval_start"
 DISTILLED_TAG = "distilled_from"
 LLM_KINDS = frozenset({common_pb2.MODEL_KIND_LLM, common_pb2.MODEL_KIND_LORA_ADAPTER, common_pb2.MODEL_KIND_PROMPT})
