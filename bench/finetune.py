@@ -579,7 +579,9 @@ def report(*, n: int, n_eval: int, epochs: int, ours: pb.Run, service_seconds: f
     tables += [
         f"Golden set of the demo assistant: {questions_asked} answerable questions through its prompt template, "
         f"each with its supporting passages as context; greedy, {golden_tokens} new tokens at most, batch 1, one "
-        "thread; scored by the evaluator's metric functions (refusals are judged on the served path only).\n",
+        "thread; scored by the evaluator's metric functions (refusals are judged on the served path only). The "
+        "demo's gate passes a candidate only with answer_correctness and groundedness within 0.02 of the "
+        "champion's.\n",
         markdown_table(["metric", *labels],
                        [[k, *("-" if golden[label]["metrics"][k] is None else rounded(golden[label]["metrics"][k], 3)
                              for label in labels)] for k in GOLDEN_METRICS],
