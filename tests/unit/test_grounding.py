@@ -21,3 +21,4 @@ def test_claims_with_figures_are_grounded_only_by_the_same_figures() -> None:
 
 def test_an_answer_without_claims_has_no_groundedness() -> None:
     assert groundedness("Thank you!", [FEE]) is None
+

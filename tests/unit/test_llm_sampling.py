@@ -119,3 +119,12 @@ def test_an_unfinished_character_at_the_end_is_flushed_as_a_replacement(tokenize
     text = "".join(decoder.push(i) for i in ids[:-1])
     assert "\ufffd" not in text
     assert decoder.flush().endswith("\ufffd")
+
+
+def test_a_nul_token_never_reaches_the_stream(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL cannot store U+0000 (caches, logs, reviews, datasets): a model that emits it gets it dropped."""
+    ids = tokenizer.encode("ok\x00 fine\x00", add_special_tokens=False)
+    assert "\x00" in tokenizer.decode(ids)
+    decoder = IncrementalDecoder(tokenizer)
+    text = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert text == "ok fine"

@@ -237,11 +237,12 @@ def find_pii(text: str, kinds: Iterable[str] = KINDS) -> list[PiiSpan]:
 
 
 def redact(text: str, spans: Iterable[PiiSpan]) -> str:
-    """`text` with every span replaced by its kind's placeholder."""
+    """`text` with every span replaced by its kind's placeholder, ready to store: NUL characters are dropped too
+    (PostgreSQL text and jsonb cannot hold U+0000; a chat message or a small model's output may contain one)."""
     out, last = [], 0
     for span in sorted(spans, key=lambda s: s.start):
         out.append(text[last:span.start])
         out.append(span.replacement)
         last = span.end
     out.append(text[last:])
-    return "".join(out)
+    return "".join(out).replace("\x00", "")

@@ -28,6 +28,6 @@ class Redacted:
 
 
 def redact(text: str) -> Redacted:
-    """Replace every PII span of `text` by its kind's placeholder."""
+    """Replace every PII span of `text` by its kind's placeholder (NUL characters dropped: see `pii.redact`)."""
     spans = pii.find_pii(text)
     return Redacted(pii.redact(text, spans), Counter(span.kind for span in spans))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,12 @@ APPROVED, CORRECTED = reviews_pb2.REVIEW_DECISION_APPROVED, reviews_pb2.REVIEW_D
 # Evaluations are the evaluator's job queue: a claim counts an attempt and keeps the first start.
 EVALUATION_QUEUE = JobTable("evaluations", queued=QUEUED, running=RUNNING, issuer="evaluator",
                             on_claim="attempts = attempts + 1, started_at = coalesce(started_at, now())")
+
+
+def storable_json(value: object) -> str:
+    """JSON that jsonb accepts: an answer quoted in a report may hold U+0000, which PostgreSQL refuses (and the
+    evaluation could not complete); it is dropped."""
+    return json.dumps(value).replace("\\u0000", "")
 
 
 @dataclass
@@ -186,7 +193,8 @@ class EvaluatorStore:
             " candidate_metrics = %s, baseline_metrics = %s, checks = %s, report = %s, data_start = %s,"
             " data_end = %s, rows = %s, completed_at = %s WHERE id = %s",
             (COMPLETED, row.verdict, row.error, row.baseline_version, Jsonb(row.candidate_metrics),
-             Jsonb(row.baseline_metrics), Jsonb(row.checks), Jsonb(row.report), row.data_start, row.data_end,
+             Jsonb(row.baseline_metrics), Jsonb(row.checks), Jsonb(row.report, dumps=storable_json),
+             row.data_start, row.data_end,
              row.rows, row.completed_at, row.id))
 
     async def get(self, evaluation_id: str) -> EvaluationRow:

@@ -143,7 +143,10 @@ class IncrementalDecoder:
         self.read_offset = len(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # A NUL byte token is never text a client can use, and PostgreSQL (the caches, every consumer storing an
+        # answer) cannot hold U+0000: the stream never carries one. (Tiny test models emit it now and then.)
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).replace(
+            "\x00", "")
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
