@@ -55,6 +55,7 @@ from flywheel.common import rpc
 from flywheel.common.embedded import free_port
 from flywheel.common.events import Event
 from flywheel.common.kafka import new_producer, send_events
+from flywheel.common.model_building import model_building
 from flywheel.common.topics import PREDICTIONS_LOGGED, REVIEWS_COMPLETED, REVIEWS_REQUESTED
 from flywheel.proto.events.v1 import common_pb2, predictions_pb2, reviews_pb2
 from flywheel.proto.finetuner.v1 import finetuner_service_pb2 as pb
@@ -137,12 +138,17 @@ def logged_events(application: str, model: str, version: int, answers: list[tupl
     return events
 
 
-def load_llm(directory: Path) -> tuple[Any, Any]:
+def load_llm(directory: Path, adapter: Path | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) of the LLM at `directory`, with the PEFT `adapter` on it when given."""
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    with model_building():
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model, tokenizer
 
@@ -250,15 +256,8 @@ async def serving(address: str, proc: subprocess.Popen, timeout: float = 180.0) 
 def exact_answers(base: Path, adapter: Path | None, items: list[str]) -> list[bool]:
     """Whether the base (or the base with the adapter) answers each question, greedily, exactly as corrected."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
+    model, tokenizer = load_llm(base, adapter)
     budget = len(tokenizer.encode(ANSWER)) + 4
     out = []
     for question in items:
@@ -275,7 +274,6 @@ def golden_scores(base: Path, adapter: Path | None, max_items: int, max_new_toke
     """The golden set's answerable questions answered by `base` (+ `adapter`) through the demo's prompt template,
     scored by the evaluator's metric functions: {"metrics": ..., "examples": the three worst answers}."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flywheel.common.clients.ports import GeneratedAnswer
     from flywheel.common.prompt_templates import ContextChunk, parse_prompt_template
@@ -287,13 +285,7 @@ def golden_scores(base: Path, adapter: Path | None, max_items: int, max_new_toke
     template = parse_prompt_template(PROMPT_FILE.read_bytes())
     chosen = [g for g in golden.items if g.kind == "answerable"][:max_items]
     items = llm_metrics.items_of(chosen)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
+    model, tokenizer = load_llm(base, adapter)
     scores, answers = [], []
     for g, item in zip(chosen, items, strict=True):
         chunks = [ContextChunk(text=t, title=g.documents[0] if g.documents else "") for t in g.support]

@@ -36,6 +36,7 @@ from bench.common import Context, drop_schemas, markdown_table, percentile, roun
 from bench.embedder import embedder_process, wait_serving
 from flywheel.common import rpc
 from flywheel.common.embedded import free_port
+from flywheel.common.model_building import model_building
 
 DATA = Path(__file__).parent / "data" / "cache_paraphrases.yaml"
 SYSTEM = ("You are the support assistant of a retail bank. Answer the customer's question in two or three "
@@ -294,7 +295,8 @@ def sweep(data: dict[str, Any]) -> list[dict[str, Any]]:
     from flywheel.embedder.catalog import shipped_model_dir
     from flywheel.inference.cache.service import same_key_terms
 
-    model = SentenceTransformer(str(shipped_model_dir()), device="cpu", local_files_only=True)
+    with model_building():
+        model = SentenceTransformer(str(shipped_model_dir()), device="cpu", local_files_only=True)
     pairs = data["pairs"]
     originals = [p["question"] for p in pairs]
     vectors = {k: model.encode(v, normalize_embeddings=True, show_progress_bar=False) for k, v in (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.common.events import Event
+from flywheel.common.model_building import model_building
 from flywheel.common.model_dirs import pack_dir
 from flywheel.common.topics import REVIEWS_COMPLETED, REVIEWS_REQUESTED
 from flywheel.finetuner.config import FinetunerSettings
@@ -96,7 +97,8 @@ def build_tiny_chat_llm(directory: Path, *, seed: int = 3) -> Path:
     from flywheel.inference.testing import build_tiny_llm
 
     path = build_tiny_llm(directory, seed=seed)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with model_building():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     embeddings = model.get_input_embeddings().weight
     end = model.config.eos_token_id
     generator = torch.Generator().manual_seed(seed)

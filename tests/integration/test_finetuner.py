@@ -23,6 +23,7 @@ import torch
 from flywheel.common import rpc
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
+from flywheel.common.model_building import model_building
 from flywheel.common.model_dirs import pack_dir, unpack
 from flywheel.common.topics import PREDICTIONS_LOGGED, RETRAIN_REQUESTS
 from flywheel.finetuner.lora import Example, encode_example, eval_loss, load_base
@@ -124,7 +125,8 @@ def answer_loss(base_dir: Path, items: list[Example], adapter_dir: Path | None =
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        with model_building():
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
     encoded = [encode_example(tokenizer, e, 128) for e in items]
     loss = eval_loss(model, encoded, tokenizer.pad_token_id, 4)
     assert loss is not None

@@ -18,6 +18,7 @@ import torch
 
 from flywheel.common.events import Event
 from flywheel.common.kafka import send_events, wait_assigned
+from flywheel.common.model_building import model_building
 from flywheel.common.model_dirs import unpack
 from flywheel.common.topics import PREDICTIONS_LOGGED, RETRAIN_REQUESTS
 from flywheel.finetuner.main import FinetunerApp
@@ -73,7 +74,8 @@ def generate(directory: Path, question: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    with model_building():
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     ids = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
                                         add_generation_prompt=True, tokenize=True, return_dict=False)
     with torch.inference_mode():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flywheel.common.errors import NotFound
+from flywheel.common.model_building import model_building
 from flywheel.inference.config import InferenceSettings
 from flywheel.inference.llm.loading import load_model_dir, render_chat
 from flywheel.inference.llm.sampling import SamplingParams
@@ -82,7 +83,8 @@ def hf_greedy(directory: Path, ids: list[int], adapter: Path | None = None) -> l
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        with model_building():
+            model = PeftModel.from_pretrained(model, str(adapter))
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=20, do_sample=False)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from flywheel.common.model_building import model_building
+
 try:
     from sentence_transformers.sentence_transformer.modules import Normalize
 except ImportError:  # sentence-transformers < 6
@@ -40,8 +42,9 @@ class EmbeddingModel:
         self.version = version
         modules = list(model)
         self.normalizes = any(isinstance(m, Normalize) for m in modules)
-        self._model = SentenceTransformer(modules=[m for m in modules if not isinstance(m, Normalize)],
-                                          device="cpu") if self.normalizes else model
+        with model_building():
+            self._model = SentenceTransformer(modules=[m for m in modules if not isinstance(m, Normalize)],
+                                              device="cpu") if self.normalizes else model
         self._model.eval()
         self.tokenizer = model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
@@ -92,7 +95,8 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
 
 def load_model_dir(path: Path, name: str, version: int) -> EmbeddingModel:
     """Load a sentence-transformers model directory on the CPU and warm it up (blocking)."""
-    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    with model_building():
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     loaded = EmbeddingModel(name, version, model)
     loaded.encode(["warm up"])
     log.info("embedding model loaded", extra={"model": name, "version": version, "dimensions": loaded.dimensions,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flywheel.common import model_dirs
 from flywheel.common.clients.ports import ModelRegistry
+from flywheel.common.model_building import model_building
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
 
@@ -54,7 +55,9 @@ def build_tiny_model(directory: Path, *, seed: int = 0, max_seq_length: int = 64
                         num_attention_heads=2, intermediate_size=hidden_size * 2,
                         max_position_embeddings=max(128, max_seq_length))
     torch.manual_seed(seed)
-    BertModel(config).save_pretrained(str(directory))
+    with model_building():
+        model = BertModel(config)
+    model.save_pretrained(str(directory))
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if normalize:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
+from flywheel.common.model_building import model_building
 from flywheel.finetuner.hyperparams import (
     STATE_FILE,
     STEP_PREFIX,
@@ -190,7 +191,8 @@ def load_base(base_dir: Path) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        with model_building():
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model, tokenizer
@@ -312,7 +314,8 @@ def train_lora(base_dir: Path, train: Sequence[Example], evaluation: Sequence[Ex
     torch.manual_seed(settings.seed)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with model_building():
+        model = get_peft_model(model, config)
 
     def baseline() -> float | None:
         with model.disable_adapter():

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from flywheel.common.errors import FailedPrecondition
+from flywheel.common.model_building import model_building
 from flywheel.finetuner.hyperparams import (
     Example,
     LoraSettings,
@@ -55,7 +56,8 @@ def load_teacher(base_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, 
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        with model_building():
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return model, tokenizer
 
 
@@ -81,7 +83,8 @@ def cut(teacher: Any, keep: list[int]) -> Any:
     config.num_hidden_layers = len(keep)
     if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (sliding/full)
         config.layer_types = [config.layer_types[i] for i in keep]
-    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with model_building():
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     position = {source: target for target, source in enumerate(keep)}
     state = {}
     for name, value in teacher.state_dict().items():
@@ -96,9 +99,9 @@ def cut(teacher: Any, keep: list[int]) -> Any:
     if set(missing) - tied or unexpected:
         raise FailedPrecondition(f"the teacher's weights do not fit a {len(keep)}-layer student: missing "
                                  f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    if tied:  # one tensor for the head and the embeddings, as in the teacher (set here, not left to tie_weights(),
-        # which a CI run once left untied after the integration tests had run in the same process)
-        student.get_output_embeddings().weight = student.get_input_embeddings().weight
+    if tied:  # one tensor for the head and the embeddings, as in the teacher
+        with model_building():
+            student.tie_weights()
     student.generation_config = copy.deepcopy(teacher.generation_config)
     return student
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flywheel.common.model_building import model_building
 from flywheel.predictive.artifact import InputSchema, write_artifact
 from flywheel.predictive.scoring import to_torchscript
 
@@ -132,7 +133,8 @@ def build_tiny_llm(directory: Any, *, seed: int = 0, hidden: int = 48, layers: i
                          max_position_embeddings=max_context, tie_word_embeddings=True, initializer_range=0.3,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with model_building():
+        model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
                                                pad_token_id=eos)
     model.save_pretrained(path)
@@ -148,11 +150,13 @@ def build_tiny_adapter(base_directory: Any, directory: Any, *, seed: int = 1, ra
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_directory, dtype=torch.float32)
+    with model_building():
+        base = AutoModelForCausalLM.from_pretrained(base_directory, dtype=torch.float32)
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=rank * 4, target_modules=["q_proj", "v_proj", "o_proj"],
                         init_lora_weights=False, task_type="CAUSAL_LM")
-    model = get_peft_model(base, config)
+    with model_building():
+        model = get_peft_model(base, config)
     with torch.no_grad():  # larger than PEFT's random init, so the adapter visibly changes greedy outputs
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition
+from flywheel.common.model_building import model_building
 from flywheel.common.model_dirs import pack_dir_file
 from flywheel.proto.events.v1 import common_pb2
 from flywheel.proto.registry.v1 import registry_service_pb2 as reg
@@ -75,7 +76,8 @@ def convert_gguf(folder: Path, filename: str, target: Path, *, step: Step | None
     say("reading the tokenizer from GGUF")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     say("reading and dequantizing the GGUF weights")
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    with model_building():
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     say("copying the weights into a model built from its config")
     config = gguf_model.config
     config_dict = config.to_dict()
@@ -84,7 +86,7 @@ def convert_gguf(folder: Path, filename: str, target: Path, *, step: Step | None
     config = type(config).from_dict(config_dict)
     # Built on the meta device and given the GGUF model's tensors themselves (assign): one copy of the weights in
     # memory instead of two (the conversion peaked at ~1.7 GB, now ~1.1 GB, next to a running `make run`).
-    with torch.device("meta"):
+    with model_building(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -92,7 +94,8 @@ def convert_gguf(folder: Path, filename: str, target: Path, *, step: Step | None
         raise FailedPrecondition(f"GGUF weights do not fit the config: missing {missing}, unexpected {unexpected}")
     del gguf_model
     if config.tie_word_embeddings:
-        model.tie_weights()
+        with model_building():
+            model.tie_weights()
     end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if isinstance(end, int) and end != tokenizer.unk_token_id:
         tokenizer.eos_token = END_OF_TURN

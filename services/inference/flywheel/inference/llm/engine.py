@@ -53,6 +53,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from flywheel.common.errors import InvalidArgument, NotFound, Unavailable
+from flywheel.common.model_building import model_building
 from flywheel.inference.llm.sampling import IncrementalDecoder, SamplingParams, StopMatcher, TokenSampler
 
 log = logging.getLogger(__name__)
@@ -494,11 +495,12 @@ class GenerationEngine:
 
         if name in self.adapters:
             self._delete_adapter(name)
-        if not self._peft:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
-            self._peft = True
-        else:
-            self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+        with model_building():
+            if not self._peft:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+                self._peft = True
+            else:
+                self.model.load_adapter(path, adapter_name=name, is_trainable=False)
         self.model.eval()
         self.adapters[name] = "ready"
 

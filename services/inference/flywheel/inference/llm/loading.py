@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from flywheel.common.errors import FailedPrecondition, InvalidArgument
+from flywheel.common.model_building import model_building
 
 QUANTIZATIONS = ("none", "int8", "int8-all")
 # Linear layers "int8" keeps in float32: the output head (tied to the embeddings; its int8 error lands directly
@@ -35,7 +36,8 @@ def load_model_dir(directory: Path | str, *, quantize: str = "none") -> tuple[An
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with model_building():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.eval()
