@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +36,26 @@ def fraud_spec_dir(tmp_path_factory: pytest.TempPathFactory, model: str) -> Path
     specs = tmp_path_factory.mktemp(f"specs-{model}")
     (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
     return specs
+
+
+async def stop_in_reverse(apps: list[Any], timeout: float = 90.0) -> None:
+    """Stop `apps` last started first. A stop that has not ended after `timeout` seconds is cancelled, the others
+    are still stopped, and then the test fails naming the service and showing every asyncio task's stack at that
+    moment (a hung stop is a bug in that service: this says where it waits)."""
+    hung: list[str] = []
+    for app in reversed(apps):
+        stopping = asyncio.create_task(app.stop(), name=f"{type(app).__name__}.stop")
+        done, _ = await asyncio.wait({stopping}, timeout=timeout)
+        if not done:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                if not task.done():
+                    task.print_stack(limit=12, file=stacks)
+            hung.append(f"{type(app).__name__}.stop() still running after {timeout:.0f}s; the tasks:\n"
+                        f"{stacks.getvalue()}")
+            stopping.cancel()
+            with contextlib.suppress(BaseException):
+                await stopping
+        else:
+            stopping.result()
+    assert not hung, "\n".join(hung)

@@ -50,7 +50,7 @@ from tests import polling
 from tests.finetuner_helpers import SYSTEM, build_tiny_chat_llm, finetuner_settings, register_tiny_base
 from tests.integration import registry_client
 from tests.review_helpers import client, review_settings, wait_open
-from tests.service_helpers import shared_settings
+from tests.service_helpers import shared_settings, stop_in_reverse
 
 pytestmark = pytest.mark.integration
 eventually = partial(polling.eventually, timeout=240.0)
@@ -151,9 +151,10 @@ async def loop(infra, registry_app, registry, tmp_path_factory) -> AsyncIterator
         yield Loop(infra, inference, finetuner, review, evaluator, registry, versions, base_dir, root, base.version,
                    prompt.version)
     finally:
-        for app in reversed(started):
-            await app.stop()
-        await versions.close()
+        try:
+            await stop_in_reverse(started)
+        finally:
+            await versions.close()
 
 
 async def answers(loop: Loop, questions: Sequence[str]) -> list[str]:

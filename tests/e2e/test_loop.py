@@ -48,7 +48,7 @@ from flywheel.proto.trainer.v1 import trainer_service_pb2_grpc as tpb_grpc
 from flywheel.trainer import main as trainer_main
 from flywheel.trainer.config import TrainerSettings
 from tests import polling
-from tests.service_helpers import fraud_spec_dir, shared_settings
+from tests.service_helpers import fraud_spec_dir, shared_settings, stop_in_reverse
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +106,7 @@ async def platform(infra, registry_app, tmp_path_factory) -> AsyncIterator[dict[
             inference_addr=inference.grpc_address, monitor_addr=monitor.address, evaluator_addr=evaluator.address,
             status_port=0)}
     finally:
-        for app in reversed(started):
-            await app.stop()
+        await stop_in_reverse(started)
 
 
 @pytest.mark.timeout(1200)

@@ -84,9 +84,11 @@ def generate(directory: Path, question: str) -> str:
     return tokenizer.decode(made[0, len(ids):], skip_special_tokens=True).strip()
 
 
-async def test_a_distillation_run_registers_a_smaller_student_of_the_champion(stack, registry, producer) -> None:  # type: ignore[no-untyped-def]
-    app, root, teacher_version = stack
-    # The champion answered every question; question 0 was also reviewed and corrected (the correction wins).
+@pytest.fixture(scope="module")
+async def teacher_answers(stack, producer) -> None:  # type: ignore[no-untyped-def]
+    """The champion answered every question; question 0 was also reviewed and corrected (the correction wins).
+    Sent once for the module and consumed (a positive barrier for the ignored events too) before any test runs."""
+    app, _, teacher_version = stack
     champion = [logged(q, TEACHER, teacher_version, START + timedelta(minutes=i)) for i, q in enumerate(QUESTIONS)]
     evaluation, challenger = predictions_pb2.PREDICTION_ARM_EVALUATION, predictions_pb2.PREDICTION_ARM_CHALLENGER
     ignored = [  # not the teacher's answers: an evaluation pin, a challenger, a refusal, a blocked answer
@@ -100,13 +102,18 @@ async def test_a_distillation_run_registers_a_smaller_student_of_the_champion(st
     events = [*champion, *ignored, *review]
     await send_events(producer, events)
 
-    async def consumed() -> bool:  # every event applied (a positive barrier for the ignored ones too)
+    async def consumed() -> bool:
         async with app.db.connection() as conn:
             row = await (await conn.execute("SELECT count(*) AS n FROM processed_events WHERE event_id = ANY(%s)",
                                             ([e.id for e in events],))).fetchone()
         return row is not None and row["n"] == len(events)
 
     await polling.eventually(consumed, timeout=180, what=f"{APP}'s logged answers and review consumed")
+
+
+async def test_a_distillation_run_registers_a_smaller_student_of_the_champion(stack, registry, producer,  # type: ignore[no-untyped-def]
+                                                                              teacher_answers) -> None:
+    app, root, teacher_version = stack
     assert await app.finetuner.store.teacher_answer_counts(APP) == {(BASE, teacher_version): len(QUESTIONS)}
 
     request_id = f"rr-{U}"
@@ -163,12 +170,10 @@ async def flywheel_finetune(app: FinetunerApp, token: str, *args: str) -> tuple[
     return proc.returncode or 0, out.decode()
 
 
-async def test_the_cli_distills(stack, infra) -> None:  # type: ignore[no-untyped-def]
+async def test_the_cli_distills(stack, infra, teacher_answers) -> None:  # type: ignore[no-untyped-def]
     app, _, teacher_version = stack
     code, out = await flywheel_finetune(app, infra.tokens.operator, APP, "--student-layers", "1")
     assert code == 2 and "--student-layers goes with --distill" in out, out
-    if not await app.finetuner.store.teacher_answer_counts(APP):  # run alone: the answers of the test above
-        pytest.skip("needs the logged answers of the test above")
     code, out = await flywheel_finetune(app, infra.tokens.operator, APP, "--distill", "--student-layers", "1",
                                         "--wait", "--set", "epochs=1")
     assert code == 0, out

@@ -27,6 +27,7 @@ from typing import Any, Generic, LiteralString, TypeVar
 from psycopg import AsyncConnection, sql
 
 from flywheel.common.errors import InvalidArgument
+from flywheel.common.tasks import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +154,7 @@ class JobScheduler(Generic[Job]):
             self._background.append(asyncio.create_task(self._listen(), name=f"{self.name}-listener"))
 
     async def stop(self) -> None:
-        tasks = [*self._background, *self.executing.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([*self._background, *self.executing.values()])
         self._background = []
 
     async def _schedule(self) -> None:
@@ -175,7 +171,7 @@ class JobScheduler(Generic[Job]):
                     task.add_done_callback(lambda _, key=key: self._done(key))
                 backoff = 0.5
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await within(self._wake.wait(), self.poll_interval)
                 self._wake.clear()
             except asyncio.CancelledError:
                 raise

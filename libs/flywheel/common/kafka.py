@@ -28,6 +28,7 @@ from flywheel.common.db import Database
 from flywheel.common.errors import PoisonEvent, Unavailable
 from flywheel.common.events import Event, decode, header_map
 from flywheel.common.supervise import Backoff, HealthReporter
+from flywheel.common.tasks import cancel_and_wait, within
 from flywheel.common.telemetry import context_from, current_traceparent
 from flywheel.common.topics import Topic
 
@@ -215,10 +216,8 @@ class BoundedPublisher:
         if self._task is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.queue.join(), drain_timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            await within(self.queue.join(), drain_timeout)
+        await cancel_and_wait([self._task])
         self._task = None
 
     async def _run(self) -> None:
@@ -345,11 +344,8 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self._supervise(), name=f"consumer-{self.group}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         await self._close_clients()
         self._report(False)
 
@@ -488,7 +484,7 @@ class ConsumerRunner:
                     if new:
                         await handler(new, conn)
         except Exception as exc:  # isolate the bad event by retrying one at a time
-            log.warning("batch failed; retrying event by event", extra={
+            log.warning("batch failed on %s; retrying event by event: %r", topic.name, exc, extra={
                 "consumer": self.group, "topic": topic.name, "events": len(decoded), "error": repr(exc)})
             for record, event in decoded:
                 await self._process_event(record, event)
@@ -519,7 +515,7 @@ class ConsumerRunner:
                     # The database or a dependency is down: the event is fine, so wait (the
                     # partition stalls, nothing is committed) instead of dead-lettering it.
                     attempt -= 1
-                    log.warning("dependency unavailable, waiting", extra={
+                    log.warning("dependency unavailable, waiting: %r", exc, extra={
                         "consumer": self.group, "topic": topic.name, "event_id": event.id, "error": repr(exc),
                         "retry_in_s": outage_backoff})
                     await asyncio.sleep(outage_backoff)
@@ -528,7 +524,7 @@ class ConsumerRunner:
                     if attempt >= self.max_attempts:
                         await self._dead_letter(record, topic, exc, attempts=attempt)
                         return
-                    log.warning("handler failed, retrying", extra={
+                    log.warning("handler failed on %s, retrying: %r", topic.name, exc, extra={
                         "consumer": self.group, "topic": topic.name, "event_id": event.id,
                         "attempt": attempt, "error": repr(exc)})
                     await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
@@ -561,7 +557,7 @@ class ConsumerRunner:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         EVENTS_CONSUMED.labels(self.group, topic.name, "dead_lettered").inc()
-        log.error("event dead-lettered", extra={
+        log.error("event dead-lettered to %s: %s", topic.dlq, error, extra={
             "consumer": self.group, "topic": topic.name, "dlq": topic.dlq, "error": str(error),
             "event_id": header_map(record.headers).get("ce_id", ""), "source": f"{record.partition}/{record.offset}"})
 
@@ -574,4 +570,4 @@ def _one_at_a_time(batch: BatchHandler) -> Handler:
 
 async def wait_assigned(runner: ConsumerRunner, timeout: float = 30.0) -> None:
     """Wait until the runner's consumer has partitions (its group finished joining)."""
-    await asyncio.wait_for(runner.assigned.wait(), timeout)
+    await within(runner.assigned.wait(), timeout)

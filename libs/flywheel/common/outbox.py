@@ -46,6 +46,7 @@ from flywheel.common.errors import InvalidArgument
 from flywheel.common.events import Event
 from flywheel.common.kafka import ensure_topic_names, ensure_topics, new_producer
 from flywheel.common.supervise import Backoff, HealthReporter
+from flywheel.common.tasks import cancel_and_wait, within
 from flywheel.common.telemetry import current_traceparent
 from flywheel.common.topics import ALL_TOPICS, BY_NAME
 
@@ -196,11 +197,7 @@ class OutboxRelay:
         self._listener = asyncio.create_task(self._listen(), name=f"outbox-listen-{self.db.schema}")
 
     async def stop(self) -> None:
-        for task in (self._listener, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([self._listener, self._task])
         self._listener = self._task = None
         await self._close_producer()
         self._report(False)
@@ -278,7 +275,7 @@ class OutboxRelay:
                 if sent >= self.batch_size:
                     continue
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await within(self._wake.wait(), self.poll_interval)
                 self._wake.clear()
             except OUTAGES as exc:
                 OUTBOX_FAILURES.labels(self.db.schema).inc()
@@ -306,7 +303,7 @@ class OutboxRelay:
     async def _close_producer(self) -> None:
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._producer.stop(), 5.0)
+                await within(self._producer.stop(), 5.0)
             self._producer = None
 
     async def publish_pending(self) -> int:
@@ -330,7 +327,7 @@ class OutboxRelay:
                 await self._ensure_row_topics(producer, {row["topic"] for row in sendable})
                 # A send to a broker that died (or came back without its topics) can wait
                 # forever; bound it, so the relay starts over with a fresh producer.
-                parked.update(await asyncio.wait_for(self._send(producer, sendable), self.send_timeout))
+                parked.update(await within(self._send(producer, sendable), self.send_timeout))
             sent = [row["id"] for row in rows if row["id"] not in parked]
             if sent:
                 await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", (sent,))

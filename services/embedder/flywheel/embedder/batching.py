@@ -30,6 +30,8 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Histogram
 
+from flywheel.common.tasks import cancel_and_wait, within
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -139,7 +141,7 @@ class Batcher(Generic[T, R]):
             while len(queue) < expected and (left := deadline - time.perf_counter()) > 0:
                 self._grew.clear()
                 try:
-                    await asyncio.wait_for(self._grew.wait(), left)
+                    await within(self._grew.wait(), left)
                 except TimeoutError:
                     break
             self._drop_cancelled()
@@ -228,6 +230,4 @@ class Batcher(Generic[T, R]):
                 if not request.future.done():
                     request.future.set_exception(RuntimeError("the embedder is shutting down"))
             queue.clear()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])

@@ -34,6 +34,7 @@ from prometheus_client import Gauge
 from flywheel.common import model_dirs
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from flywheel.common.tasks import cancel_and_wait
 from flywheel.embedder.batching import Batcher
 from flywheel.embedder.model import EmbeddedText, EmbeddingModel, load_model_dir
 from flywheel.proto.events.v1 import common_pb2
@@ -123,10 +124,7 @@ class ModelCatalog:
         self.schedule_default()
 
     async def stop(self) -> None:
-        if self._reconcile is not None:
-            self._reconcile.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reconcile
+        await cancel_and_wait([self._reconcile])
         for future in self._loading.values():
             future.cancel()
         for served in self.versions():

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from flywheel.common.errors import PoisonEvent, Unavailable
 from flywheel.common.events import Event
 from flywheel.common.kafka import ensure_topics, new_producer, send_events
+from flywheel.common.tasks import within
 from flywheel.common.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class DirectPublisher:
     async def _close(self) -> None:
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._producer.stop(), 5.0)
+                await within(self._producer.stop(), 5.0)
             self._producer = None
 
     async def _ready(self) -> AIOKafkaProducer:
@@ -82,7 +83,7 @@ class DirectPublisher:
         async with self._lock:
             try:
                 producer = await self._ready()
-                await asyncio.wait_for(send_events(producer, events), self.send_timeout)
+                await within(send_events(producer, events), self.send_timeout)
             except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
                 await self._close()
                 raise PoisonEvent(f"the broker refuses the {self.topic.name} event as too large ({exc}): lower "

@@ -18,6 +18,7 @@ from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import MAX_MESSAGE_BYTES
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
+from flywheel.common.tasks import within
 from flywheel.common.topics import DOCUMENTS_EMBEDDED
 from flywheel.embedder.api import ROLES, EmbedderServicer
 from flywheel.embedder.batching import Batcher
@@ -97,7 +98,7 @@ class EmbedderApp:
         await self.catalog.start()
         await asyncio.gather(self.promotions.start(), self.consumer.start())
         try:
-            await asyncio.wait_for(self.catalog.ready.wait(), self.settings.initial_load_timeout)
+            await within(self.catalog.ready.wait(), self.settings.initial_load_timeout)
         except TimeoutError:
             log.warning("default embedding model not loaded yet; serving anyway (health NOT_SERVING until it is)",
                         extra={"model": self.settings.model})

@@ -43,6 +43,7 @@ from flywheel.common.errors import (
 from flywheel.common.events import Event
 from flywheel.common.jobs import JobScheduler
 from flywheel.common.outbox import enqueue
+from flywheel.common.tasks import within
 from flywheel.common.topics import EVALUATIONS_COMPLETED
 from flywheel.evaluator import report as r
 from flywheel.evaluator.llm_evaluation import LLM_KINDS, LlmEvaluations
@@ -440,5 +441,5 @@ class Evaluator:
             "evaluation_id": row.id, "model": row.model_name, "candidate": row.candidate_version,
             "baseline": row.baseline_version, "verdict": verdict, "rows": row.rows, "error": row.error})
         with contextlib.suppress(FlywheelError, TimeoutError):  # best effort: the event carries the ref too
-            await asyncio.wait_for(self.registry.record_lineage(
+            await within(self.registry.record_lineage(
                 row.model_name, row.candidate_version, common_pb2.Lineage(eval_report_refs=[report_uri])), 10.0)

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition, FlywheelError, Unavailable
 from flywheel.common.model_dirs import pack_dir_file
+from flywheel.common.tasks import within
 from flywheel.finetuner import distillation, hyperparams
 from flywheel.finetuner.dataset import EVAL, TRAIN
 from flywheel.finetuner.distillation import ARTIFACT_SHA_TAG, RUN_TAG, Snapshot, eval_start_tag
@@ -241,7 +242,7 @@ class RunExecutor:
 
     async def _registered(self, run: Run, base: BaseModel) -> reg.ModelVersion | None:
         with contextlib.suppress(Unavailable, TimeoutError):
-            return await asyncio.wait_for(self.registry.find_by_tag(base.model_name, RUN_TAG, run.id), 10.0)
+            return await within(self.registry.find_by_tag(base.model_name, RUN_TAG, run.id), 10.0)
         return None
 
     async def _train_in_thread(self, run: Run, base: BaseModel, snapshot: Snapshot, settings: LoraSettings,

@@ -9,7 +9,6 @@ At start-up, `recover` deals with the runs a killed process left RUNNING.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError
 from flywheel.common.jobs import JobScheduler
+from flywheel.common.tasks import within
 from flywheel.finetuner.execution import RUN_TAG, RUNS, RunExecutor
 from flywheel.finetuner.hyperparams import LoraSettings
 from flywheel.finetuner.intake import SOURCE, Intake
@@ -136,7 +136,7 @@ class Finetuner:
             found = None
             if run.model_name:
                 with contextlib.suppress(FlywheelError, TimeoutError):
-                    found = await asyncio.wait_for(self.registry.find_by_tag(run.model_name, RUN_TAG, run.id), 5.0)
+                    found = await within(self.registry.find_by_tag(run.model_name, RUN_TAG, run.id), 5.0)
             if found is not None:
                 await self.store.finish(run.id, SUCCEEDED, registered_version=found.version, progress=1.0,
                                         stage="succeeded (registration confirmed after a restart)")

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 
 from flywheel.common.db import Database
 from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, PoisonEvent
+from flywheel.common.tasks import within
 from flywheel.finetuner import dataset
 from flywheel.finetuner.hyperparams import DISTILL, LoraSettings
 from flywheel.finetuner.models import BaseModel, BaseModels
@@ -233,7 +234,7 @@ class Runs:
             seen = (run.status, run.stage, run.progress)
             while not run.finished:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), poll)
+                    await within(changed.wait(), poll)
                 changed.clear()
                 run = await self.store.get(run_id)
                 if (run.status, run.stage, run.progress) != seen:

@@ -28,6 +28,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
 from flywheel.common.events import Event
+from flywheel.common.tasks import within
 from flywheel.common.topics import GUARD_VERDICTS, REVIEWS_REQUESTED
 from flywheel.guard.checks import BLOCK, ESCALATE, INPUT, REDACT, Verdict, VerdictRecorder, redact_all
 from flywheel.proto.events.v1 import common_pb2, guard_pb2, predictions_pb2, reviews_pb2
@@ -129,7 +130,7 @@ class AuditWriter(VerdictRecorder):
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.join(), drain_timeout)
+            await within(self.queue.join(), drain_timeout)
         if not self.queue.empty():
             log.error("guard audit entries not written at shutdown", extra={"pending": self.queue.qsize()})
         self._task.cancel()

@@ -5,7 +5,6 @@ writer, the outbox relay and the metrics endpoint until SIGTERM."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
+from flywheel.common.tasks import within
 from flywheel.guard.api import ROLES, GuardServicer
 from flywheel.guard.audit import SOURCE, AuditWriter
 from flywheel.guard.catalog import DetectorCatalog
@@ -81,7 +81,7 @@ class GuardApp:
         await self.catalog.start()
         await self.promotions.start()
         try:
-            await asyncio.wait_for(self.catalog.ready.wait(), self.settings.initial_load_timeout)
+            await within(self.catalog.ready.wait(), self.settings.initial_load_timeout)
         except TimeoutError:
             log.warning("guard detectors not loaded yet; serving anyway (health NOT_SERVING until they are)",
                         extra={"model": self.settings.detectors_model})

@@ -8,7 +8,6 @@ generation log publisher and the metrics endpoint.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from flywheel.common.db import Database
 from flywheel.common.kafka import BoundedPublisher, ConsumerRunner
 from flywheel.common.rpc import RpcServer
 from flywheel.common.service import run_service
+from flywheel.common.tasks import within
 from flywheel.inference.api import ROLES, InferenceServicer
 from flywheel.inference.apps.catalog import ApplicationCatalog
 from flywheel.inference.apps.grounding import GroundedAnswers
@@ -208,7 +208,7 @@ class InferenceApp:
         await self.consumer.start()
         await self.repository.start()
         try:
-            await asyncio.wait_for(self.repository.wait_idle(), self.initial_load_timeout)
+            await within(self.repository.wait_idle(), self.initial_load_timeout)
         except TimeoutError:
             log.warning("initial model load still running; serving anyway")
         await self.rpc.start()

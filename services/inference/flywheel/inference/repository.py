@@ -13,7 +13,6 @@ here (slots); a model whose champion is an LLM or a LoRA adapter is handed to th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Gauge
 
 from flywheel.common.clients.ports import ModelRegistry
+from flywheel.common.tasks import cancel_and_wait
 from flywheel.inference.dataplane import ModelSlot
 from flywheel.inference.model import LoadedModel, load_artifact
 from flywheel.proto.events.v1 import common_pb2
@@ -77,12 +77,7 @@ class Repository:
             return
 
     async def stop(self) -> None:
-        tasks = [*self._pending.values(), *self._retry_tasks, *([self._discovery] if self._discovery else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._pending.values(), *self._retry_tasks, self._discovery])
         if self.llm is not None:
             await self.llm.stop()
         await self.registry.close()

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from flywheel.common.tasks import within
 from flywheel.common.telemetry import setup_logging
 from flywheel.inference.config import InferenceSettings
 
@@ -165,7 +166,7 @@ async def _watch(w: Worker, stop: asyncio.Event) -> None:
         log.error("inference worker exited; restarting it", extra={"worker": w.index, "code": code,
                                                                       "restart_in_s": backoff})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff)
+            await within(stop.wait(), backoff)
         if stop.is_set():
             return
         backoff = min(backoff * 2, RESTART_BACKOFF_S[1])

@@ -60,7 +60,7 @@ class DeadLetters:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         metrics.DEAD_LETTERED.labels(topic.name).inc()
-        log.error("event dead-lettered", extra={
+        log.error("event dead-lettered to %s: %s", topic.dlq, error, extra={
             "consumer": self.group, "topic": topic.name, "error": str(error),
             "event_id": header_map(message.headers or []).get("ce_id", ""),
             "source": f"{message.partition}/{message.offset}"})

@@ -22,6 +22,7 @@ from psycopg import AsyncConnection, sql
 from flywheel.common.errors import PoisonEvent
 from flywheel.common.events import Event
 from flywheel.common.outbox import enqueue
+from flywheel.common.tasks import within
 from flywheel.common.topics import DOCUMENTS_INGESTED
 from flywheel.proto.events.v1 import common_pb2, documents_pb2, models_pb2
 from flywheel.retriever.domain import DEFAULT_TENANT, MAX_DIMENSIONS, ChunkIn, Collection, Document
@@ -282,7 +283,7 @@ class Indexer:
                     pass
                 backoff = 0.5
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await within(self._wake.wait(), self.poll_interval)
                 self._wake.clear()
             except asyncio.CancelledError:
                 raise

@@ -8,13 +8,13 @@ only means unnamed values.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FlywheelError
+from flywheel.common.tasks import within
 
 log = logging.getLogger(__name__)
 MISS_SECONDS = 60.0  # how long a failed lookup is not tried again
@@ -36,7 +36,7 @@ class FeatureNames:
             return cached[0]
         names: list[str] = []
         try:
-            found = await asyncio.wait_for(self.registry.get_version(model, version), self.timeout)
+            found = await within(self.registry.get_version(model, version), self.timeout)
             if found is not None:
                 names = list(found.lineage.feature_names)
         except (FlywheelError, TimeoutError, OSError) as exc:

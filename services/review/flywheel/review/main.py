@@ -20,6 +20,7 @@ from flywheel.common.kafka import ConsumerRunner
 from flywheel.common.outbox import OutboxRelay
 from flywheel.common.service import run_service
 from flywheel.common.supervise import HealthBoard
+from flywheel.common.tasks import cancel_and_wait
 from flywheel.review.accounts import Accounts
 from flywheel.review.config import DEMO_LOGINS_FILE, ReviewSettings
 from flywheel.review.features import FeatureNames
@@ -134,10 +135,7 @@ class ReviewApp:
 
     async def stop(self) -> None:
         self.stopping = True  # readiness turns 503 first, so a load balancer stops sending
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait([self._sweeper])
         if self.http is not None:
             await self.http.stop()
         await self.consumer.stop()

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 
 from flywheel.common.db import Database
 from flywheel.common.errors import InvalidArgument, NotFound, PoisonEvent
+from flywheel.common.tasks import within
 from flywheel.predictive.spec import ModelSpec, SpecCatalog, apply_params
 from flywheel.proto.events.v1 import common_pb2, models_pb2, predictions_pb2
 from flywheel.trainer.store import Run, TrainerStore
@@ -176,7 +177,7 @@ class Runs:
             seen = (run.status, run.stage, run.progress)
             while not run.finished:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), poll)
+                    await within(changed.wait(), poll)
                 changed.clear()
                 run = await self.store.get(run_id)
                 if (run.status, run.stage, run.progress) != seen:

@@ -9,7 +9,6 @@ the runs that were left running.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from flywheel.common.clients.ports import FeatureSource, ModelRegistry
 from flywheel.common.db import Database
 from flywheel.common.errors import FlywheelError
 from flywheel.common.jobs import JobScheduler
+from flywheel.common.tasks import within
 from flywheel.predictive.spec import SpecCatalog
 from flywheel.proto.events.v1 import models_pb2, predictions_pb2
 from flywheel.trainer.execution import RUN_TAG, RUNS, RunExecutor
@@ -94,7 +94,7 @@ class Trainer:
         for run in await self.store.running():
             found = None
             with contextlib.suppress(FlywheelError, TimeoutError):
-                found = await asyncio.wait_for(self.registry.find_by_tag(run.model_name, RUN_TAG, run.id), 5.0)
+                found = await within(self.registry.find_by_tag(run.model_name, RUN_TAG, run.id), 5.0)
             if found is not None:
                 await self.store.finish(run.id, SUCCEEDED, registered_version=found.version, progress=1.0,
                                         stage="succeeded (registration confirmed after a restart)")

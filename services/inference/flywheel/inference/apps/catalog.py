@@ -18,13 +18,13 @@ template often has its application's name, and may).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from flywheel.common.auth import principal_name
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import AlreadyExists, InvalidArgument, NotFound
+from flywheel.common.tasks import cancel_and_wait
 from flywheel.inference.apps.domain import Application
 from flywheel.inference.apps.store import ApplicationStore
 from flywheel.proto.events.v1 import common_pb2
@@ -70,10 +70,7 @@ class ApplicationCatalog:
         self._task = asyncio.create_task(self._poll(), name="applications-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     async def refresh(self, *, force: bool = False) -> None:
         async with self._lock:

@@ -24,7 +24,6 @@ the server (named policies are then not applied: counted as unchecked, logged on
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import sys
@@ -37,6 +36,7 @@ from prometheus_client import Counter
 
 from flywheel.common.clients.ports import ContentGuard, GuardChunk, GuardPolicy, GuardVerdict
 from flywheel.common.errors import FlywheelError, NotFound, Unavailable
+from flywheel.common.tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Guarding:
         if cached is not None and now - cached.at < self.policy_ttl_s:
             return cached.policy
         try:
-            policy = await asyncio.wait_for(self.guard.policy(name), self.timeout_s * 4)
+            policy = await within(self.guard.policy(name), self.timeout_s * 4)
         except (FlywheelError, TimeoutError) as exc:
             if cached is not None:  # the guard hiccupped: the copy we have still applies
                 log.warning("guard policy %s not refreshed (%s); using version %s", name, exc,
@@ -172,7 +172,7 @@ class Guarding:
             return InputCheck(policy, list(messages))  # a missing user turn is the grounding step's error to give
         assert self.guard is not None
         try:
-            verdict = await asyncio.wait_for(
+            verdict = await within(
                 self.guard.check_input(policy.application, messages[-1]["content"], request_id=request_id),
                 self.timeout(policy))
         except (Unavailable, TimeoutError) as exc:
@@ -286,7 +286,7 @@ class GuardedStream:
         """A verdict, or None when the guard was not reachable and the policy fails open."""
         assert self.guarding.guard is not None
         try:
-            verdict = await asyncio.wait_for(self.guarding.guard.check_output(
+            verdict = await within(self.guarding.guard.check_output(
                 self.policy.application, text, request_id=self.request_id, user_input=self.user_input,
                 context=self.context, passed_text=passed, final=final), self.guarding.timeout(self.policy))
         except (Unavailable, TimeoutError) as exc:

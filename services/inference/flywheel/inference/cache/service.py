@@ -9,7 +9,6 @@ logged and counted, and the request is generated as a miss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from flywheel.common.clients.ports import TextEmbedder
+from flywheel.common.tasks import cancel_and_wait, within
 from flywheel.inference.cache.entries import CachedAnswer, MemoryCache
 from flywheel.inference.cache.fingerprint import CacheRequest, cacheable
 from flywheel.inference.cache.replay import MISS, CachedGeneration, RecordingGeneration
@@ -161,10 +161,7 @@ class ResponseCache:
             self._purger = asyncio.create_task(self._purge_loop(), name="llm-cache-purge")
 
     async def stop(self) -> None:
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        await cancel_and_wait([self._purger])
         await self.settle()
         if self.store is not None:
             await self.store.close()
@@ -197,7 +194,7 @@ class ResponseCache:
         if self.store is None:
             return self._miss(lookup)
         try:
-            return await asyncio.wait_for(self._shared(lookup), self.settings.lookup_timeout_s)
+            return await within(self._shared(lookup), self.settings.lookup_timeout_s)
         except Exception as exc:  # TimeoutError included: the request goes on, generated
             ERRORS.labels("lookup").inc()
             log.warning("response cache lookup failed; generating", extra={"error": repr(exc),

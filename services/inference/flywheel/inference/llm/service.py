@@ -42,7 +42,6 @@ The API (all on the event loop; nothing here blocks it):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import tempfile
@@ -57,6 +56,7 @@ from prometheus_client import Counter, Gauge
 from flywheel.common.clients.ports import ModelRegistry
 from flywheel.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from flywheel.common.model_dirs import cached, unpack
+from flywheel.common.tasks import cancel_and_wait
 from flywheel.inference.llm.sampling import SamplingParams
 from flywheel.proto.events.v1 import common_pb2
 
@@ -450,12 +450,7 @@ class LLMService:
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [*self._pending.values(), *self._background, *self._pin_loads.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._pending.values(), *self._background, *self._pin_loads.values()])
         self.routes.clear()
         self.pins.clear()
         bases, self.bases = list(self.bases.values()), {}
