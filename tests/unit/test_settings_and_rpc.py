@@ -295,6 +295,21 @@ async def test_streams_without_a_timeout_get_the_default_deadline(server: rpc.Rp
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_calls_carry_the_token_and_the_callers_trace_unless_given() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    defaults = rpc._CallDefaults(5.0, (("authorization", "Bearer mine"),))
+    assert defaults.metadata(None) == (("authorization", "Bearer mine"),)  # outside a span: no traceparent
+    assert defaults.metadata((("authorization", "Bearer theirs"),)) == (("authorization", "Bearer theirs"),)
+    span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1)))
+    with trace.use_span(span):
+        parent = f"00-{0xABC:032x}-{0xDEF:016x}-01"
+        assert defaults.metadata([("x-tenant", "a")]) == (
+            ("x-tenant", "a"), ("authorization", "Bearer mine"), ("traceparent", parent))
+        assert rpc._CallDefaults(5.0, ()).metadata((("traceparent", "given"),)) == (("traceparent", "given"),)
+
+
 # --- health ----------------------------------------------------------------------------------------------------------
 
 async def check(ch: grpc.aio.Channel, service: str) -> int:

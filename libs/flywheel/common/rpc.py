@@ -20,12 +20,11 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from flywheel.common import errors
 from flywheel.common.auth import Authenticator, AuthError, Roles, bind_principal, unbind_principal
 from flywheel.common.supervise import HealthBoard, HealthReporter
-from flywheel.common.telemetry import server_span
+from flywheel.common.telemetry import current_traceparent, server_span
 
 log = logging.getLogger(__name__)
 
@@ -466,59 +465,80 @@ class ClientAuth:
 
 
 class _CallDefaults:
-    """Gives every call a default deadline (no call waits forever) and this process's credentials.
+    """What every call on a Flywheel channel carries unless the caller gives it: a deadline (no call waits
+    forever), this process's bearer token, and the current trace's `traceparent` (so the served call and the
+    events it causes continue the caller's trace)."""
 
-    grpc.aio files an interceptor under the first call kind it implements only (an if/elif
-    chain), so one object cannot cover all four kinds: `for_all_calls` returns one per kind.
+    __slots__ = ("seconds", "token")
+
+    def __init__(self, seconds: float, token: tuple[tuple[str, str], ...]) -> None:
+        self.seconds = seconds
+        self.token = token
+
+    def metadata(self, given: Any) -> tuple[tuple[str, str], ...]:
+        pairs = tuple(given or ())
+        keys = {key for key, _ in pairs} if pairs else ()
+        extra = self.token if self.token and "authorization" not in keys else ()
+        if "traceparent" not in keys:
+            traceparent = current_traceparent()
+            if traceparent:
+                extra = (*extra, ("traceparent", traceparent))
+        return (*pairs, *extra) if extra else pairs
+
+
+class _MultiCallable:
+    """A channel's multi-callable with `_CallDefaults` applied to each call's keyword arguments."""
+
+    __slots__ = ("defaults", "inner")
+
+    def __init__(self, inner: Any, defaults: _CallDefaults) -> None:
+        self.inner = inner
+        self.defaults = defaults
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any) -> Any:
+        return self.inner(request, timeout=self.defaults.seconds if timeout is None else timeout,
+                          metadata=self.defaults.metadata(metadata), **kwargs)
+
+
+class Channel:
+    """A grpc.aio channel whose calls get `_CallDefaults`, set on each call by its multi-callable.
+
+    Not a grpc.aio client interceptor: one costs an extra task and a wrapped call object per call (a health
+    Check on loopback took 0.35 ms through the default-and-tracing interceptors this replaced, 0.28 ms
+    without). Everything else (`close`, `channel_ready`, `get_state`, `async with`) is the channel's own.
     """
 
-    def __init__(self, seconds: float, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.seconds = seconds
-        self.metadata = metadata
+    def __init__(self, inner: grpc.aio.Channel, defaults: _CallDefaults) -> None:
+        self._inner = inner
+        self._defaults = defaults
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        changes: dict[str, Any] = {}
-        if details.timeout is None:
-            changes["timeout"] = self.seconds
-        if self.metadata:
-            given = tuple(details.metadata or ())
-            if not any(key == "authorization" for key, _ in given):
-                changes["metadata"] = grpc.aio.Metadata(*given, *self.metadata)
-        return details._replace(**changes) if changes else details  # type: ignore[attr-defined]
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.unary_unary(*args, **kwargs), self._defaults)
 
-    @staticmethod
-    def for_all_calls(seconds: float, metadata: tuple[tuple[str, str], ...] = ()) -> list[grpc.aio.ClientInterceptor]:
-        return [kind(seconds, metadata) for kind in (_UnaryUnaryDefaults, _UnaryStreamDefaults,
-                                                     _StreamUnaryDefaults, _StreamStreamDefaults)]
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.unary_stream(*args, **kwargs), self._defaults)
 
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.stream_unary(*args, **kwargs), self._defaults)
 
-class _UnaryUnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.stream_stream(*args, **kwargs), self._defaults)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
-class _UnaryStreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._inner.close(None)
 
 
-class _StreamUnaryDefaults(_CallDefaults, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request_iterator)
-
-
-class _StreamStreamDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request_iterator)
-
-
-def channel(address: str, *, default_timeout: float = 10.0, auth: ClientAuth | None = None) -> grpc.aio.Channel:
+def channel(address: str, *, default_timeout: float = 10.0, auth: ClientAuth | None = None) -> Channel:
     """An aio channel to a Flywheel service: calls default to `default_timeout` seconds and carry
-    `auth`'s bearer token; TLS (mutual with a client certificate) when `auth` names a CA."""
+    `auth`'s bearer token and the caller's trace; TLS (mutual with a client certificate) when `auth` names a CA."""
     auth = auth or ClientAuth()
-    metadata = (("authorization", f"Bearer {auth.token}"),) if auth.token else ()
-    interceptors = [*_CallDefaults.for_all_calls(default_timeout, metadata), *aio_client_interceptors()]
-    if auth.tls:
-        return grpc.aio.secure_channel(address, auth.channel_credentials(), options=CHANNEL_OPTIONS,
-                                       interceptors=interceptors)
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    token = (("authorization", f"Bearer {auth.token}"),) if auth.token else ()
+    inner = (grpc.aio.secure_channel(address, auth.channel_credentials(), options=CHANNEL_OPTIONS) if auth.tls
+             else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+    return Channel(inner, _CallDefaults(default_timeout, token))

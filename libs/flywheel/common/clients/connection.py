@@ -7,22 +7,20 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Self, TypeVar
 
-import grpc
-
 from flywheel.common import rpc
 
 Stub = TypeVar("Stub")
 
 
 class Connection(Generic[Stub]):
-    def __init__(self, address: str, make_stub: Callable[[grpc.aio.Channel], Stub], *,
+    def __init__(self, address: str, make_stub: Callable[[rpc.Channel], Stub], *,
                  auth: rpc.ClientAuth | None, default_timeout: float, keep_open: bool = False) -> None:
         self.address = address
         self.make_stub = make_stub
         self.auth = auth
         self.default_timeout = default_timeout
         self.keep_open = keep_open
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: rpc.Channel | None = None
         self._stub: Stub | None = None
 
     @contextlib.asynccontextmanager
