@@ -9,7 +9,7 @@ distilled student answering "customer customer ..."; `tests/unit/test_model_buil
 
 So every Flywheel code path that builds a transformers, PEFT or sentence-transformers model (from a directory or
 from a config) does it under `model_building()`; running a built model (forward passes, generation, training steps)
-needs no lock. `tests/unit/test_boundaries.py` checks the source for builds outside it.
+needs no lock. `tests/unit/test_model_building.py` checks the source for builds outside it.
 """
 
 from __future__ import annotations
