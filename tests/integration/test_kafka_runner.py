@@ -128,6 +128,27 @@ async def test_migrations_sharing_a_number_are_refused(infra, unique: str, tmp_p
         assert await cur.fetchone() is None  # refused before touching the database
 
 
+async def test_pool_hands_out_the_most_recently_returned_connection(infra, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """A steady single caller keeps using one backend process (warm caches) after a burst grew the pool, instead of
+    rotating over all of them; the least recently used connection stays first in line to be closed."""
+    db = await Database(infra.database_url, f"t_{unique}", max_size=3).open()
+    try:
+        async def backend_pid() -> int:
+            async with db.connection() as conn:
+                return (await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]  # type: ignore[index]
+
+        holders = [db.connection() for _ in range(3)]  # a burst: three at once grow the pool to three
+        held = [await holder.__aenter__() for holder in holders]
+        pids = [conn.info.backend_pid for conn in held]
+        assert len(set(pids)) == 3
+        for holder in holders:  # returned in order: pids[2] is the most recent
+            await holder.__aexit__(None, None, None)
+        assert [await backend_pid() for _ in range(5)] == [pids[2]] * 5
+        assert [conn.info.backend_pid for conn in db.pool._pool] == [pids[0], pids[1], pids[2]]
+    finally:
+        await db.close()
+
+
 async def test_failing_migration_leaves_nothing_behind(infra, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = write_migrations(tmp_path / "migrations")
     (folder / "0003_c.sql").write_text("CREATE TABLE c (id int); SELECT no_such_function();")

@@ -107,6 +107,16 @@ def test_libs_import_no_service_nor_the_demo() -> None:
     assert not found, "libs/ must not know the services or the demo:\n" + "\n".join(found)
 
 
+def test_connection_pools_come_from_the_shared_db_module() -> None:
+    """One pool for the platform: `flywheel.common.db`'s (it hands out the most recently used connection)."""
+    shared = REPO / "libs" / "flywheel" / "common" / "db.py"
+    found = [f"{path.relative_to(REPO)}:{n}" for folder in ("libs", "services")
+             for path in sorted((REPO / folder).rglob("*.py")) if "__pycache__" not in path.parts and path != shared
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\b(Async)?(Connection|Null)Pool\b", line)]
+    assert not found, f"use flywheel.common.db.Database or MruConnectionPool: {found}"
+
+
 def _distribution(pyproject: Path) -> tuple[str, list[str]]:
     """A pyproject's distribution name and the names of what it depends on (extras and versions dropped)."""
     project = tomllib.loads(pyproject.read_text())["project"]

@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
@@ -25,6 +26,18 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+class MruConnectionPool(AsyncConnectionPool):
+    """psycopg's pool, handing out the most recently returned idle connection first (psycopg_pool hands out the
+    least recent: a steady caller then rotates over every connection the pool ever grew to, each query landing
+    in a backend process whose caches went cold while the others ran). Idle connections stay ordered from
+    least to most recently used, so the pool's shrinking still closes the least recently used one."""
+
+    async def _get_ready_connection(self, timeout: float | None) -> Any:
+        if len(self._pool) > 1:
+            self._pool.rotate(1)  # the most recent (right end) to the end the pool takes from
+        return await super()._get_ready_connection(timeout)
+
+
 class Database:
     """A connection pool whose connections use the service's schema first."""
 
@@ -33,7 +46,7 @@ class Database:
             raise ValueError(f"schema name {schema!r} must match {SCHEMA_NAME.pattern}")
         self.url = url
         self.schema = schema
-        self.pool = AsyncConnectionPool(
+        self.pool = MruConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, configure=self._configure,
             kwargs={"autocommit": False, "row_factory": dict_row}, name=f"flywheel-{schema}",
         )

@@ -22,9 +22,8 @@ from psycopg.pq import Format
 from psycopg.rows import dict_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from flywheel.common.db import Database
+from flywheel.common.db import Database, MruConnectionPool
 from flywheel.common.errors import InvalidArgument
 from flywheel.retriever.domain import (
     ChunkIn,
@@ -57,7 +56,7 @@ class RetrieverDatabase(Database):
     def __init__(self, url: str, schema: str, *, session_settings: dict[str, str], max_size: int = 10) -> None:
         super().__init__(url, schema, min_size=1, max_size=max_size)
         self.session_settings = dict(session_settings)
-        self.reads = AsyncConnectionPool(
+        self.reads = MruConnectionPool(
             url, min_size=1, max_size=max_size, open=False, configure=self._configure,
             kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 2},
             name=f"flywheel-{schema}-reads")

@@ -14,9 +14,8 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
-from flywheel.common.db import Database, migrate
+from flywheel.common.db import Database, MruConnectionPool, migrate
 from flywheel.inference.cache.entries import CachedAnswer
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,9 @@ class CacheStore:
     def __init__(self, url: str, schema: str, *, max_size: int = 4) -> None:
         self.db = Database(url, schema, min_size=1, max_size=1)  # for the migration track only (never opened)
         self.schema = schema
-        self.pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, configure=self._configure,
-                                        kwargs={"autocommit": True, "row_factory": dict_row,
-                                                "prepare_threshold": 2}, name=f"flywheel-{schema}-llm-cache")
+        self.pool = MruConnectionPool(url, min_size=1, max_size=max_size, open=False, configure=self._configure,
+                                      kwargs={"autocommit": True, "row_factory": dict_row,
+                                              "prepare_threshold": 2}, name=f"flywheel-{schema}-llm-cache")
 
     async def _configure(self, conn: AsyncConnection) -> None:
         await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
