@@ -101,7 +101,7 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
         which = request.WhichOneof("query")
         query = plan_query(
             tenant=request.tenant, collection=request.collection, text=request.text if which == "text" else "",
-            vector=list(request.vector.values) if which == "vector" else None, k=request.k,
+            vector=request.vector.values if which == "vector" else None, k=request.k,
             filter=filter_of(request.filter) if request.HasField("filter") else None,
             weights=(request.weights.vector, request.weights.text) if request.HasField("weights") else None,
             rrf_k=request.rrf_k, text_for_keywords=request.text_for_keywords)

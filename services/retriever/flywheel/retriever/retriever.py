@@ -15,7 +15,6 @@ import math
 import posixpath
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -340,14 +339,12 @@ class Retriever:
             if len(vector) != dims:
                 raise FailedPrecondition(f"the embedder's {coll.embedding_model} v{version} gives {len(vector)} "
                                          f"dimensions; collection {coll.name!r} holds {dims}")
+        vector_weight = query.vector_weight if vector is not None else 0.0
+        path = self._vector_path(query.filter, coll) if vector is not None and vector_weight > 0 else ""
         plan = SearchPlan(collection_id=coll.id, tenant=coll.tenant, model_version=version, dims=dims, k=query.k,
                           candidates=max(self.candidates, query.k), vector=vector, keywords=query.keywords,
-                          vector_weight=query.vector_weight if vector is not None else 0.0,
-                          text_weight=query.text_weight, rrf_k=query.rrf_k, filter=query.filter)
-        path = ""
-        if plan.vector is not None and plan.vector_weight > 0:
-            path = self._vector_path(plan, coll)
-            plan = replace(plan, path=path, exact_max_rows=self.exact_search_max_rows)
+                          vector_weight=vector_weight, text_weight=query.text_weight, rrf_k=query.rrf_k,
+                          filter=query.filter, path=path or "hnsw", exact_max_rows=self.exact_search_max_rows)
         async with self.db.read() as conn:
             found = await self.store.search(conn, plan)
         if path == "auto":
@@ -356,13 +353,13 @@ class Retriever:
         return Retrieved(found.hits, coll.embedding_model, version, path or "text",
                          current_version=found.active_version if found.hits else version)
 
-    def _vector_path(self, plan: SearchPlan, coll: Collection) -> str:
+    def _vector_path(self, scope_filter: Filter, coll: Collection) -> str:
         """Exact search when the query's scope holds at most `exact_search_max_rows` chunks, else HNSW with
         iterative scans. Unfiltered, the collection's chunk count decides; filtered, the statement counts
         the scope itself ("auto")."""
         limit = self.exact_search_max_rows
         if limit <= 0:
             return "hnsw"
-        if plan.filter.empty:
+        if scope_filter.empty:
             return "exact" if coll.active_chunks <= limit else "hnsw"
         return "auto"
