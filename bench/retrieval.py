@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ K = 10
 CHUNKS_PER_DOC = 10
 TOPICS = 200
 CALLERS = 8
+BARE = "same SQL, bare gRPC server"
 WORDS = ("card payment fee refund dispute chargeback merchant account balance transfer limit fraud alert "
          "statement interest loan mortgage savings deposit withdrawal atm branch online banking app login "
          "password security travel currency exchange rate overdraft credit debit contactless wallet").split()
@@ -171,16 +173,15 @@ class _NoEmbedder(TextEmbedder):
         raise AssertionError("the benchmark queries by vector")
 
 
-class RetrieverProcess:
-    """`python -m flywheel.retriever` on a free port, against the run's broker and database."""
+class ServerProcess:
+    """A gRPC server of this benchmark in its own process, on a free port; `start` returns once its health Check
+    answers SERVING."""
 
-    def __init__(self, ctx: Context, schema: str, settings: dict[str, str]) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": ctx.infra.kafka_bootstrap,
-                    "FLYWHEEL_DATABASE_URL": ctx.infra.database_url, "FLYWHEEL_HOME": str(ctx.infra.home),
-                    "FLYWHEEL_LOG_LEVEL": "WARNING", "FLYWHEEL_RETRIEVER_DB_SCHEMA": schema,
-                    "FLYWHEEL_RETRIEVER_CONSUMER_GROUP": f"bench-{schema}", "FLYWHEEL_RETRIEVER_METRICS_PORT": "0",
-                    **settings}
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.port = port
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -189,20 +190,19 @@ class RetrieverProcess:
 
     async def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - a server process for the whole run
-            [sys.executable, "-m", "flywheel.retriever", "--port", str(self.port)], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         async with rpc.channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the retriever exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                    raise RuntimeError(f"{self.name} exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
                 with contextlib.suppress(Exception):
                     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the retriever did not serve within 120 s")
+                    raise RuntimeError(f"{self.name} did not serve within 120 s")
                 await asyncio.sleep(0.3)
 
     def stop(self) -> None:
@@ -212,6 +212,27 @@ class RetrieverProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class RetrieverProcess(ServerProcess):
+    """`python -m flywheel.retriever` on a free port, against the run's broker and database."""
+
+    def __init__(self, ctx: Context, schema: str, settings: dict[str, str]) -> None:
+        port = free_port()
+        env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": ctx.infra.kafka_bootstrap,
+               "FLYWHEEL_DATABASE_URL": ctx.infra.database_url, "FLYWHEEL_HOME": str(ctx.infra.home),
+               "FLYWHEEL_LOG_LEVEL": "WARNING", "FLYWHEEL_RETRIEVER_DB_SCHEMA": schema,
+               "FLYWHEEL_RETRIEVER_CONSUMER_GROUP": f"bench-{schema}", "FLYWHEEL_RETRIEVER_METRICS_PORT": "0",
+               **settings}
+        super().__init__("the retriever", [sys.executable, "-m", "flywheel.retriever", "--port", str(port)], env, port)
+
+
+def sql_over_grpc_process(ctx: Context, schema: str, collection_id: int, unfiltered_path: str) -> ServerProcess:
+    """The peer `bench/sql_over_grpc.py`: the same statement behind the thinnest gRPC server."""
+    port = free_port()
+    return ServerProcess("bench/sql_over_grpc.py", [
+        sys.executable, str(Path(__file__).with_name("sql_over_grpc.py")), str(port), ctx.infra.database_url, schema,
+        str(collection_id), unfiltered_path], dict(os.environ), port)
 
 
 async def run(ctx: Context) -> BenchResult:
@@ -240,6 +261,7 @@ async def run(ctx: Context) -> BenchResult:
     store = RetrieverStore(db, hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
                            index_build_memory=settings.index_build_memory)
     service: RetrieverProcess | None = None
+    bare: ServerProcess | None = None
     try:
         await db.open(MIGRATIONS)
         collection, _ = await store.create_collection("default", "bench", "", settings.embedding_model)
@@ -266,9 +288,11 @@ async def run(ctx: Context) -> BenchResult:
             hnsw.add(vectors)
             faiss_build_s = time.perf_counter() - start
             hnsw.hnsw.efSearch = settings.hnsw_ef_search
-        with steps.step("start the retriever (its own process)"):
+        unfiltered_path = "exact" if len(vectors) <= settings.exact_search_max_rows else "hnsw"
+        with steps.step("start the retriever and the same SQL behind a bare gRPC server (each its own process)"):
             service = RetrieverProcess(ctx, schema, {})
-            await service.start()
+            bare = sql_over_grpc_process(ctx, schema, collection.id, unfiltered_path)
+            await asyncio.gather(service.start(), bare.start())
 
         rows: list[dict[str, Any]] = []
         rare_filter = metadata_filter(doc_types=["rare"])
@@ -290,17 +314,22 @@ async def run(ctx: Context) -> BenchResult:
                                candidates=settings.candidates, exact_search_max_rows=settings.exact_search_max_rows)
         try:
             async with RetrieverClient(service.address, auth=ctx.infra.auth(), timeout=30,
-                                       keep_channel=True) as client:
+                                       keep_channel=True) as client, \
+                    RetrieverClient(bare.address, timeout=30, keep_channel=True) as bare_client:
                 for case, flt, case_truth in cases:
                     domain_filter = Filter(doc_types=("rare",)) if flt is not None else Filter()
                     # The statement the service runs, its path chosen as the service chooses it.
                     if not domain_filter.empty:
                         path = "auto" if settings.exact_search_max_rows > 0 else "hnsw"
                     else:
-                        path = "exact" if len(vectors) <= settings.exact_search_max_rows else "hnsw"
+                        path = unfiltered_path
 
                     async def retrieve(i: int, flt: Any = flt) -> list[int]:
                         response = await client.retrieve("bench", vector=queries[i].tolist(), k=K, filter=flt)
+                        return [row_index[f"{c.document_id}#{c.index}"] for c in response.chunks]
+
+                    async def over_bare_grpc(i: int, flt: Any = flt) -> list[int]:
+                        response = await bare_client.retrieve("bench", vector=queries[i].tolist(), k=K, filter=flt)
                         return [row_index[f"{c.document_id}#{c.index}"] for c in response.chunks]
 
                     async def raw(i: int, flt: Filter = domain_filter, path: str = path) -> list[int]:
@@ -323,7 +352,7 @@ async def run(ctx: Context) -> BenchResult:
                         return [row_index[f"{h.document_id}#{h.index}"] for h in result.hits]
 
                     systems = {"Retrieve (gRPC)": retrieve, "same SQL, plain psycopg": raw,
-                               "Retrieve use case, in-process": use_case}
+                               "Retrieve use case, in-process": use_case, BARE: over_bare_grpc}
                     for call in systems.values():  # warm-up: connections, prepared statements, caches
                         await timed(call, min(50, n_queries), 1)
                     runs: dict[tuple[str, int], list[tuple[list[float], float, list[list[int]]]]] = {}
@@ -396,8 +425,9 @@ async def run(ctx: Context) -> BenchResult:
                     lat, wall, found = sync_timed(search, n_queries)
                     rows.append(row_of(system, case, 1, lat, wall, found, case_truth))
     finally:
-        if service is not None:
-            service.stop()
+        for process in (service, bare):
+            if process is not None:
+                process.stop()
         await db.close()
         await drop_schemas(ctx.infra.database_url, [schema])
 
@@ -420,6 +450,10 @@ async def run(ctx: Context) -> BenchResult:
                                                          pick("same SQL, plain psycopg", case)["p50_ms"])
         ratios[f"{key}_retrieve_p50_less_grpc_floor_vs_raw_sql"] = ratio(
             pick("Retrieve (gRPC)", case)["p50_ms"] - floor, pick("same SQL, plain psycopg", case)["p50_ms"])
+        ratios[f"{key}_bare_grpc_p50_vs_raw_sql"] = ratio(pick(BARE, case)["p50_ms"],
+                                                          pick("same SQL, plain psycopg", case)["p50_ms"])
+        ratios[f"{key}_retrieve_p50_vs_bare_grpc"] = ratio(pick("Retrieve (gRPC)", case)["p50_ms"],
+                                                           pick(BARE, case)["p50_ms"])
     table = markdown_table(
         ["case", "system", "callers", "recall@10", "p50 ms", "p99 ms", "queries/s"],
         [[r["case"], r["system"], r["callers"], f"{r['recall_at_10']:.3f}" if "recall_at_10" in r else "-",
@@ -439,7 +473,11 @@ async def run(ctx: Context) -> BenchResult:
          ["(Retrieve p50 - gRPC health p50) / same SQL p50", ratios["all_retrieve_p50_less_grpc_floor_vs_raw_sql"],
           ratios["filtered_retrieve_p50_less_grpc_floor_vs_raw_sql"]],
          ["Retrieve use case in-process p50 / same SQL p50", ratios["all_use_case_p50_vs_raw_sql"],
-          ratios["filtered_use_case_p50_vs_raw_sql"]]], right=(1, 2))
+          ratios["filtered_use_case_p50_vs_raw_sql"]],
+         ["same SQL behind a bare gRPC server p50 / same SQL p50", ratios["all_bare_grpc_p50_vs_raw_sql"],
+          ratios["filtered_bare_grpc_p50_vs_raw_sql"]],
+         ["Retrieve p50 / same SQL behind a bare gRPC server p50", ratios["all_retrieve_p50_vs_bare_grpc"],
+          ratios["filtered_retrieve_p50_vs_bare_grpc"]]], right=(1, 2))
     setup = (f"{len(vectors):,} chunks of {DIMS} dims ({documents:,} documents, {TOPICS} topics), "
              f"{int(rare.sum()):,} rows in the 1% filter; COPY {load_s:.1f} s, HNSW build {build_s:.1f} s in "
              f"PostgreSQL, {faiss_build_s:.1f} s in faiss; m={settings.hnsw_m}, ef_construction="
@@ -450,7 +488,12 @@ async def run(ctx: Context) -> BenchResult:
         f"Reading: in-process, the Retrieve use case (collection cache, planning, the statement, conversions) takes "
         f"{ratios['all_use_case_p50_vs_raw_sql']:.2f}x and {ratios['filtered_use_case_p50_vs_raw_sql']:.2f}x the "
         f"plain SQL's p50; over gRPC to the retriever's own process the transport and the process hop add the "
-        f"rest (a health Check alone: {significant(floor)} ms p50). Compare runs by their load average: on a busy "
+        f"rest (a health Check alone: {significant(floor)} ms p50). The same statement behind the thinnest gRPC "
+        f"server (bench/sql_over_grpc.py: no pool, no auth, no validation) takes "
+        f"{ratios['all_bare_grpc_p50_vs_raw_sql']:.2f}x and {ratios['filtered_bare_grpc_p50_vs_raw_sql']:.2f}x the "
+        f"plain SQL's p50, and Retrieve {ratios['all_retrieve_p50_vs_bare_grpc']:.2f}x and "
+        f"{ratios['filtered_retrieve_p50_vs_bare_grpc']:.2f}x that server's: what the retriever adds to one gRPC "
+        f"call around its statement. Compare runs by their load average: on a busy "
         f"2-core machine every extra process hop waits for a CPU. faiss IndexFlatIP with an IDSelectorBatch scores "
         f"only the {int(rare.sum()):,} selected rows in a C loop, so the 3x target can only hold unfiltered; "
         f"faiss HNSW post-filters and loses recall under the 1% filter ("
@@ -460,7 +503,8 @@ async def run(ctx: Context) -> BenchResult:
         results=rows, ratios=ratios, tables=[setup + "\n", table, targets, reading, sweep_table],
         notes="Recall@10 against exact top-10 (numpy). Retrieve: vector queries over gRPC to the retriever "
               "process (collection lookup, path choice, fused SQL, response). The psycopg rows run the statement "
-              "the service runs for that case (same session settings). faiss runs one query per call in this "
+              "the service runs for that case (same session settings); the bare gRPC server runs it behind gRPC with "
+              "nothing else (bench/sql_over_grpc.py). faiss runs one query per call in this "
               "process, with its own threads; its filtered rows use an IDSelectorBatch of the 1% rows.",
         extra={"ef_search_sweep": sweep, "chunks": len(vectors), "dims": DIMS, "documents": documents,
                "queries": n_queries,
