@@ -5,9 +5,10 @@ The peers run side by side, each a subprocess on free loopback ports (see PEERS)
 prediction logging to Kafka on (every request -> one `predictions.logged` event on the run's broker), the
 same with logging off (sample rate 0), with 2 worker processes, and with adaptive batching on; MLServer
 from its own venv (`bench/mlserver_runtime/.venv`, created on first use) with parallel_workers 0 (its best
-setting here: the others are probed after the main measurement, see MLSERVER_PROBES); and the no-op
+setting here: the others are probed after the main measurement, see MLSERVER_PROBES); the no-op
 server (`bench/noop_server.py`: canned answers, nothing else) whose numbers are what this load reaches
-against a Python server on this machine. Flywheel loads the model from a registry running in this
+against a Python server on this machine; and the same server running the model's forward and nothing else,
+the floor of any server of this model on this stack. Flywheel loads the model from a registry running in this
 process (registered + promoted to champion); MLServer gets `model.pt` extracted from the same artifact.
 The load comes from one driver subprocess (`python -m bench.inference drive`: tritonclient cannot share a
 process with Flywheel's generated OIP protobuf module), one client per calling thread, and the cases of
@@ -64,7 +65,7 @@ STOP_TIMEOUT = 20.0
 SAMPLE_EVERY_S = 0.02
 FLYWHEEL_ON, FLYWHEEL_OFF, FLYWHEEL_BATCHING = "flywheel", "flywheel_nolog", "flywheel_batching"
 FLYWHEEL_WORKERS = "flywheel_workers"
-MLSERVER, MLSERVER_BEST, NOOP = "mlserver", "mlserver_best", "noop"
+MLSERVER, MLSERVER_BEST, NOOP, MODEL_ONLY = "mlserver", "mlserver_best", "noop", "model_only"
 # Flywheel as deployed on this 2-core machine, where the load driver, the broker and the database take
 # their share of the cores: one serving process. The `flywheel_workers` peer runs WORKERS processes.
 FLYWHEEL_SETTINGS = json.loads(os.environ.get("BENCH_INFERENCE_FLYWHEEL", "") or '{"workers": "1"}')
@@ -88,7 +89,7 @@ MLSERVER_PROBES: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
 class Peer:
     key: str
     label: str
-    kind: str  # flywheel | mlserver | noop
+    kind: str  # flywheel | mlserver | noop | model_only
     logging_on: bool = False
     settings: tuple[tuple[str, Any], ...] = ()  # FLYWHEEL_INFERENCE_* / MLServer settings.json
     model_settings: tuple[tuple[str, Any], ...] = ()  # MLServer model-settings.json
@@ -110,6 +111,7 @@ PEERS = (
     Peer(MLSERVER_BEST, f"MLServer 1.7.1 ({_describe({**MLSERVER_BEST_SETTINGS, **MLSERVER_BEST_MODEL})})",
          "mlserver", settings=tuple(MLSERVER_BEST_SETTINGS.items()), model_settings=tuple(MLSERVER_BEST_MODEL.items())),
     Peer(NOOP, "no-op OIP server (ceiling)", "noop"),
+    Peer(MODEL_ONLY, "no-op OIP server + the model's forward (floor of any server of this model)", "model_only"),
 )
 LABELS = {p.key: p.label for p in PEERS}
 
@@ -241,10 +243,15 @@ def start_mlserver(peer: Peer, model_pt: bytes, scratch: Path) -> Server:
     return spawn(peer.key, [str(mlserver_executable()), "start", str(root)], env, scratch, ports)
 
 
-def start_noop(scratch: Path) -> Server:
+def start_noop(key: str, scratch: Path, model_pt: bytes | None = None) -> Server:
+    """bench/noop_server.py: canned answers, or with `model_pt` the model's (the forward and nothing else)."""
     ports = free_port(), free_port(), 0
-    return spawn(NOOP, [sys.executable, str(HERE / "noop_server.py"), str(ports[0]), str(ports[1])],
-                 dict(os.environ), scratch, ports)
+    argv = [sys.executable, str(HERE / "noop_server.py"), str(ports[0]), str(ports[1])]
+    if model_pt is not None:
+        path = scratch / f"{key}-model.pt"
+        path.write_bytes(model_pt)
+        argv.append(str(path))
+    return spawn(key, argv, dict(os.environ), scratch, ports)
 
 
 def start_peer(ctx: Context, peer: Peer, registry_addr: str, model_pt: bytes, scratch: Path) -> Server:
@@ -253,7 +260,7 @@ def start_peer(ctx: Context, peer: Peer, registry_addr: str, model_pt: bytes, sc
                               settings=dict(peer.settings))
     if peer.kind == "mlserver":
         return start_mlserver(peer, model_pt, scratch)
-    return start_noop(scratch)
+    return start_noop(peer.key, scratch, model_pt if peer.kind == "model_only" else None)
 
 
 def http_ok(url: str) -> bool:
@@ -820,7 +827,9 @@ def report(measured: Measured, plan: list[Case], peers: list[Peer], *, reps: int
         "port; custom runtime bench/mlserver_runtime/bench_torchscript.py: torch.jit.load + the same forward under "
         "inference_mode with one torch thread (as Flywheel's torch_threads default). No-op: bench/noop_server.py "
         "(grpc.aio canned ModelInfer answer + uvicorn/httptools bare "
-        "ASGI canned REST answer, one process): the ceiling of this load on this machine. Load: tritonclient 2.x "
+        "ASGI canned REST answer, one process): the ceiling of this load on this machine; with the model "
+        "(floor row): the same server answering through the TorchScript forward (one torch thread, "
+        "inference_mode) and nothing else. Load: tritonclient 2.x "
         "(grpc + http) in one driver subprocess, one client per thread; input 'numeric' FP32 [rows, 30], output "
         "'probability' only; REST uses JSON tensors both ways (MLServer does not accept the binary extension), "
         f"gRPC raw_input_contents. Warm-up {4 * warmup} requests (4 callers) per server and protocol, then "
