@@ -30,7 +30,9 @@ class MruConnectionPool(AsyncConnectionPool):
     """psycopg's pool, handing out the most recently returned idle connection first (psycopg_pool hands out the
     least recent: a steady caller then rotates over every connection the pool ever grew to, each query landing
     in a backend process whose caches went cold while the others ran). Idle connections stay ordered from
-    least to most recently used, so the pool's shrinking still closes the least recently used one."""
+    least to most recently used, so the pool's shrinking still closes the least recently used one. It hooks
+    psycopg_pool's `_get_ready_connection` (3.2-3.3, called under the pool's lock); the integration test
+    `test_pool_hands_out_the_most_recently_returned_connection` fails if a release moves it."""
 
     async def _get_ready_connection(self, timeout: float | None) -> Any:
         if len(self._pool) > 1:
