@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import AsyncConnection, sql
-from psycopg.rows import dict_row
 
 from bench.common import (
     REPEATS,
@@ -42,6 +41,7 @@ from bench.common import (
     rounded,
     significant,
 )
+from bench.sql_over_grpc import search_connections
 from flywheel.common import rpc
 from flywheel.common.clients.ports import Embeddings, TextEmbedder
 from flywheel.common.clients.retriever import RetrieverClient, metadata_filter
@@ -55,7 +55,6 @@ from flywheel.retriever.store import (
     RetrieverDatabase,
     RetrieverStore,
     SearchPlan,
-    register_vector,
     search_sql,
 )
 
@@ -298,14 +297,7 @@ async def run(ctx: Context) -> BenchResult:
         rare_filter = metadata_filter(doc_types=["rare"])
         row_index = {doc_chunk: i for i, doc_chunk in enumerate(ids)}
         cases = (("all rows", None, truth), ("1% filter", rare_filter, truth_rare))
-        conns = []
-        for _ in range(CALLERS):  # the psycopg peer: connections set up as the service's are
-            conn = await AsyncConnection.connect(ctx.infra.database_url, autocommit=True, row_factory=dict_row)
-            await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-            for key, value in search_settings(settings).items():
-                await conn.execute("SELECT set_config(%s, %s, false)", (key, value))
-            await register_vector(conn)
-            conns.append(conn)
+        conns = await search_connections(ctx.infra.database_url, schema, settings, CALLERS)  # the psycopg peer
         free = list(conns)
         # The service's use case without the transport (its own planning, collection cache and statement), in
         # this process: what the service adds besides gRPC and a process hop.

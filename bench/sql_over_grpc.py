@@ -41,17 +41,25 @@ def chunk_of(row: dict[str, Any]) -> pb.RetrievedChunk:
         similarity=row["similarity"], metadata=row["metadata"], doc_type=row["doc_type"], tags=row["tags"])
 
 
-async def serve(port: int, database_url: str, schema: str, collection_id: int, unfiltered_path: str) -> None:
-    settings = RetrieverSettings()
-    free: list[AsyncConnection] = []
-    for _ in range(CONNECTIONS):
+async def search_connections(database_url: str, schema: str, settings: RetrieverSettings,
+                             count: int) -> list[AsyncConnection]:
+    """Plain psycopg connections set up as the retriever's are: its schema first, its search settings, binary
+    vector parameters."""
+    connections = []
+    for _ in range(count):
         conn = await AsyncConnection.connect(database_url, autocommit=True, row_factory=dict_row)
         await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
         for key, value in search_settings(settings).items():
             await conn.execute("SELECT set_config(%s, %s, false)", (key, value))
         await register_vector(conn)
-        free.append(conn)
-    connections = list(free)
+        connections.append(conn)
+    return connections
+
+
+async def serve(port: int, database_url: str, schema: str, collection_id: int, unfiltered_path: str) -> None:
+    settings = RetrieverSettings()
+    connections = await search_connections(database_url, schema, settings, CONNECTIONS)
+    free = list(connections)
 
     async def retrieve(request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         flt = filter_of(request.filter) if request.HasField("filter") else Filter()
